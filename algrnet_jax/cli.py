@@ -1,0 +1,47 @@
+"""The ``algrnet`` command line. Thin: it parses arguments and calls the library.
+
+Each subcommand lives in ``algrnet_jax/commands/<module>.py`` and exposes
+``add_arguments(parser)`` (cheap imports only, so ``--help`` is fast) and ``run(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (words, module, one-line help). Nested words ("data", "build") become nested subcommands.
+COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("data", "build"), "data_build", "build a tfds dataset (synth_au, bp4d, disfa, fpara)"),
+    (("data", "show"), "data_show", "write a PNG grid of one input-pipeline batch with landmarks"),
+    (("data", "stats"), "data_stats", "per-fold frame counts and AU base rates, with a plot"),
+    (("train",), "train", "train a model (data-parallel over all local devices)"),
+    (("eval",), "evaluate", "evaluate a checkpoint on a fold; tables beside the paper's"),
+    (("convert-jaanet",), "convert_jaanet", "convert released PyTorch JAA-Net state_dicts to an orbax checkpoint"),
+    (("run-arrays",), "run_arrays", "run a checkpoint in eval mode on an .npy array of cropped faces"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="algrnet", description="ALGRNet / JAA-Net facial action unit recognition in JAX.")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command", required=True)}
+    for words, module, help_text in COMMANDS:
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in groups:
+                sub = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} subcommands")
+                groups[prefix] = sub.add_subparsers(dest=f"command_{depth}", required=True)
+        p = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
+        mod = importlib.import_module(f"algrnet_jax.commands.{module}")
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: synthetic AU faces, face alignment, tfds builders and the input pipeline."""
