@@ -9,7 +9,7 @@
   ``wo_ada`` (fixed regions: scale 0.14, no offsets).
 - ``algrnet_paralysis``: 12 muscle regions and a 4-way grade head.
 
-``get_config(name, size="small")`` gives the same code paths at test size (crop 64, unit 2, hidden 8,
+``get_config(name, size="small")`` gives the same code paths at test size (crop 64, unit 2, hidden 16,
 4 AUs), and ``size="tiny"`` an even smaller one (crop 32) for the fastest unit tests.
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ _VARIANTS = {
 SIZES = {
     # size: (crop_size, aligned_size, unit, lstm_hidden, aus or None for the whole label set)
     "paper": (176, 200, 8, 64, None),
-    "small": (64, 72, 2, 8, (1, 2, 4, 12)),
-    "tiny": (32, 36, 1, 4, (1, 4, 12)),
+    "small": (64, 72, 2, 16, (1, 2, 4, 12)),
+    "tiny": (32, 36, 1, 8, (1, 4, 12)),
 }
 
 
@@ -68,7 +68,7 @@ def get_config(name: str = "algrnet", size: str = "paper", label_set: str = "bp4
     c.model.arch = arch                  # "jaanet" | "algrnet"
     c.model.task = task                  # "au" | "paralysis"
     c.model.unit = unit                  # u: widths 4u, 8u (region layers), 12u, 16u, 20u (HLFeat)
-    c.model.lstm_hidden = hidden         # ConvLSTM hidden channels (paper 64)
+    c.model.lstm_hidden = hidden         # ConvLSTM hidden channels (paper 64); must equal 8 * unit (s_t = v_t + h_t)
     c.model.map_margin = 8               # attention map size M = crop/4 + margin (paper 52)
     c.model.map_scale = 0.14             # e: fixed region scale (initial scale with Ada)
     c.model.adaptive = adaptive          # AdaptiveRegions (offsets and scales)
