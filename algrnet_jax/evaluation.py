@@ -1,0 +1,308 @@
+"""Evaluation loop and tables beside the paper's.
+
+``evaluate_variables(config, variables)`` runs one jitted eval step (traced once: eval batches are
+padded to a fixed size and carry a ``mask``) over the test part of ``config.data.fold`` and reports:
+
+- AU task: per-AU F1 and accuracy of the local (per-AU branch), integrated and final (averaged)
+  predictions, the trivial all-present predictor on the same frames, and landmark error / failure rate;
+- paralysis task: per-grade one-vs-rest F1, accuracy, and landmark error.
+
+Every F1 / accuracy / error in a result dict is a PERCENTAGE, as in the paper's tables. Top-level
+``result["mean_f1"]`` is the headline number (final AU prediction, or grades) that the trainer uses
+to keep the best checkpoint. Importing this module is cheap: the data pipeline and the model are
+imported on first use.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import pathlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from algrnet_jax import metrics
+
+# Model outputs the evaluator reads (docs/design.md); anything else is dropped inside the jitted step.
+_EVAL_OUTPUTS = ("local_au_prob", "au_prob", "final_au_prob", "landmarks", "grade_logprob")
+# (result key, model output, row label) of the three AU predictions.
+AU_PREDICTIONS = (("local", "local_au_prob", "local"), ("integrated", "au_prob", "integrated"),
+                  ("final", "final_au_prob", "final"))
+TRIVIAL = "all_present"
+# Paper table of each (task, label set) and the landmark-error column of each dataset.
+_PAPER_AU_TABLES = {"bp4d": "table2_bp4d_f1", "disfa": "table3_disfa_f1"}
+_PAPER_GRADE_TABLE = "table4_fpara_f1"
+_PAPER_LANDMARK_TABLE = "table7_landmark_mean_error_pct"
+_LANDMARK_COLUMNS = {"bp4d": "BP4D", "disfa": "DISFA", "fpara": "FPara"}
+
+Batch = Mapping[str, Any]
+ApplyFn = Callable[[Any, Any], Mapping[str, Any]]
+
+
+# ----------------------------------------------------------------------------------------------
+# The eval step
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_apply(model: Any) -> ApplyFn:
+    """One jitted eval-mode forward per (hashable) model: images [B, C, C, 3] -> the outputs we read."""
+    import jax
+
+    def apply(variables, images):
+        outputs = model.apply(variables, images, train=False)
+        return {k: outputs[k] for k in _EVAL_OUTPUTS if k in outputs}
+
+    return jax.jit(apply)
+
+
+def make_eval_step(config: Any) -> ApplyFn:
+    """The jitted eval step of ``config``'s model (cached, so repeated evaluations do not re-trace)."""
+    from algrnet_jax.models.networks import create_model
+
+    return _jitted_apply(create_model(config))
+
+
+def _to_numpy(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in tree.items()}
+
+
+def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
+                       batches: Iterable[Batch] | None = None, apply_fn: ApplyFn | None = None,
+                       max_batches: int | None = None) -> dict[str, Any]:
+    """Evaluates model variables on a test split.
+
+    Args:
+      config: full experiment config (``get_config``); ``config.data`` picks the dataset and fold.
+      variables: ``{"params": ..., "batch_stats": ...}`` of the model.
+      split: tfds split expression; None = the test part of ``config.data.fold``.
+      batches: optional iterable of batches (docs/design.md) replacing the input pipeline.
+      apply_fn: optional ``(variables, images) -> outputs``; default the jitted model of ``config``.
+      max_batches: stop after this many batches (smoke runs).
+
+    Returns:
+      a JSON-serialisable dict (percentages); see the module docstring.
+    """
+    from algrnet_jax.configs import num_outputs
+
+    task = config.model.task
+    if batches is None:
+        from data_pipelines.pipeline import eval_batches
+
+        batches = eval_batches(config, split=split)
+    apply_fn = apply_fn or make_eval_step(config)
+    n = num_outputs(config)
+    au = {key: metrics.AUMetrics(n) for key, _, _ in AU_PREDICTIONS + ((TRIVIAL, None, None),)}
+    grades = metrics.GradeMetrics(config.model.num_grades)
+    landmarks = metrics.LandmarkMetrics()
+    frames = 0
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        out = _to_numpy(apply_fn(variables, batch["image"]))
+        mask = np.asarray(batch["mask"])
+        labels = np.asarray(batch["labels"])
+        frames += int(np.sum(mask > 0))
+        if task == "paralysis":
+            grades.update(out["grade_logprob"], labels, mask)
+        else:
+            if labels.shape != out["final_au_prob"].shape:
+                raise ValueError(f"batch labels {labels.shape} do not match the model's AU outputs "
+                                 f"{out['final_au_prob'].shape} (config.aus = {tuple(config.aus)})")
+            for key, output, _ in AU_PREDICTIONS:
+                au[key].update(out[output], labels, mask)
+            au[TRIVIAL].update(np.ones(labels.shape, np.float32), labels, mask)
+        landmarks.update(out["landmarks"], batch["landmarks"], batch["interocular"], mask)
+    if frames == 0:
+        raise ValueError(f"no test frames for dataset {config.data.dataset!r} "
+                         f"({config.data.builder_config!r}) fold {config.data.fold}, split {split!r}")
+
+    result: dict[str, Any] = {
+        "model": config.name, "size": config.size, "task": task, "dataset": config.data.dataset,
+        "builder_config": config.data.builder_config, "label_set": config.label_set,
+        "fold": int(config.data.fold), "split": split, "frames": frames,
+        "landmarks": {"mean_error_pct": 100 * landmarks.mean_error(),
+                      "failure_rate_pct": 100 * landmarks.failure_rate()},
+    }
+    if task == "paralysis":
+        from algrnet_jax import au_sets
+
+        f1 = grades.f1()
+        result["grades"] = list(au_sets.GRADES)
+        result["grade_f1"] = [100 * float(v) for v in f1]
+        result["accuracy"] = 100 * grades.accuracy()
+        result["confusion"] = grades.confusion.tolist()
+        result["mean_f1"] = 100 * float(f1.mean())
+    else:
+        result["aus"] = [f"AU{a}" for a in config.aus]
+        result["predictions"] = {key: _au_summary(acc) for key, acc in au.items()}
+        result["mean_f1"] = result["predictions"]["final"]["mean_f1"]
+    return result
+
+
+def _au_summary(acc: metrics.AUMetrics) -> dict[str, Any]:
+    f1, accuracy = acc.f1(), acc.accuracy()
+    return {"f1": [100 * float(v) for v in f1], "accuracy": [100 * float(v) for v in accuracy],
+            "mean_f1": 100 * float(f1.mean()), "mean_accuracy": 100 * float(accuracy.mean()),
+            "counts": acc.counts()}
+
+
+def evaluate_checkpoint(path: str | pathlib.Path, *, dataset: str | None = None,
+                        builder_config: str | None = None, fold: int | None = None,
+                        data_dir: str | None = None, split: str | None = None,
+                        eval_batch_size: int | None = None) -> dict[str, Any]:
+    """Loads a checkpoint (``load_for_inference``) and evaluates it; None keeps the checkpoint's setting."""
+    from algrnet_jax.training.checkpoint import load_for_inference
+
+    config, variables = load_for_inference(str(path))
+    for key, value in (("dataset", dataset), ("builder_config", builder_config), ("fold", fold),
+                       ("data_dir", data_dir), ("eval_batch_size", eval_batch_size)):
+        if value is not None:
+            config.data[key] = value
+    result = evaluate_variables(config, variables, split=split)
+    result["checkpoint"] = str(path)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables beside the paper's
+
+
+def paper_tables() -> dict[str, Any]:
+    """The paper's Tables II-VII (package resource ``paper_tables.json``)."""
+    return json.loads(resources.files("algrnet_jax.resources").joinpath("paper_tables.json").read_text())
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_paper_tables() -> dict[str, Any]:
+    return paper_tables()
+
+
+Row = tuple[str, Mapping[str, float]]
+
+
+def paper_rows(table_key: str, columns: Sequence[str]) -> tuple[list[Row], str]:
+    """Rows of a paper table restricted to ``columns`` (+ "avg"), and a note when a subset is shown.
+
+    With every column of the paper's table, "avg" is the paper's; with a subset, it is the mean of the
+    shown columns (and the note says so).
+    """
+    table = _cached_paper_tables()[table_key]
+    all_columns = table.get("aus") or table.get("grades") or table.get("columns")
+    missing = [c for c in columns if c not in all_columns]
+    if missing:
+        raise ValueError(f"{table_key} has no column(s) {missing}; it has {all_columns}")
+    full = list(columns) == list(all_columns)
+    rows: list[Row] = []
+    for name, values in table["rows"].items():
+        row = {c: values[c] for c in columns}
+        if "avg" in values:
+            row["avg"] = values["avg"] if full else float(np.mean([values[c] for c in columns]))
+        rows.append((f"{name} (paper)", row))
+    note = "" if full else (f"Paper rows restricted to {', '.join(columns)}; their avg is recomputed over "
+                            "these columns.")
+    return rows, note
+
+
+def result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The tables of one evaluation result: dicts with ``title``, ``columns``, ``rows`` and ``note``.
+
+    AU task: per-AU F1 of ours (local / integrated / final) and the all-present predictor beside the
+    paper's Table II (BP4D AUs) or III (DISFA AUs); paralysis: per-grade F1 beside Table IV; both:
+    landmark mean error and failure rate beside Table VII.
+    """
+    tables: list[dict[str, Any]] = []
+    where = f"{result['dataset']}/{result['builder_config']} fold {result['fold']}, {result['frames']} frames"
+    if result["task"] == "paralysis":
+        columns = list(result["grades"])
+        ours = [("ours", {**dict(zip(columns, result["grade_f1"])), "avg": result["mean_f1"]})]
+        prows, note = paper_rows(_PAPER_GRADE_TABLE, columns)
+        tables.append({"title": f"Grade F1 (%) on {where} — beside the paper's Table IV",
+                       "columns": columns + ["avg"], "rows": ours + prows, "note": note})
+    else:
+        columns = list(result["aus"])
+        ours = []
+        for key, _, label in AU_PREDICTIONS + ((TRIVIAL, None, "all-present baseline"),):
+            p = result["predictions"][key]
+            ours.append((f"ours ({label})" if key != TRIVIAL else label,
+                         {**dict(zip(columns, p["f1"])), "avg": p["mean_f1"]}))
+        table_key = _PAPER_AU_TABLES.get(result["label_set"])
+        prows, note = paper_rows(table_key, columns) if table_key else ([], "")
+        if result["dataset"] not in _PAPER_AU_TABLES:
+            note = " ".join(filter(None, [note, f"The paper's numbers are on real {result['label_set'].upper()}, "
+                                          f"ours on {result['dataset']}: not comparable, shown for layout."]))
+        tables.append({"title": f"AU F1 (%) on {where} — beside the paper's "
+                                f"{'Table II' if result['label_set'] == 'bp4d' else 'Table III'}",
+                       "columns": columns + ["avg"], "rows": ours + prows, "note": note})
+    lm = result["landmarks"]
+    column = _LANDMARK_COLUMNS.get(result["dataset"], _LANDMARK_COLUMNS.get(result["label_set"], "BP4D"))
+    prows, _ = paper_rows(_PAPER_LANDMARK_TABLE, [column])
+    tables.append({"title": f"Landmark mean error (% of inter-ocular distance) — beside the paper's Table VII",
+                   "columns": [column, "failure rate (>10%)"],
+                   "rows": [("ours", {column: lm["mean_error_pct"], "failure rate (>10%)": lm["failure_rate_pct"]})]
+                   + [(name, {column: row[column]}) for name, row in prows],
+                   "precision": 2,
+                   "note": "" if result["dataset"] in _LANDMARK_COLUMNS else
+                   f"Ours on {result['dataset']}, the paper's on real {column}."})
+    return tables
+
+
+def _cell(value: float | None, precision: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{precision}f}"
+
+
+def markdown_table(table: Mapping[str, Any]) -> str:
+    """One table (``result_tables`` format) as GitHub Markdown, with its title and note."""
+    columns = list(table["columns"])
+    lines = [f"**{table['title']}**", "", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in table["rows"]:
+        cells = [_cell(row.get(c), table.get("precision", 1)) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if table.get("note"):
+        lines += ["", f"_{table['note']}_"]
+    return "\n".join(lines) + "\n"
+
+
+def print_tables(tables: Sequence[Mapping[str, Any]], console: Any = None) -> None:
+    """Prints tables (``result_tables`` format) with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    for table in tables:
+        t = Table(title=table["title"], title_justify="left")
+        t.add_column("")
+        for c in table["columns"]:
+            t.add_column(c, justify="right")
+        for name, row in table["rows"]:
+            style = "bold" if name.startswith("ours") else None
+            t.add_row(name, *[_cell(row.get(c), table.get("precision", 1)) for c in table["columns"]], style=style)
+        console.print(t)
+        if table.get("note"):
+            console.print(f"[dim]{table['note']}[/dim]")
+
+
+def result_markdown(result: Mapping[str, Any]) -> str:
+    """All tables of one result as Markdown."""
+    return "\n".join(markdown_table(t) for t in result_tables(result))
+
+
+def write_result(result: Mapping[str, Any], out_dir: str | pathlib.Path, stem: str = "eval") -> dict[str, pathlib.Path]:
+    """Writes ``<stem>.json`` (the full result) and ``<stem>.md`` (the tables) under ``out_dir``."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(result, indent=1))
+    paths["markdown"].write_text(result_markdown(result))
+    return paths
+
+
+def report_result(result: Mapping[str, Any], out_dir: str | pathlib.Path | None = None,
+                  console: Any = None) -> dict[str, pathlib.Path]:
+    """Prints the tables of a result and, with ``out_dir``, writes them as JSON and Markdown."""
+    print_tables(result_tables(result), console)
+    return write_result(result, out_dir) if out_dir is not None else {}
