@@ -1,0 +1,237 @@
+"""Orbax checkpoints: training checkpoints (exact resume) and inference checkpoints (variables + config).
+
+Every checkpoint is an orbax composite directory with the items
+
+- ``variables``: ``{"params": ..., "batch_stats": ...}`` (what ``model.apply`` takes),
+- ``train`` (training checkpoints only): ``{"opt_state": ..., "step": [], "rng": uint32 [2]}``,
+- ``meta`` (JSON): ``{"kind": "train" | "inference", "config": <config as a dict>, ...}``; training
+  checkpoints add the data position ``epoch`` / ``batch_in_epoch`` of the next batch, ``step``,
+  ``best_mean_f1`` so far and the last evaluation ``metrics``.
+
+A training work directory holds ``checkpoints/<step>/`` (the last ``train.keep_checkpoints`` saves, every
+epoch and every ``train.checkpoint_every_steps`` steps) and ``best/<step>/`` (the one with the best
+validation mean F1). ``load_for_inference(path)`` accepts a work directory (best, else latest), a
+directory of step checkpoints (latest), or one checkpoint directory, e.g. one written by
+``save_inference_checkpoint`` (the JAA-Net converter's output).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+FORMAT_VERSION = 1
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+_ITEMS = ("variables", "train", "meta")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or unreadable; the message names the path."""
+
+
+# ----------------------------------------------------------------------------------------- config
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """JSON-able dict of a config (tuples become lists; ``config_from_dict`` turns them back)."""
+    return json.loads(config.to_json())
+
+
+def _tuples(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def config_from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Inverse of ``config_to_dict``: JSON lists become tuples, as the named configs hold them."""
+    return ml_collections.ConfigDict(_tuples(dict(d)))
+
+
+# ----------------------------------------------------------------------------------- directories
+
+def _step_dirs(directory: str) -> list[int]:
+    """Finalised step numbers under an orbax manager directory (orbax writes to a temporary name
+    and renames on commit, so an interrupted save never shows up as a bare number)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def _is_checkpoint(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "variables")) and os.path.isdir(os.path.join(path, "meta"))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> str:
+    """The single checkpoint directory that ``path`` designates.
+
+    ``path`` may be a checkpoint directory, a directory of numbered step checkpoints (latest is taken)
+    or a training work directory (``best/`` if present, else the latest of ``checkpoints/``).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint or directory")
+    if _is_checkpoint(path):
+        return path
+    for sub in (BEST_DIR, CHECKPOINTS_DIR, ""):
+        d = os.path.join(path, sub) if sub else path
+        steps = _step_dirs(d)
+        if steps:
+            return os.path.join(d, str(steps[-1]))
+    raise CheckpointError(
+        f"{path}: not a checkpoint (expected 'variables/' and 'meta/' items, numbered step directories, "
+        f"or a training work directory with '{BEST_DIR}/' or '{CHECKPOINTS_DIR}/')")
+
+
+# ------------------------------------------------------------------------------ reading / writing
+
+def _read_meta(ckpt: str) -> dict[str, Any]:
+    meta_dir = os.path.join(ckpt, "meta")
+    try:
+        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
+    except Exception as e:  # orbax raises many types; the user needs the path
+        raise CheckpointError(f"{ckpt}: cannot read checkpoint metadata 'meta' ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise CheckpointError(f"{ckpt}: checkpoint metadata has no 'config' entry")
+    return meta
+
+
+def _restore_tree_numpy(item_dir: str) -> Any:
+    """Restores a saved pytree as host numpy arrays, whatever devices/sharding it was saved with."""
+    ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(item_dir)
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
+    if tree is None:
+        tree = meta.tree if hasattr(meta, "tree") else meta
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def load_for_inference(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """Loads ``(config, variables)`` from a checkpoint, a step directory or a training work directory.
+
+    Returns:
+      config: the ConfigDict the checkpoint was trained (or converted) with.
+      variables: ``{"params": ..., "batch_stats": ...}`` of numpy arrays, ready for ``model.apply``.
+    """
+    ckpt = resolve_checkpoint(path)
+    meta = _read_meta(ckpt)
+    try:
+        variables = _restore_tree_numpy(os.path.join(ckpt, "variables"))
+    except Exception as e:
+        raise CheckpointError(f"{ckpt}: cannot read checkpoint item 'variables' ({type(e).__name__}: {e})") from e
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise CheckpointError(f"{ckpt}: item 'variables' has no 'params'")
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    return config_from_dict(meta["config"]), variables
+
+
+def save_inference_checkpoint(path: str | os.PathLike, config: ml_collections.ConfigDict,
+                              variables: Mapping[str, Any], **extra_meta: Any) -> str:
+    """Writes ``variables`` ({"params", "batch_stats"}) and the config to one checkpoint directory.
+
+    Overwrites an existing inference checkpoint at ``path``; refuses any other existing directory.
+    Returns the absolute path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and os.listdir(path):
+        if not (_is_checkpoint(path) and _read_meta(path).get("kind") == "inference"):
+            raise CheckpointError(f"{path}: exists and is not an inference checkpoint; refusing to overwrite")
+    if "params" not in variables:
+        raise ValueError("variables must hold 'params' (and 'batch_stats')")
+    tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    tree = jax.tree.map(np.asarray, tree)
+    meta = {"kind": "inference", "format_version": FORMAT_VERSION, "config": config_to_dict(config), **extra_meta}
+    ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    ckptr.save(path, ocp.args.Composite(variables=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+               force=True)
+    return path
+
+
+# ------------------------------------------------------------------------------ training manager
+
+class TrainCheckpointer:
+    """Latest-K and best-by-mean-F1 orbax managers of a training work directory (async saves).
+
+    ``save`` writes ``checkpoints/<step>``; ``save_best`` writes ``best/<step>`` (one kept). Both hold
+    the full training state, so either can be resumed from or used for inference.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        def manager(sub: str, max_to_keep: int) -> ocp.CheckpointManager:
+            opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                enable_async_checkpointing=async_save)
+            return ocp.CheckpointManager(os.path.join(self.workdir, sub), options=opts, item_names=_ITEMS)
+        self.latest = manager(CHECKPOINTS_DIR, max(1, int(keep)))
+        self.best = manager(BEST_DIR, 1)
+
+    @staticmethod
+    def _args(variables: Any, train: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
+        return ocp.args.Composite(variables=ocp.args.StandardSave(variables), train=ocp.args.StandardSave(train),
+                                  meta=ocp.args.JsonSave(dict(meta)))
+
+    def save(self, step: int, variables: Any, train: Any, meta: Mapping[str, Any]) -> bool:
+        """Starts an async save of step ``step`` to ``checkpoints/`` (no-op if it exists)."""
+        if step in self.latest.all_steps():
+            return False
+        return self.latest.save(step, args=self._args(variables, train, meta), force=True)
+
+    def save_best(self, step: int, variables: Any, train: Any, meta: Mapping[str, Any]) -> bool:
+        """Replaces ``best/`` by step ``step``."""
+        if step in self.best.all_steps():
+            return False
+        return self.best.save(step, args=self._args(variables, train, meta), force=True)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def best_path(self) -> str | None:
+        step = self.best.latest_step()
+        return None if step is None else os.path.join(self.workdir, BEST_DIR, str(step))
+
+    def restore(self, abstract_variables: Any, abstract_train: Any, *, step: int | None = None,
+                fall_back: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+        """Restores ``(variables, train, meta)`` into the given abstract trees (shapes, dtypes, shardings).
+
+        Tries ``step`` (default: the latest). A checkpoint that cannot be read raises CheckpointError
+        naming it, unless ``fall_back`` is set, in which case older checkpoints are tried in turn.
+        """
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if step is not None:
+            steps = [s for s in steps if s <= step]
+        if not steps:
+            raise CheckpointError(f"{os.path.join(self.workdir, CHECKPOINTS_DIR)}: no checkpoint to resume from")
+        errors = []
+        for s in steps:
+            ckpt = os.path.join(self.workdir, CHECKPOINTS_DIR, str(s))
+            try:
+                restored = self.latest.restore(s, args=ocp.args.Composite(
+                    variables=ocp.args.StandardRestore(abstract_variables),
+                    train=ocp.args.StandardRestore(abstract_train),
+                    meta=ocp.args.JsonRestore()))
+                return restored["variables"], restored["train"], dict(restored["meta"])
+            except Exception as e:
+                errors.append(f"{ckpt}: {type(e).__name__}: {e}")
+                if not fall_back:
+                    raise CheckpointError(
+                        f"{ckpt}: cannot read checkpoint ({type(e).__name__}: {e}); "
+                        "pass --resume-from-previous to fall back to the previous checkpoint") from e
+        raise CheckpointError("no readable checkpoint:\n  " + "\n  ".join(errors))
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are committed."""
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()

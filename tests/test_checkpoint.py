@@ -1,0 +1,84 @@
+"""Inference checkpoints (save/load round trip, path resolution, clear errors) and the training manager."""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from algrnet_jax.configs import get_config
+from algrnet_jax.training import checkpoint as ckpt
+
+
+def _variables(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"params": {"conv": {"kernel": rng.normal(size=(3, 3, 3, 4)).astype(np.float32),
+                                "bias": rng.normal(size=(4,)).astype(np.float32)}},
+            "batch_stats": {"bn": {"mean": rng.normal(size=(4,)).astype(np.float32),
+                                   "var": rng.uniform(size=(4,)).astype(np.float32)}}}
+
+
+def _assert_tree_equal(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        if isinstance(a[k], dict):
+            _assert_tree_equal(a[k], b[k])
+        else:
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+
+
+def test_inference_round_trip(tmp_path):
+    config = get_config("jaanet", "tiny", "disfa")
+    config.train.lr = 0.123
+    v = _variables()
+    path = ckpt.save_inference_checkpoint(tmp_path / "conv", config, v, source="unit test")
+    c2, v2 = ckpt.load_for_inference(path)
+    assert c2 == config  # tuples stay tuples, every field restored
+    assert isinstance(c2.aus, tuple) and c2.train.lr == 0.123
+    _assert_tree_equal(v, v2)
+    # Overwriting an inference checkpoint is allowed.
+    ckpt.save_inference_checkpoint(path, config, _variables(1))
+    _assert_tree_equal(_variables(1), ckpt.load_for_inference(path)[1])
+
+
+def test_workdir_resolution_prefers_best(tmp_path):
+    config = get_config("jaanet", "tiny")
+    m = ckpt.TrainCheckpointer(tmp_path, keep=2)
+    train = {"opt_state": {"mu": jnp.zeros(3)}, "step": jnp.asarray(0), "rng": jnp.zeros(2, jnp.uint32)}
+    meta = {"kind": "train", "config": ckpt.config_to_dict(config)}
+    for step in (1, 2, 3):
+        m.save(step, _variables(step), train, meta)
+    m.wait()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]  # keep=2
+    assert ckpt.resolve_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "3")
+    _assert_tree_equal(_variables(3), ckpt.load_for_inference(tmp_path)[1])
+    _assert_tree_equal(_variables(2), ckpt.load_for_inference(tmp_path / "checkpoints" / "2")[1])
+    m.save_best(2, _variables(2), train, meta)
+    m.wait()
+    m.close()
+    assert ckpt.resolve_checkpoint(tmp_path) == str(tmp_path / "best" / "2")
+    _assert_tree_equal(_variables(2), ckpt.load_for_inference(tmp_path)[1])
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
+        ckpt.load_for_inference(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match="empty.*not a checkpoint"):
+        ckpt.load_for_inference(tmp_path / "empty")
+    path = ckpt.save_inference_checkpoint(tmp_path / "c", get_config("jaanet", "tiny"), _variables())
+    # Corrupt the arrays: the error names the checkpoint and the item.
+    for root, _, files in os.walk(os.path.join(path, "variables")):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match=r"c: cannot read checkpoint item 'variables'"):
+        ckpt.load_for_inference(path)
+    with open(os.path.join(path, "meta", "metadata"), "w") as fh:
+        fh.write("{not json")
+    with pytest.raises(ckpt.CheckpointError, match=r"c: cannot read checkpoint metadata"):
+        ckpt.load_for_inference(path)
+    # A non-checkpoint directory is never overwritten.
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("x")
+    with pytest.raises(ckpt.CheckpointError, match="refusing to overwrite"):
+        ckpt.save_inference_checkpoint(tmp_path / "work", get_config("jaanet", "tiny"), _variables())
