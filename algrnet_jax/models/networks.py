@@ -1,0 +1,169 @@
+"""JAA-Net and ALGRNet (SPEC sections 3-4) as one Flax module, and ``create_model(config)``.
+
+Forward pass (n AUs or paralysis regions, u = unit width, C = crop, M = C/4 + 8):
+  region   = RegionLearning(images)                          [B, C/4, C/4, 8u]
+  A        = align_feat(region) (HLFeat)                     [B, 5, 5, 20u]
+  landmarks= align_output(A) (4000 -> 64u -> 98)             [B, 49, 2], PyTorch's x1 y1 x2 y2 ... reshaped
+  centres  = rule(stop_grad(landmarks))                      [B, n, 2, 2]
+  Ada:       offsets, scales = adaptive(flatten(A)); centres += offsets; maps = attention_maps(centres, scales)
+  no Ada:    maps = stop_grad(attention_maps(centres, 0.14))  (exactly JAA-Net)
+  refined  = attention_refine(maps) (per AU)                 [B, n, M-8, M-8]
+  v_t      = region * refined_t                              [n, B, C/4, C/4, 8u]
+  s_t      = v_t + relations(v)_t  (skip_bilstm | bilstm), or v_t (none)
+  l_t      = local_au_feat(s_t) (per-AU HLFeat)              [n, B, 5, 5, 20u]
+  G        = global_au_feat(region) (HLFeat)                 [B, 5, 5, 20u]
+  r_t      = fusion_refine(l, G)_t, or l_t without F&R
+  local    = local_au_output(r_t) (per AU, 4000 -> 8u -> 2)  log-softmax
+  integ.   = au_output(concat(A, G, stop_grad(mean_t r_t))) (12000 -> 64u -> 2n, PyTorch layout [2, n])
+  final    = (local + integrated probabilities) / 2 for ALGRNet variants, the integrated one for JAA-Net.
+Gradients: landmarks get only the alignment loss (centres use stop_grad(landmarks), in every variant);
+with Ada the maps are differentiable in offsets and scales (straight-through rounding), so the AU losses
+train the adaptive MLPs; without Ada the maps carry no gradient, as in JAA-Net.
+JAA-Net is the configuration arch="jaanet" (no Ada, no relations, no F&R, final = integrated).
+Paralysis (task="paralysis"): 12 muscle regions (``regions.PARALYSIS_REGIONS``), per-region classifiers
+4000 -> 8u -> 4 whose logits are averaged over regions (``local_grade_logprob``), and the integrated head
+a 4-way softmax (``grade_logprob``); ``final_grade_prob`` = mean of both probabilities.
+
+Variable tree (``params``; ``batch_stats`` mirrors every ``bn*``/``bn`` entry with ``mean``/``var``),
+with the JAA-Net release's state_dict names in brackets (see stem.py and heads.py for the sub-trees):
+  region_learning: {layer1, layer2}: RegionLayer                 [region_learning.multiscale_feat.{0,2}]
+  align_feat: HLFeat                                              [align_net.align_feat.feat_extract]
+  align_output: DenseHead {dense1 [4000, 64u], dense2 [64u, 98]}  [align_net.align_output.{0,1}]
+  attention_refine: per-AU RefineNet, leading n axis              [local_attention_refine.local_aus_attention.<au>]
+  local_au_feat: per-AU HLFeat, leading n axis                    [local_au_net.local_aus_branch.<au>.feat_extract]
+  local_au_output: per-AU DenseHead {dense1 [n, 4000, 8u], dense2 [n, 8u, 2]}  [local_au_net.local_aus_output.<au>]
+  global_au_feat: HLFeat                                          [global_au_feat.feat_extract]
+  au_output: DenseHead {dense1 [12000, 64u], dense2 [64u, 2n]}    [au_net.au_output.{0,1}]
+  ALGRNet only: adaptive (AdaptiveRegions), relations (SkipBiLSTM | ConvBiLSTM), fusion_refine (FusionRefine).
+HLFeat: conv1..conv6 [feat_extract.{0,3,7,10,14,17}], bn1..bn6 [feat_extract.{1,4,8,11,15,18}].
+RefineNet: conv1..conv4 [.{0,3,6,9}], bn1..bn3 [.{1,4,7}].
+RegionLayer: conv [.conv], branch{1,2,3}: {bn, conv} with a leading cell axis (row-major cells)
+[.local_conv_branch{k}.{bns,convs}.<cell>], bn [.bn].
+Conv kernels are HWIO (PyTorch OIHW -> transpose(2, 3, 1, 0)); dense kernels are weight.T.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from algrnet_jax import au_sets
+from algrnet_jax.models import regions
+from algrnet_jax.models.heads import DenseHead, RefineNet, per_au
+from algrnet_jax.models.layers import flatten_nchw
+from algrnet_jax.models.stem import HLFeat, RegionLearning
+
+RELATIONS = ("skip_bilstm", "bilstm", "none")
+
+
+class ALGRNet(nn.Module):
+    """JAA-Net / ALGRNet and its ablations: images [B, C, C, 3] in [-1, 1] -> dict of outputs (docs/design.md)."""
+
+    aus: tuple[int, ...]
+    crop_size: int = 176
+    unit: int = 8
+    lstm_hidden: int = 64
+    map_margin: int = 8
+    map_scale: float = 0.14
+    adaptive: bool = True
+    relation: str = "skip_bilstm"
+    fusion_refine: bool = True
+    final_mean: bool = True          # final = mean(local, integrated); False: integrated (JAA-Net)
+    task: str = "au"                 # "au" | "paralysis"
+    num_grades: int = 4
+    num_regions: int = 12            # paralysis regions
+
+    @property
+    def num_branches(self) -> int:
+        return self.num_regions if self.task == "paralysis" else len(self.aus)
+
+    @property
+    def map_size(self) -> int:
+        return self.crop_size // 4 + self.map_margin
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        b, u, n = images.shape[0], self.unit, self.num_branches
+        region = RegionLearning(u, train, name="region_learning")(images)
+        align = HLFeat(u, train, name="align_feat")(region)
+        landmarks = DenseHead(64 * u, 2 * au_sets.NUM_LANDMARKS, name="align_output")(align)
+        landmarks = landmarks.reshape(b, au_sets.NUM_LANDMARKS, 2)
+        out = {"landmarks": landmarks}
+
+        fixed = jax.lax.stop_gradient(landmarks)
+        if self.task == "paralysis":
+            centres = regions.paralysis_centres(fixed)
+        else:
+            centres = regions.au_centres(fixed, self.aus)
+        if self.adaptive:
+            from algrnet_jax.models.adaptive import AdaptiveRegions
+            offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive")(flatten_nchw(align))
+            maps = regions.attention_maps(centres + offsets[:, :, None, :], scales, self.map_size, self.crop_size)
+            out.update(offsets=offsets, scales=scales)
+        else:
+            maps = jax.lax.stop_gradient(
+                regions.attention_maps(centres, float(self.map_scale), self.map_size, self.crop_size))
+        refined = per_au(RefineNet)(u, train, name="attention_refine")(maps.transpose(1, 0, 2, 3)[..., None])
+        out["initial_au_maps"] = maps
+        out["refined_au_maps"] = refined[..., 0].transpose(1, 0, 2, 3)
+
+        v = region[None] * refined                                   # [n, B, h, w, 8u]
+        s = v + self._relations()(v) if self.relation != "none" else v
+        local = per_au(HLFeat)(u, train, name="local_au_feat")(s)     # [n, B, 5, 5, 20u]
+        glob = HLFeat(u, train, name="global_au_feat")(region)        # [B, 5, 5, 20u]
+        if self.fusion_refine:
+            from algrnet_jax.models.fusion import FusionRefine
+            local = FusionRefine(local.shape[-1], name="fusion_refine")(local, glob)
+        classes = self.num_grades if self.task == "paralysis" else 2
+        local_logits = per_au(DenseHead)(8 * u, classes, name="local_au_output")(local)  # [n, B, classes]
+        concat = jnp.concatenate([align, glob, jax.lax.stop_gradient(jnp.mean(local, axis=0))], axis=-1)
+
+        if self.task == "paralysis":
+            logits = DenseHead(64 * u, classes, name="au_output")(concat)
+            grade = jax.nn.log_softmax(logits)
+            local_grade = jax.nn.log_softmax(jnp.mean(local_logits, axis=0))
+            out.update(grade_logprob=grade, local_grade_logprob=local_grade,
+                       final_grade_prob=(jnp.exp(grade) + jnp.exp(local_grade)) / 2.0)
+            return out
+
+        logits = DenseHead(64 * u, 2 * n, name="au_output")(concat)    # PyTorch layout [B, 2, n]
+        au_logprob = jax.nn.log_softmax(logits.reshape(b, 2, n).transpose(0, 2, 1), axis=-1)
+        local_logprob = jax.nn.log_softmax(local_logits.transpose(1, 0, 2), axis=-1)
+        au_prob, local_prob = jnp.exp(au_logprob[..., 1]), jnp.exp(local_logprob[..., 1])
+        out.update(au_logprob=au_logprob, local_au_logprob=local_logprob, au_prob=au_prob,
+                   local_au_prob=local_prob,
+                   final_au_prob=(au_prob + local_prob) / 2.0 if self.final_mean else au_prob)
+        return out
+
+    def _relations(self) -> nn.Module:
+        if self.relation not in RELATIONS:
+            raise ValueError(f"model.relation must be one of {RELATIONS}, got {self.relation!r}")
+        from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
+        cls = SkipBiLSTM if self.relation == "skip_bilstm" else ConvBiLSTM
+        return cls(self.lstm_hidden, name="relations")
+
+
+def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
+    """Builds the network of a config (reads ``config.model.*``, ``config.aus``, ``config.crop_size``)."""
+    m = config.model
+    if m.arch not in ("jaanet", "algrnet"):
+        raise ValueError(f"config.model.arch must be 'jaanet' or 'algrnet', got {m.arch!r}")
+    if m.task not in ("au", "paralysis"):
+        raise ValueError(f"config.model.task must be 'au' or 'paralysis', got {m.task!r}")
+    if m.relation not in RELATIONS:
+        raise ValueError(f"config.model.relation must be one of {RELATIONS}, got {m.relation!r}")
+    if m.relation != "none" and m.lstm_hidden != 8 * m.unit:
+        raise ValueError(f"config.model.lstm_hidden ({m.lstm_hidden}) must equal 8 * unit ({8 * m.unit}): "
+                         "s_t = v_t + h_t adds the hidden state to the region features")
+    if config.crop_size % 16:
+        raise ValueError(f"config.crop_size ({config.crop_size}) must be divisible by 16 (region-layer grids)")
+    if m.task == "paralysis" and m.num_regions != len(regions.PARALYSIS_REGIONS):
+        raise ValueError(f"config.model.num_regions ({m.num_regions}) must be {len(regions.PARALYSIS_REGIONS)}, "
+                         "the number of muscle regions in regions.PARALYSIS_REGIONS")
+    if m.arch == "jaanet" and (m.adaptive or m.relation != "none" or m.fusion_refine):
+        raise ValueError("arch 'jaanet' has no adaptive regions, relations or fusion & refining")
+    return ALGRNet(aus=tuple(config.aus), crop_size=config.crop_size, unit=m.unit, lstm_hidden=m.lstm_hidden,
+                   map_margin=m.map_margin, map_scale=m.map_scale, adaptive=m.adaptive, relation=m.relation,
+                   fusion_refine=m.fusion_refine, final_mean=m.arch != "jaanet", task=m.task,
+                   num_grades=m.num_grades, num_regions=m.num_regions)

@@ -1,0 +1,148 @@
+"""Region centres from landmarks and the JAA-Net attention maps (SPEC section 3), vectorised.
+
+``au_centres`` turns 49 landmarks into two centres per AU (``au_sets.AU_CENTRE_RULES``);
+``paralysis_centres`` into the 12 muscle-region centres of the paralysis model (``PARALYSIS_REGIONS``);
+``attention_maps`` renders the maps for a whole batch in one jit-able, differentiable function.
+
+The map of one region with centres p1, p2 (crop pixels), scale e, map size M, crop size C:
+  s = M / C, c = round(p * s) (half to even), half = round((M - 1) / 2 * e),
+  value(h, w) = max(1 - (|h - c_y| + |w - c_x|) * 0.56 / (M * e), 0) for h in [clip(c_y - half), clip(c_y + half)]
+  and w likewise (clip to [0, M - 1], exactly as the reference's loop bounds), 0 elsewhere; max over both centres.
+Rounding is straight-through (``round_ste``): values are exact, gradients flow to centres and scales.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from algrnet_jax import au_sets
+
+FILL_COEFF = 0.56
+
+
+@jax.custom_jvp
+def round_ste(x: jax.Array) -> jax.Array:
+    """Round half to even with an identity gradient (straight-through estimator)."""
+    return jnp.round(x)
+
+
+@round_ste.defjvp
+def _round_ste_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return jnp.round(x), dx
+
+
+def _ruler(landmarks: jax.Array) -> jax.Array:
+    """|x[22] - x[25]| (inner eye corners) of landmarks [B, 49, 2] -> [B]."""
+    i, j = au_sets.RULER_INDICES
+    return jnp.abs(landmarks[:, i, 0] - landmarks[:, j, 0])
+
+
+def _ruler_shift(landmarks: jax.Array, dy_ruler: np.ndarray) -> jax.Array:
+    """ruler * dy for every region, [B, n], computed as ``ruler / k`` (k = 1 / dy rounded: 2, 3, 1, ...)
+    exactly as the reference writes ``y - ruler / 2`` (ruler * float32(1/3) can differ from ruler / 3)."""
+    with np.errstate(divide="ignore"):
+        k = np.round(1.0 / np.asarray(dy_ruler, np.float64), 6).astype(np.float32)  # inf where dy = 0
+    return _ruler(landmarks)[:, None] / jnp.asarray(k)[None]
+
+
+def au_centres(landmarks: jax.Array, aus: Sequence[int]) -> jax.Array:
+    """Two centres per AU from 49 landmarks.
+
+    Args:
+      landmarks: [B, 49, 2] (x, y) crop pixels.
+      aus: AU numbers (order of the output).
+    Returns:
+      [B, n, 2 centres, 2 (x, y)].
+    """
+    idx, dy = au_sets.centre_rule_arrays(tuple(aus))
+    pts = landmarks[:, idx, :]                                   # [B, n, 2, 2]
+    return pts.at[..., 1].add(_ruler_shift(landmarks, dy)[:, :, None])
+
+
+@dataclasses.dataclass(frozen=True)
+class MuscleRegion:
+    """A paralysis region: centre = mean of ``indices`` landmarks, shifted by ``dy_ruler * ruler`` in y."""
+
+    name: str
+    indices: tuple[int, ...]
+    dy_ruler: float = 0.0
+
+
+# The 12 muscle regions of the paralysis model. "left"/"right" are image left/right (the subject's
+# right/left). Indices are 0-based into the 49-point scheme (see au_sets): brows 0-4 / 5-9, nose 10-18
+# (14 and 18 the outer nostril points), eyes 19-24 / 25-30, mouth corners 31 / 37, lower lip 38-42.
+PARALYSIS_REGIONS: tuple[MuscleRegion, ...] = (
+    MuscleRegion("brow_left", (1, 2, 3), -1.0 / 3.0),      # frontalis, above the brow
+    MuscleRegion("brow_right", (6, 7, 8), -1.0 / 3.0),
+    MuscleRegion("eye_left", tuple(range(19, 25))),         # orbicularis oculi, eye centre
+    MuscleRegion("eye_right", tuple(range(25, 31))),
+    MuscleRegion("cheek_left", tuple(range(19, 25)), 1.0),  # zygomaticus / cheek raiser, below the eye
+    MuscleRegion("cheek_right", tuple(range(25, 31)), 1.0),
+    MuscleRegion("nose_left", (14,)),                       # nasalis / levator labii, nostril side
+    MuscleRegion("nose_right", (18,)),
+    MuscleRegion("mouth_left", (31,)),                      # mouth corners (risorius, orbicularis oris)
+    MuscleRegion("mouth_right", (37,)),
+    MuscleRegion("chin_left", (41,), 0.5),                  # mentalis / depressors, below the lower lip
+    MuscleRegion("chin_right", (39,), 0.5),
+)
+
+
+def paralysis_rule_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """Returns (mean weights [12, 49] float32, dy_ruler [12] float32) of ``PARALYSIS_REGIONS``."""
+    weights = np.zeros((len(PARALYSIS_REGIONS), au_sets.NUM_LANDMARKS), np.float32)
+    for r, region in enumerate(PARALYSIS_REGIONS):
+        weights[r, list(region.indices)] = 1.0 / len(region.indices)
+    dy = np.array([region.dy_ruler for region in PARALYSIS_REGIONS], np.float32)
+    return weights, dy
+
+
+def paralysis_centres(landmarks: jax.Array) -> jax.Array:
+    """The 12 muscle-region centres, each used as both centres of its map: [B, 49, 2] -> [B, 12, 2, 2]."""
+    weights, dy = paralysis_rule_arrays()
+    pts = jnp.einsum("rl,blc->brc", jnp.asarray(weights), landmarks)  # [B, 12, 2]
+    pts = pts.at[..., 1].add(_ruler_shift(landmarks, dy))
+    return jnp.stack([pts, pts], axis=2)
+
+
+def attention_maps(centres: jax.Array, scales: jax.Array | float, map_size: int, crop_size: int) -> jax.Array:
+    """JAA-Net attention maps for every region of a batch.
+
+    Args:
+      centres: [B, n, 2, 2] two (x, y) centres per region, crop pixels.
+      scales: [B, n] region scales e (traced, learned), or one Python float (0.14 in JAA-Net). With a
+        Python float, half-widths and map values are computed in float64 exactly as the reference does
+        (then stored as float32), so maps equal the reference bit for bit.
+      map_size: M (crop/4 + 8 = 52 in the paper).
+      crop_size: C (176 in the paper).
+    Returns:
+      [B, n, M, M] float32 maps, differentiable in centres and (traced) scales.
+    """
+    centres = jnp.asarray(centres, jnp.float32)
+    static = isinstance(scales, (int, float))
+    if static:
+        half = float(round((map_size - 1) / 2.0 * scales))
+        e = jnp.float32(scales)
+    else:
+        e = jnp.broadcast_to(jnp.asarray(scales, jnp.float32), centres.shape[:2])[:, :, None, None, None]
+        half = round_ste((map_size - 1) / 2.0 * e)               # [B, n, 1, 1, 1]
+    c = round_ste(centres * np.float32(map_size / crop_size))     # [B, n, 2, 2]
+    cx = c[..., 0][..., None, None]                               # [B, n, 2, 1, 1]
+    cy = c[..., 1][..., None, None]
+    grid = jnp.arange(map_size, dtype=jnp.float32)
+    h, w = grid[:, None], grid[None, :]
+    hi = map_size - 1.0
+    inside = ((h >= jnp.clip(cy - half, 0.0, hi)) & (h <= jnp.clip(cy + half, 0.0, hi))
+              & (w >= jnp.clip(cx - half, 0.0, hi)) & (w <= jnp.clip(cx + half, 0.0, hi)))
+    dist = jnp.abs(h - cy) + jnp.abs(w - cx)                      # integer valued
+    value = 1.0 - dist * FILL_COEFF / (map_size * e)
+    if static:  # exact float64 values from a table, gradients of the float32 formula
+        table = (1.0 - np.arange(2 * map_size + 1) * FILL_COEFF / (map_size * float(scales))).astype(np.float32)
+        exact = jnp.asarray(table)[jnp.clip(dist, 0, 2 * map_size).astype(jnp.int32)]
+        value = exact + (value - jax.lax.stop_gradient(value))
+    value = jnp.where(inside, jnp.maximum(value, 0.0), 0.0)      # [B, n, 2, M, M]
+    return jnp.max(value, axis=2)

@@ -1,0 +1,112 @@
+"""The JAA-Net stem (SPEC section 3): hierarchical multi-scale region learning and the HLFeat block.
+
+Param trees (u = unit width; PyTorch names of the JAA-Net release in brackets):
+
+RegionLearning  [region_learning.multiscale_feat]
+  layer1 [.0], layer2 [.2]: RegionLayer
+RegionLayer(c)
+  conv  {kernel [3,3,c_in,c], bias [c]}                                 [.conv]
+  branch1 / branch2 / branch3: CellConvs over an 8x8 / 4x4 / 2x2 grid (64 / 16 / 4 cells)  [.local_conv_branch{1,2,3}]
+    bn   {scale, bias} [cells, c_k]; batch_stats {mean, var} [cells, c_k]   [.bns.<cell>]
+    conv {kernel [cells, 3, 3, c_k, c_k'], bias [cells, c_k']}              [.convs.<cell>]
+  bn    {scale, bias}, batch_stats {mean, var} [c]                       [.bn]
+  cells are row-major (cell = i * grid + j, i the row), as the release's loops.
+HLFeat  [feat_extract]
+  conv1..conv6 {kernel, bias} [feat_extract.{0,3,7,10,14,17}], bn1..bn6 [feat_extract.{1,4,8,11,15,18}]
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from algrnet_jax.models.layers import BatchNorm, conv, max_pool2
+
+
+class CellBlock(nn.Module):
+    """BN -> ReLU -> conv3x3 (pad 1) on one cell: [B, h, w, c_in] -> [B, h, w, features]."""
+
+    features: int
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(BatchNorm(self.train, name="bn")(x))
+        return conv(self.features, x.shape[-1], name="conv")(x)
+
+
+def to_cells(x: jax.Array, grid: int) -> jax.Array:
+    """[B, H, W, c] -> [grid*grid, B, H/grid, W/grid, c], cells row-major (cell = i * grid + j)."""
+    b, hh, ww, c = x.shape
+    if hh % grid or ww % grid:
+        raise ValueError(f"region layer: feature map {hh}x{ww} is not divisible into a {grid}x{grid} grid; "
+                         "use a crop size divisible by 16")
+    h, w = hh // grid, ww // grid
+    return x.reshape(b, grid, h, grid, w, c).transpose(1, 3, 0, 2, 4, 5).reshape(grid * grid, b, h, w, c)
+
+
+def from_cells(y: jax.Array, grid: int) -> jax.Array:
+    """Inverse of ``to_cells``: [grid*grid, B, h, w, c] -> [B, grid*h, grid*w, c]."""
+    _, b, h, w, c = y.shape
+    return y.reshape(grid, grid, b, h, w, c).transpose(2, 0, 3, 1, 4, 5).reshape(b, grid * h, grid * w, c)
+
+
+# The per-cell block vmapped over the cell axis: own params and batch_stats per cell ([cells, ...]);
+# XLA sees one grouped conv.
+CellConvs = nn.vmap(CellBlock, variable_axes={"params": 0, "batch_stats": 0},
+                    split_rngs={"params": True}, in_axes=0, out_axes=0)
+
+
+class RegionLayer(nn.Module):
+    """Hierarchical multi-scale region layer: [B, H, W, c_in] -> [B, H, W, features].
+
+    x = conv3x3(in); b1 = cells8x8(x) (c/2), b2 = cells4x4(b1) (c/4), b3 = cells2x2(b2) (c/4);
+    out = ReLU(BN(x + concat(b1, b2, b3))).
+    """
+
+    features: int
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.features
+        x = conv(c, x.shape[-1], name="conv")(x)
+        b1 = from_cells(CellConvs(c // 2, self.train, name="branch1")(to_cells(x, 8)), 8)
+        b2 = from_cells(CellConvs(c // 4, self.train, name="branch2")(to_cells(b1, 4)), 4)
+        b3 = from_cells(CellConvs(c // 4, self.train, name="branch3")(to_cells(b2, 2)), 2)
+        out = x + jnp.concatenate([b1, b2, b3], axis=-1)
+        return nn.relu(BatchNorm(self.train, name="bn")(out))
+
+
+class RegionLearning(nn.Module):
+    """Region learning: RegionLayer(4u), maxpool, RegionLayer(8u), maxpool: [B, C, C, 3] -> [B, C/4, C/4, 8u]."""
+
+    unit: int = 8
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = max_pool2(RegionLayer(4 * self.unit, self.train, name="layer1")(x))
+        return max_pool2(RegionLayer(8 * self.unit, self.train, name="layer2")(x))
+
+
+class HLFeat(nn.Module):
+    """High-level feature block: ([conv3x3 BN ReLU] x2 -> maxpool) x3, widths 12u, 16u, 20u.
+
+    [B, 44, 44, 8u] -> [B, 5, 5, 20u] at paper size. The same module serves alignment, global and
+    per-AU local features.
+    """
+
+    unit: int = 8
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = 0
+        for width in (12 * self.unit, 16 * self.unit, 20 * self.unit):
+            for _ in range(2):
+                k += 1
+                x = conv(width, x.shape[-1], name=f"conv{k}")(x)
+                x = nn.relu(BatchNorm(self.train, name=f"bn{k}")(x))
+            x = max_pool2(x)
+        return x
