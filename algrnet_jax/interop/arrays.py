@@ -18,6 +18,7 @@ plus, where the model has them, ``final_au_prob`` [B, n], ``offsets`` [B, n, 2],
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import numpy as np
@@ -75,7 +76,9 @@ def torch_layout(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+@functools.lru_cache(maxsize=4)
 def _jitted_forward(model: Any):
+    """One jitted eval forward per (hashable) model, keeping only the outputs run-arrays writes."""
     import jax
 
     keep = _TORCH_LAYOUT + _PASS_THROUGH
