@@ -33,10 +33,11 @@ AU_PREDICTIONS = (("local", "local_au_prob", "local"), ("integrated", "au_prob",
                   ("final", "final_au_prob", "final"))
 TRIVIAL = "all_present"
 # Paper table of each (task, label set) and the landmark-error column of each dataset.
-_PAPER_AU_TABLES = {"bp4d": "table2_bp4d_f1", "disfa": "table3_disfa_f1"}
-_PAPER_GRADE_TABLE = "table4_fpara_f1"
-_PAPER_LANDMARK_TABLE = "table7_landmark_mean_error_pct"
-_LANDMARK_COLUMNS = {"bp4d": "BP4D", "disfa": "DISFA", "fpara": "FPara"}
+PAPER_AU_TABLES = {"bp4d": ("table2_bp4d_f1", "Table II"), "disfa": ("table3_disfa_f1", "Table III")}
+PAPER_ABLATION_TABLES = {"bp4d": ("table6_bp4d_ablation_f1", "Table VI"), "disfa": ("table5_disfa_ablation_f1", "Table V")}
+PAPER_GRADE_TABLE = ("table4_fpara_f1", "Table IV")
+PAPER_LANDMARK_TABLE = ("table7_landmark_mean_error_pct", "Table VII")
+LANDMARK_COLUMNS = {"bp4d": "BP4D", "disfa": "DISFA", "fpara": "FPara"}
 
 Batch = Mapping[str, Any]
 ApplyFn = Callable[[Any, Any], Mapping[str, Any]]
@@ -206,6 +207,39 @@ def paper_rows(table_key: str, columns: Sequence[str]) -> tuple[list[Row], str]:
     return rows, note
 
 
+def f1_row(label: str, columns: Sequence[str], f1: Sequence[float], mean: float) -> Row:
+    """A table row: per-column F1 and the "avg" column."""
+    return label, {**dict(zip(columns, f1)), "avg": mean}
+
+
+def f1_table(title: str, columns: Sequence[str], ours: Sequence[Row], *, dataset: str,
+             label_set: str, paper: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Our F1 rows beside a paper table (default the label set's Table II / III), "avg" last.
+
+    ``paper`` is (table key, table name); the rows of the paper are restricted to ``columns``.
+    """
+    paper = paper or PAPER_AU_TABLES.get(label_set)
+    prows, note = paper_rows(paper[0], columns) if paper else ([], "")
+    if dataset not in LANDMARK_COLUMNS:
+        note = " ".join(filter(None, [note, f"The paper's numbers are on real data, ours on {dataset}: "
+                                      "not comparable, shown for layout."]))
+    return {"title": f"{title} — beside the paper's {paper[1]}" if paper else title,
+            "columns": list(columns) + ["avg"], "rows": list(ours) + prows, "note": note}
+
+
+def landmark_table(mean_error_pct: float, failure_rate_pct: float, *, dataset: str, label_set: str,
+                   title: str = "Landmark mean error (% of inter-ocular distance)") -> dict[str, Any]:
+    """Our landmark error and failure rate beside the paper's Table VII column of the dataset."""
+    column = LANDMARK_COLUMNS.get(dataset, LANDMARK_COLUMNS.get(label_set, "BP4D"))
+    prows, _ = paper_rows(PAPER_LANDMARK_TABLE[0], [column])
+    failure = "failure rate (>10%)"
+    return {"title": f"{title} — beside the paper's {PAPER_LANDMARK_TABLE[1]}", "columns": [column, failure],
+            "rows": [("ours", {column: mean_error_pct, failure: failure_rate_pct})]
+            + [(name, {column: row[column]}) for name, row in prows],
+            "precision": 2,
+            "note": "" if dataset in LANDMARK_COLUMNS else f"Ours on {dataset}, the paper's on real {column}."}
+
+
 def result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The tables of one evaluation result: dicts with ``title``, ``columns``, ``rows`` and ``note``.
 
@@ -213,40 +247,20 @@ def result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     paper's Table II (BP4D AUs) or III (DISFA AUs); paralysis: per-grade F1 beside Table IV; both:
     landmark mean error and failure rate beside Table VII.
     """
-    tables: list[dict[str, Any]] = []
     where = f"{result['dataset']}/{result['builder_config']} fold {result['fold']}, {result['frames']} frames"
+    common = {"dataset": result["dataset"], "label_set": result["label_set"]}
     if result["task"] == "paralysis":
         columns = list(result["grades"])
-        ours = [("ours", {**dict(zip(columns, result["grade_f1"])), "avg": result["mean_f1"]})]
-        prows, note = paper_rows(_PAPER_GRADE_TABLE, columns)
-        tables.append({"title": f"Grade F1 (%) on {where} — beside the paper's Table IV",
-                       "columns": columns + ["avg"], "rows": ours + prows, "note": note})
+        table = f1_table(f"Grade F1 (%) on {where}", columns, [f1_row("ours", columns, result["grade_f1"],
+                         result["mean_f1"])], paper=PAPER_GRADE_TABLE, **common)
     else:
         columns = list(result["aus"])
-        ours = []
-        for key, _, label in AU_PREDICTIONS + ((TRIVIAL, None, "all-present baseline"),):
-            p = result["predictions"][key]
-            ours.append((f"ours ({label})" if key != TRIVIAL else label,
-                         {**dict(zip(columns, p["f1"])), "avg": p["mean_f1"]}))
-        table_key = _PAPER_AU_TABLES.get(result["label_set"])
-        prows, note = paper_rows(table_key, columns) if table_key else ([], "")
-        if result["dataset"] not in _PAPER_AU_TABLES:
-            note = " ".join(filter(None, [note, f"The paper's numbers are on real {result['label_set'].upper()}, "
-                                          f"ours on {result['dataset']}: not comparable, shown for layout."]))
-        tables.append({"title": f"AU F1 (%) on {where} — beside the paper's "
-                                f"{'Table II' if result['label_set'] == 'bp4d' else 'Table III'}",
-                       "columns": columns + ["avg"], "rows": ours + prows, "note": note})
+        ours = [f1_row(f"ours ({label})" if key != TRIVIAL else label, columns, result["predictions"][key]["f1"],
+                       result["predictions"][key]["mean_f1"])
+                for key, _, label in AU_PREDICTIONS + ((TRIVIAL, None, "all-present baseline"),)]
+        table = f1_table(f"AU F1 (%) on {where}", columns, ours, **common)
     lm = result["landmarks"]
-    column = _LANDMARK_COLUMNS.get(result["dataset"], _LANDMARK_COLUMNS.get(result["label_set"], "BP4D"))
-    prows, _ = paper_rows(_PAPER_LANDMARK_TABLE, [column])
-    tables.append({"title": f"Landmark mean error (% of inter-ocular distance) — beside the paper's Table VII",
-                   "columns": [column, "failure rate (>10%)"],
-                   "rows": [("ours", {column: lm["mean_error_pct"], "failure rate (>10%)": lm["failure_rate_pct"]})]
-                   + [(name, {column: row[column]}) for name, row in prows],
-                   "precision": 2,
-                   "note": "" if result["dataset"] in _LANDMARK_COLUMNS else
-                   f"Ours on {result['dataset']}, the paper's on real {column}."})
-    return tables
+    return [table, landmark_table(lm["mean_error_pct"], lm["failure_rate_pct"], **common)]
 
 
 def _cell(value: float | None, precision: int = 1) -> str:

@@ -1,0 +1,37 @@
+"""``algrnet eval``: evaluate a checkpoint on a fold and print the tables beside the paper's.
+
+Example::
+
+    algrnet eval --checkpoint runs/bp4d_f1/best --dataset bp4d --fold 1 --out runs/bp4d_f1/eval
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="orbax checkpoint directory (a step or a run directory)")
+    parser.add_argument("--dataset", default=None, help="tfds dataset name (default: the checkpoint's)")
+    parser.add_argument("--builder-config", default=None, help="tfds builder config (default: the checkpoint's)")
+    parser.add_argument("--fold", type=int, choices=(1, 2, 3), default=None,
+                        help="test part 1..3 (default: the checkpoint's)")
+    parser.add_argument("--data-dir", default=None, help="tfds data directory (default: the checkpoint's)")
+    parser.add_argument("--split", default=None, help="tfds split expression instead of the fold's test part")
+    parser.add_argument("--batch-size", type=int, default=None, help="eval batch size (default: the checkpoint's)")
+    parser.add_argument("--out", default=None, help="write eval.json and eval.md here")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from algrnet_jax import evaluation
+
+    if not pathlib.Path(args.checkpoint).exists():
+        raise SystemExit(f"algrnet eval: checkpoint {args.checkpoint!r} does not exist")
+    result = evaluation.evaluate_checkpoint(
+        args.checkpoint, dataset=args.dataset, builder_config=args.builder_config, fold=args.fold,
+        data_dir=args.data_dir, split=args.split, eval_batch_size=args.batch_size)
+    paths = evaluation.report_result(result, args.out)
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0

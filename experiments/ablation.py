@@ -1,0 +1,76 @@
+"""Ablation study (the paper's Tables V and VI): cross-validate each variant and tabulate.
+
+Variants (``algrnet_jax.configs``): ``wo_full`` (no Ada, S-B, F&R), ``wo_fr``, ``wo_sb``, ``w_bi``
+(plain ConvBiLSTM), ``wo_ada`` and the full ``algrnet``. Each runs ``experiments.cross_validation``
+in ``<workdir>/<variant>``; the table shows our mean-over-folds F1 (final prediction) per variant beside
+the paper's Table VI (BP4D AUs) or Table V (DISFA AUs). Writes ``<workdir>/ablation.json`` / ``.md``.
+
+Examples::
+
+    python -m experiments.ablation --dataset disfa --paper --workdir runs/disfa_ablation
+    python -m experiments.ablation --size small --workdir runs/synth_ablation --folds 1 \
+        --variants wo_full algrnet --set train.num_epochs=2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from algrnet_jax import evaluation
+from experiments import cross_validation
+
+# variant config name -> the paper's row name (Tables V / VI), in the paper's order.
+VARIANTS: dict[str, str] = {"wo_full": "w/o full", "wo_fr": "w/o F&R", "wo_sb": "w/o S-B", "w_bi": "w/ Bi",
+                            "wo_ada": "w/o Ada", "algrnet": "ALGRNet"}
+
+
+def ablation_table(aggregates: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Tables V/VI layout: one row per variant (ours, mean of folds, final) beside the paper's rows."""
+    first = next(iter(aggregates.values()))
+    columns = list(first["aus"])
+    rows = [evaluation.f1_row(f"ours {VARIANTS[name]}", columns, agg["predictions"]["final"]["mean_f1_per_au"],
+                              agg["predictions"]["final"]["mean_f1"]) for name, agg in aggregates.items()]
+    folds = ", ".join(str(f) for f in first["folds"])
+    table = evaluation.f1_table(f"Ablation, AU F1 (%) on {first['dataset']}/{first['builder_config']}, folds {folds}",
+                                columns, rows, dataset=first["dataset"], label_set=first["label_set"],
+                                paper=evaluation.PAPER_ABLATION_TABLES.get(first["label_set"]))
+    return [table]
+
+
+def run_ablation(args: argparse.Namespace, variants: Sequence[str]) -> dict[str, Any]:
+    """Cross-validates each variant (config from ``args``) and writes ablation.json / ablation.md."""
+    workdir = pathlib.Path(args.workdir)
+    aggregates = {}
+    for name in variants:
+        config = cross_validation.config_from_args(args, name=name)
+        aggregates[name] = cross_validation.run_cross_validation(config, workdir / name, folds=args.folds,
+                                                                 resume=args.resume)
+    tables = ablation_table(aggregates)
+    evaluation.print_tables(tables)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "ablation.json").write_text(json.dumps(aggregates, indent=1))
+    (workdir / "ablation.md").write_text("\n".join(evaluation.markdown_table(t) for t in tables))
+    print(f"wrote {workdir / 'ablation.md'}")
+    return aggregates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cross_validation.add_config_arguments(parser)
+    parser.add_argument("--workdir", required=True, help="output directory (one sub-directory per variant)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--folds", type=int, nargs="+", default=list(cross_validation.FOLDS),
+                        choices=cross_validation.FOLDS)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    run_ablation(args, args.variants)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

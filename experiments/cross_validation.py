@@ -1,0 +1,163 @@
+"""3-fold subject-exclusive cross-validation: train and evaluate each fold, aggregate, print the table.
+
+Fold k tests on part k and trains on the other two (``config.data.fold = k``). Each fold trains in
+``<workdir>/fold<k>`` (``algrnet_jax.training.loop.train``), its best checkpoint (by validation mean F1)
+is evaluated on the test part, and the folds are aggregated two ways: the mean over folds of the
+per-AU F1 (what the paper reports) and the pooled F1 (counts summed over the folds, i.e. F1 of the
+concatenated predictions). Writes ``<workdir>/cv.json`` and ``<workdir>/cv.md``.
+
+Examples::
+
+    # paper setting on BP4D (licensed data built with ``algrnet data build bp4d``)
+    python -m experiments.cross_validation --dataset bp4d --paper --workdir runs/bp4d_cv
+    # a quick look on the synthetic set, small model, 2 epochs
+    python -m experiments.cross_validation --config algrnet --size small --workdir runs/synth_cv \
+        --set train.num_epochs=2
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from algrnet_jax import evaluation, metrics
+
+FOLDS = (1, 2, 3)
+
+
+def run_fold(config: Any, workdir: str | pathlib.Path, fold: int, *, resume: bool = False) -> dict[str, Any]:
+    """Trains ``config`` with test part ``fold`` in ``workdir`` and evaluates its best checkpoint."""
+    from algrnet_jax.training.checkpoint import load_for_inference
+    from algrnet_jax.training.loop import train
+
+    config = copy.deepcopy(config)
+    config.data.fold = fold
+    workdir = pathlib.Path(workdir)
+    summary = train(config, str(workdir), resume=resume)
+    ckpt_config, variables = load_for_inference(str(workdir))
+    result = evaluation.evaluate_variables(ckpt_config, variables)
+    result["train_summary"] = _jsonable(summary)
+    evaluation.write_result(result, workdir)
+    return result
+
+
+def _jsonable(x: Any) -> Any:
+    try:
+        return json.loads(json.dumps(x, default=float))
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def aggregate(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Aggregates fold results (``evaluate_variables`` dicts of the AU task, same AUs).
+
+    Returns a dict with ``folds``, ``aus``, per prediction kind (``local``, ``integrated``, ``final``,
+    ``all_present``) ``{"mean_f1_per_au", "std_f1_per_au", "mean_f1", "pooled_f1_per_au",
+    "pooled_mean_f1"}`` in percent, the fold-mean landmark error / failure rate, and ``mean_f1``
+    (final, mean over folds).
+    """
+    if not results:
+        raise ValueError("no fold results to aggregate")
+    aus = results[0]["aus"]
+    if any(r["aus"] != aus for r in results):
+        raise ValueError("fold results disagree on the AU list")
+    out: dict[str, Any] = {"folds": [r["fold"] for r in results], "aus": aus, "dataset": results[0]["dataset"],
+                           "builder_config": results[0]["builder_config"], "label_set": results[0]["label_set"],
+                           "model": results[0].get("model"), "frames": sum(r["frames"] for r in results),
+                           "predictions": {}}
+    for key in results[0]["predictions"]:
+        agg = metrics.aggregate_folds([[v / 100 for v in r["predictions"][key]["f1"]] for r in results],
+                                      [r["predictions"][key]["counts"] for r in results])
+        out["predictions"][key] = {k: (100 * v).tolist() if hasattr(v, "tolist") else 100 * v for k, v in agg.items()}
+    out["mean_f1"] = out["predictions"]["final"]["mean_f1"]
+    out["landmarks"] = {k: sum(r["landmarks"][k] for r in results) / len(results)
+                        for k in ("mean_error_pct", "failure_rate_pct")}
+    return out
+
+
+def cv_tables(results: Sequence[Mapping[str, Any]], agg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Paper-layout tables: ours per fold, mean over folds and pooled, beside the paper's rows."""
+    columns = list(agg["aus"])
+    rows = [evaluation.f1_row(f"ours fold {r['fold']} (final)", columns, r["predictions"]["final"]["f1"],
+                              r["predictions"]["final"]["mean_f1"]) for r in results]
+    for key in ("local", "integrated", "final"):
+        p = agg["predictions"][key]
+        rows.append(evaluation.f1_row(f"ours mean of folds ({key})", columns, p["mean_f1_per_au"], p["mean_f1"]))
+    p = agg["predictions"]["final"]
+    rows.append(evaluation.f1_row("ours pooled (final)", columns, p["pooled_f1_per_au"], p["pooled_mean_f1"]))
+    p = agg["predictions"][evaluation.TRIVIAL]
+    rows.append(evaluation.f1_row("all-present baseline (mean of folds)", columns, p["mean_f1_per_au"], p["mean_f1"]))
+    common = {"dataset": agg["dataset"], "label_set": agg["label_set"]}
+    folds = ", ".join(str(f) for f in agg["folds"])
+    return [evaluation.f1_table(f"AU F1 (%), {agg['dataset']}/{agg['builder_config']}, folds {folds}", columns,
+                                rows, **common),
+            evaluation.landmark_table(agg["landmarks"]["mean_error_pct"], agg["landmarks"]["failure_rate_pct"],
+                                      title="Landmark mean error (% of inter-ocular distance), mean of folds",
+                                      **common)]
+
+
+def run_cross_validation(config: Any, workdir: str | pathlib.Path, *, folds: Sequence[int] = FOLDS,
+                         resume: bool = False) -> dict[str, Any]:
+    """Runs ``folds`` of ``config`` under ``workdir`` and writes cv.json / cv.md; returns the aggregate."""
+    workdir = pathlib.Path(workdir)
+    results = [run_fold(config, workdir / f"fold{k}", k, resume=resume) for k in folds]
+    agg = aggregate(results)
+    tables = cv_tables(results, agg)
+    evaluation.print_tables(tables)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "cv.json").write_text(json.dumps({"aggregate": agg, "folds": results}, indent=1))
+    (workdir / "cv.md").write_text("\n".join(evaluation.markdown_table(t) for t in tables))
+    print(f"wrote {workdir / 'cv.md'} and {workdir / 'cv.json'}")
+    return agg
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by the experiment runners to pick a config."""
+    parser.add_argument("--config", default="algrnet", help="named model config (algrnet_jax.configs)")
+    parser.add_argument("--size", default="small", choices=("paper", "small", "tiny"), help="model/data size")
+    parser.add_argument("--dataset", default="synth_au", help="tfds dataset: synth_au | bp4d | disfa")
+    parser.add_argument("--builder-config", default=None, help="tfds builder config")
+    parser.add_argument("--label-set", default=None, choices=("bp4d", "disfa"),
+                        help="AU set (default: the dataset's, bp4d for synth_au)")
+    parser.add_argument("--data-dir", default="", help="tfds data dir (default $ALGRNET_DATA_DIR or ./data/tfds)")
+    parser.add_argument("--paper", action="store_true", help="the paper's setting (experiments.paper_configs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set train.num_epochs=2 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, name: str | None = None) -> Any:
+    """Builds a config from ``add_config_arguments`` arguments (``name`` replaces ``--config``)."""
+    from algrnet_jax.configs import get_config
+    from experiments.paper_configs import apply_overrides, paper_config
+
+    name = name or args.config
+    label_set = args.label_set or (args.dataset if args.dataset in ("bp4d", "disfa") else "bp4d")
+    if args.paper:
+        config = paper_config(args.dataset, name, data_dir=args.data_dir, builder_config=args.builder_config)
+    else:
+        config = get_config(name, size=args.size, label_set=label_set)
+        config.data.dataset = args.dataset
+        config.data.data_dir = args.data_dir
+        if args.builder_config is not None:
+            config.data.builder_config = args.builder_config
+    return apply_overrides(config, args.set)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--workdir", required=True, help="output directory (one sub-directory per fold)")
+    parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=FOLDS)
+    parser.add_argument("--resume", action="store_true", help="resume each fold from its latest checkpoint")
+    args = parser.parse_args(argv)
+    run_cross_validation(config_from_args(args), args.workdir, folds=args.folds, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
