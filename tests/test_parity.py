@@ -1,0 +1,173 @@
+"""Parity with the PyTorch JAA-Net reference (fixture ``jaanet_parity_bp4d``, SPEC section 5).
+
+The fixture's weights are rebuilt from ``recipe.json``, saved as the six release ``.pth`` files, converted
+with ``algrnet convert-jaanet`` and run. Targets: eval outputs within 1e-4 absolute (initial maps exact),
+one training step with our loss and optimizer: losses within 1e-5 relative, post-step sums and sums of
+squares of every state_dict entry within 1e-4 relative. The PyTorch baseline of ``interop/torch_jaanet``
+is held to the same fixture.
+"""
+import argparse
+import pathlib
+
+import numpy as np
+import pytest
+
+from algrnet_jax.interop import recipe
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d"
+EVAL_KEYS = ("landmarks", "initial_au_maps", "refined_au_maps", "au_prob", "local_au_prob", "au_logprob",
+             "local_au_logprob")
+LOSSES = {"total": "loss", "au": "loss_au", "local_au": "loss_local_au", "land": "loss_align"}
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return dict(np.load(FIXTURE / "expected.npz"))
+
+
+@pytest.fixture(scope="module")
+def release():
+    return recipe.rebuild_state_dicts(recipe.load_recipe(FIXTURE / "recipe.json"))
+
+
+def _run_command(module, argv):
+    """Runs an ``algrnet`` subcommand module as the CLI does (parser from ``add_arguments``)."""
+    import importlib
+
+    mod = importlib.import_module(f"algrnet_jax.commands.{module}")
+    parser = argparse.ArgumentParser(prog=module)
+    mod.add_arguments(parser)
+    return mod.run(parser.parse_args(argv))
+
+
+def _assert_eval_outputs(got, expected, prefix="eval_"):
+    for k in EVAL_KEYS:
+        want = expected[prefix + k]
+        assert got[k].shape == want.shape, k
+        if k == "initial_au_maps":
+            np.testing.assert_array_equal(got[k], want, err_msg=k)
+        else:
+            np.testing.assert_allclose(got[k], want, rtol=0, atol=1e-4, err_msg=k)
+
+
+def _assert_after_step(state_dicts, expected):
+    """Sum and sum of squares of every release state_dict entry after one step, 1e-4 relative."""
+    flat = {f"{m}.{k}": np.asarray(v, np.float64) for m, sd in state_dicts.items() for k, v in sd.items()}
+    names = [str(n) for n in expected["after_step_names"]]
+    assert sorted(names) == sorted(flat)
+    bad = []
+    for name, s, q in zip(names, expected["after_step_sum"], expected["after_step_sumsq"]):
+        a = flat[name]
+        for label, got, want in (("sum", a.sum(), s), ("sumsq", np.square(a).sum(), q)):
+            if abs(got - want) > 1e-4 * abs(want):
+                bad.append(f"{name} {label}: {got!r} vs {want!r}")
+    assert not bad, f"{len(bad)} post-step entries differ:\n" + "\n".join(bad[:30])
+
+
+@pytest.mark.torch
+def test_torch_baseline_reproduces_the_reference(release, expected):
+    """Our PyTorch JAA-Net (release keys) reproduces eval outputs, losses and one SGD step."""
+    torch = pytest.importorskip("torch")
+    from algrnet_jax.interop import torch_jaanet
+
+    torch.set_num_threads(2)
+    model = torch_jaanet.TorchJAANet()
+    model.load_release(release)
+    model.eval()
+    x = torch.from_numpy(expected["input"])
+    with torch.no_grad():
+        out = {k: v.numpy() for k, v in model(x).items()}
+    _assert_eval_outputs(out, expected)
+
+    t = {k: torch.from_numpy(expected[k]) for k in ("au_labels", "gt_landmarks", "biocular", "au_weight")}
+    step = torch_jaanet.train_step(model, torch_jaanet.make_sgd(model), x, t["au_labels"], t["gt_landmarks"],
+                                   t["biocular"], t["au_weight"])
+    for k in ("landmarks", "initial_au_maps", "local_au_logprob", "au_logprob"):
+        np.testing.assert_allclose(step[k].numpy(), expected["train_" + k], rtol=0, atol=1e-4, err_msg=k)
+    for k in LOSSES:
+        np.testing.assert_allclose(step["loss_" + k].item(), expected["train_loss_" + k], rtol=1e-5, err_msg=k)
+    _assert_after_step({m: {k: v.numpy() for k, v in sd.items()} for m, sd in model.release_state_dicts().items()},
+                       expected)
+
+
+@pytest.fixture(scope="module")
+def converted(release, tmp_path_factory):
+    """The fixture weights as .pth files, converted with ``algrnet convert-jaanet``: (ckpt dir, tmp dir)."""
+    pytest.importorskip("torch")
+    tmp = tmp_path_factory.mktemp("jaanet")
+    recipe.save_pth(release, tmp / "release", epoch=4)
+    ckpt = tmp / "ckpt"
+    assert _run_command("convert_jaanet", ["--torch-dir", str(tmp / "release"), "--epoch", "4", "--au-num", "12",
+                                           "--out", str(ckpt)]) == 0
+    return ckpt, tmp
+
+
+@pytest.mark.torch
+def test_converted_checkpoint_reproduces_reference_eval_through_run_arrays(converted, expected):
+    """convert-jaanet -> run-arrays on the fixture's NCHW input (and the same faces NHWC)."""
+    ckpt, tmp = converted
+    np.save(tmp / "faces_nchw.npy", expected["input"])
+    np.save(tmp / "faces_nhwc.npy", expected["input"].transpose(0, 2, 3, 1))
+    assert _run_command("run_arrays", ["--checkpoint", str(ckpt), "--input", str(tmp / "faces_nchw.npy"),
+                                       "--out", str(tmp / "out_nchw.npz")]) == 0
+    out = dict(np.load(tmp / "out_nchw.npz"))
+    _assert_eval_outputs(out, expected)
+    assert out["final_au_prob"].shape == (2, 12)
+    np.testing.assert_array_equal(out["final_au_prob"], out["au_prob"])  # JAA-Net: final = integrated
+    assert _run_command("run_arrays", ["--checkpoint", str(ckpt), "--input", str(tmp / "faces_nhwc.npy"),
+                                       "--layout", "nhwc", "--batch-size", "1",
+                                       "--out", str(tmp / "out_nhwc.npz")]) == 0
+    out_nhwc = dict(np.load(tmp / "out_nhwc.npz"))
+    for k in EVAL_KEYS:
+        np.testing.assert_allclose(out_nhwc[k], out[k], rtol=0, atol=1e-5, err_msg=k)
+    with pytest.raises(SystemExit, match="ambiguous|wants 176x176"):
+        np.save(tmp / "bad.npy", np.zeros((1, 3, 64, 64), np.float32))
+        _run_command("run_arrays", ["--checkpoint", str(ckpt), "--input", str(tmp / "bad.npy"),
+                                    "--out", str(tmp / "bad.npz")])
+
+
+@pytest.mark.torch
+def test_one_training_step_matches_the_reference(converted, expected):
+    """Our train step (losses.total_loss, optim.make_optimizer) on the fixture batch: train outputs,
+    losses and every post-step state_dict entry (running statistics included) as the reference."""
+    import jax
+    import jax.numpy as jnp
+
+    from algrnet_jax.interop import convert
+    from algrnet_jax.models.networks import create_model
+    from algrnet_jax.training import optim, steps
+    from algrnet_jax.training.checkpoint import load_for_inference
+    from algrnet_jax.training.state import TrainState
+
+    config, variables = load_for_inference(converted[0])
+    model = create_model(config)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                              tx=optim.make_optimizer(config.train, steps_per_epoch=1),
+                              batch_stats=variables["batch_stats"], rng=jax.random.PRNGKey(0))
+    b = expected["input"].shape[0]
+    batch = {
+        "image": jnp.asarray(expected["input"].transpose(0, 2, 3, 1)),
+        "landmarks": jnp.asarray(expected["gt_landmarks"].reshape(b, 49, 2)),
+        "interocular": jnp.sqrt(jnp.asarray(expected["biocular"], jnp.float32)),  # the fixture's is squared
+        "labels": jnp.asarray(expected["au_labels"], jnp.int32),
+        "mask": jnp.ones([b], jnp.float32),
+    }
+    au_weight = jnp.asarray(expected["au_weight"])
+
+    @jax.jit
+    def step_and_outputs(state, batch, au_weight):
+        outputs, _ = state.apply_fn(state.variables(), batch["image"], train=True, mutable=["batch_stats"])
+        new_state, metrics = steps.train_step(state, batch, au_weight, config=config)
+        return new_state, metrics, outputs
+
+    new_state, metrics, outputs = step_and_outputs(state, batch, au_weight)
+    from algrnet_jax.interop.arrays import torch_layout
+
+    out = torch_layout(jax.tree.map(np.asarray, outputs))
+    for k in ("landmarks", "initial_au_maps", "local_au_logprob", "au_logprob"):
+        np.testing.assert_allclose(out[k], expected["train_" + k], rtol=0, atol=1e-4, err_msg=k)
+    for ref, ours in LOSSES.items():
+        np.testing.assert_allclose(float(metrics[ours]), expected["train_loss_" + ref], rtol=1e-5, err_msg=ours)
+    after = convert.flax_to_state_dicts(jax.tree.map(np.asarray, new_state.variables()), config,
+                                        num_batches_tracked=1)
+    _assert_after_step(after, expected)
