@@ -1,0 +1,47 @@
+"""tfds builders of the project and a registry name -> builder class (imported lazily).
+
+``get_builder("synth_au", config="bp4d_small", data_dir=None)`` returns a builder instance; the
+data directory defaults to :func:`default_data_dir` (``$ALGRNET_DATA_DIR`` or ``./data/tfds``).
+Real datasets (bp4d, disfa, fpara) need the release files: ``manual_dir``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from data_pipelines.builders.common import default_data_dir
+
+# name -> "module:Class". Real datasets read release files from a manual dir.
+REGISTRY: dict[str, str] = {
+    "synth_au": "data_pipelines.builders.synth_au:SynthAu",
+    "bp4d": "data_pipelines.builders.bp4d:Bp4d",
+    "disfa": "data_pipelines.builders.disfa:Disfa",
+    "fpara": "data_pipelines.builders.fpara:Fpara",
+}
+NEEDS_MANUAL_DIR: frozenset[str] = frozenset({"bp4d", "disfa", "fpara"})
+
+__all__ = ["REGISTRY", "NEEDS_MANUAL_DIR", "default_data_dir", "builder_class", "get_builder"]
+
+
+def builder_class(name: str) -> type:
+    """Imports and returns the builder class registered under ``name``."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_builder(name: str, config: str | None = None, data_dir: str | None = None, **kwargs: Any):
+    """Instantiates a registered builder (``kwargs`` e.g. ``skip_bad=True``).
+
+    Args:
+      name: registry name.
+      config: builder config name (``None``: the builder's default).
+      data_dir: tfds data dir; ``None``/"" -> :func:`default_data_dir`.
+    """
+    cls = builder_class(name)
+    if config is not None:
+        names = [c.name for c in getattr(cls, "BUILDER_CONFIGS", [])]
+        if names and config not in names:
+            raise ValueError(f"unknown config {config!r} of dataset {name!r}; choose from {', '.join(names)}")
+    return cls(config=config, data_dir=data_dir or default_data_dir(), **kwargs)

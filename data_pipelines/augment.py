@@ -1,0 +1,122 @@
+"""Geometric augmentation of aligned faces and their landmarks (SPEC section 2).
+
+Pure functions; the ``tf_*`` ones run inside tf.data (they accept numpy too), the others are the
+numpy equivalents used by tests and plots. Coordinates are (x, y) pixels, 0-based, pixel centres at
+integers.
+
+- resize (aligned S=200 -> A, when ``aligned_size`` differs): half-pixel-centre convention,
+  ``x' = (x + 0.5) * A / S - 0.5`` (what ``tf.image.resize`` does to pixels);
+- crop at offset (ox, oy): ``x' = x - ox``, ``y' = y - oy``;
+- horizontal flip of a C-wide crop: ``x' = C - 1 - x``, then landmark i takes the mirrored point
+  ``REFLECT_49[i]`` (left and right swap);
+- pixels: ``v / 127.5 - 1`` in [-1, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from algrnet_jax import au_sets
+
+REFLECT_49 = np.asarray(au_sets.REFLECT_49, np.int32)
+
+
+# ------------------------------------------------------------------------------------- numpy
+
+
+def resize_landmarks(landmarks: np.ndarray, src_size: int, dst_size: int) -> np.ndarray:
+    """Landmarks ``[..., 49, 2]`` of an S-pixel image resized to ``dst_size`` (half-pixel centres)."""
+    s = dst_size / src_size
+    return (np.asarray(landmarks, np.float32) + 0.5) * np.float32(s) - 0.5
+
+
+def crop_landmarks(landmarks: np.ndarray, offset_xy: np.ndarray) -> np.ndarray:
+    """Landmarks ``[..., 49, 2]`` in a crop at ``offset_xy`` ``[..., 2]`` (x, y)."""
+    return np.asarray(landmarks, np.float32) - np.asarray(offset_xy, np.float32)[..., None, :]
+
+
+def flip_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
+    """Landmarks ``[..., 49, 2]`` of a horizontally flipped ``width``-wide image (mirror + permute)."""
+    lm = np.array(landmarks, np.float32)
+    lm[..., 0] = width - 1 - lm[..., 0]
+    return lm[..., REFLECT_49, :]
+
+
+def flip_image(image: np.ndarray) -> np.ndarray:
+    """Horizontal flip of ``[..., H, W, C]``."""
+    return np.asarray(image)[..., ::-1, :]
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [-1, 1]."""
+    return np.asarray(image, np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """float [-1, 1] -> uint8 (for plots)."""
+    return np.clip(np.round((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def centre_offset(aligned_size: int, crop_size: int) -> int:
+    """Test-time crop offset ``(aligned - crop) // 2`` (12 for 200 -> 176)."""
+    if crop_size > aligned_size:
+        raise ValueError(f"crop_size {crop_size} larger than aligned_size {aligned_size}")
+    return (aligned_size - crop_size) // 2
+
+
+# ---------------------------------------------------------------------------------------- tf
+
+
+def tf_random_crop_flip(seed: tf.Tensor, aligned_size: int, crop_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Stateless crop offset (x, y) int32 ``[2]`` in ``[0, A - C]`` and flip bool ``[]`` (p = 0.5).
+
+    Args:
+      seed: int32/int64 ``[2]`` stateless seed (e.g. (hash(seed, epoch), example index)).
+    """
+    u = tf.random.stateless_uniform([3], seed=seed, dtype=tf.float32)
+    span = aligned_size - crop_size + 1
+    offset = tf.minimum(tf.cast(tf.floor(u[:2] * span), tf.int32), span - 1)
+    return offset, u[2] < 0.5
+
+
+def tf_crop_landmarks(landmarks: tf.Tensor, offset_xy: tf.Tensor) -> tf.Tensor:
+    """``[..., 49, 2]`` minus the crop offset ``[..., 2]`` (x, y)."""
+    return landmarks - tf.cast(offset_xy, tf.float32)[..., None, :]
+
+
+def tf_flip_landmarks(landmarks: tf.Tensor, width: int) -> tf.Tensor:
+    """Mirror x (``width - 1 - x``) and permute by ``REFLECT_49``: ``[..., 49, 2]``."""
+    mirrored = tf.stack([width - 1.0 - landmarks[..., 0], landmarks[..., 1]], axis=-1)
+    return tf.gather(mirrored, REFLECT_49, axis=-2)
+
+
+def tf_resize_landmarks(landmarks: tf.Tensor, src_size: int, dst_size: int) -> tf.Tensor:
+    """Half-pixel-centre rescaling of landmarks, matching ``tf.image.resize``."""
+    return (landmarks + 0.5) * (dst_size / src_size) - 0.5
+
+
+def tf_decode_crop(jpeg: tf.Tensor, offset_xy: tf.Tensor, src_size: int, aligned_size: int,
+                   crop_size: int) -> tf.Tensor:
+    """Decodes a JPEG (``src_size`` square), resizes to ``aligned_size`` if needed, crops: uint8 ``[C, C, 3]``.
+
+    Without resizing only the crop window is decoded (``decode_and_crop_jpeg``).
+    """
+    if aligned_size == src_size:
+        window = tf.stack([offset_xy[1], offset_xy[0], crop_size, crop_size])
+        image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
+    else:
+        image = tf.io.decode_jpeg(jpeg, channels=3)
+        image = tf.image.resize(image, [aligned_size, aligned_size], method="bilinear", antialias=True)
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        image = image[offset_xy[1]:offset_xy[1] + crop_size, offset_xy[0]:offset_xy[0] + crop_size]
+    return tf.ensure_shape(image, [crop_size, crop_size, 3])
+
+
+def tf_flip_images(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """Flips ``[B, H, W, C]`` horizontally where ``flip`` ``[B]`` is true."""
+    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def tf_normalize(images: tf.Tensor) -> tf.Tensor:
+    """uint8 -> float32 in [-1, 1]."""
+    return tf.cast(images, tf.float32) * (1.0 / 127.5) - 1.0

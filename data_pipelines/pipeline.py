@@ -1,0 +1,281 @@
+"""Input pipeline: tfds records -> global numpy batches (docs/design.md "Batches").
+
+Records are read by random access (ArrayRecord) in an order fixed by ``(config.data.shuffle_seed,
+epoch)``: every epoch is a global permutation of the training part, so a run resumed at
+``(epoch, start_batch)`` sees exactly the batches it would have seen. Augmentation (random crop
+inside the aligned face, horizontal flip p = 0.5 with landmark reflection) draws stateless random
+numbers keyed by ``(seed, epoch, example index)``. Decoding, cropping and normalising run in tf.data
+(parallel, prefetched); batches come out as numpy:
+
+- ``image`` float32 ``[B, C, C, 3]`` in [-1, 1]; ``landmarks`` float32 ``[B, 49, 2]`` crop pixels;
+- ``interocular`` float32 ``[B]`` (scaled with the image); ``mask`` float32 ``[B]``;
+- ``labels`` int32 ``[B, n]`` (0/1, -1 unknown; the AUs of ``config.aus``) or ``[B]`` grades.
+
+Eval batches are in record order, the last one padded (``mask`` 0, AU labels -1, ``subject`` "",
+``frame`` -1) and also carry ``subject`` (str ``[B]``) and ``frame`` (int32 ``[B]``).
+
+Batches are global: the trainer shards them over its device mesh, so batch sizes must be
+divisible by the device count.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from algrnet_jax import au_sets
+from data_pipelines import augment, builders
+from data_pipelines.builders import common
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+
+# ------------------------------------------------------------------------------------- builder
+
+
+def dataset_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The prepared builder named by ``config.data`` (dataset, builder_config, data_dir).
+
+    Raises:
+      FileNotFoundError: when the dataset has not been built, with the command that builds it.
+    """
+    d = config.data
+    data_dir = d.data_dir or builders.default_data_dir()
+    builder = builders.get_builder(d.dataset, d.builder_config or None, data_dir)
+    if not builder.is_prepared():
+        cfg = f" --config {d.builder_config}" if d.builder_config else ""
+        raise FileNotFoundError(
+            f"dataset {d.dataset}{'/' + d.builder_config if d.builder_config else ''} is not built in "
+            f"{data_dir}; build it with `algrnet data build {d.dataset}{cfg} --data-dir {data_dir}`")
+    return builder
+
+
+def split_for(config: ml_collections.ConfigDict, train: bool) -> str:
+    """Training split of ``config.data.fold`` (the other two parts) or its test part."""
+    fold = config.data.fold
+    return common.train_split(fold) if train else common.test_split(fold)
+
+
+def num_examples(config: ml_collections.ConfigDict, train: bool) -> int:
+    """Number of records in the training (or test) split of the fold."""
+    return _num_examples(dataset_builder(config), split_for(config, train))
+
+
+def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+    return int(builder.info.splits[split].num_examples)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """Training batches per epoch: ``num_examples // batch_size`` (the remainder is dropped)."""
+    return num_examples(config, True) // int(config.data.batch_size)
+
+
+# -------------------------------------------------------------------------------------- labels
+
+
+def _label_set(builder: tfds.core.DatasetBuilder) -> str:
+    cfg = builder.builder_config
+    label_set = getattr(cfg, "label_set", None) or (builder.info.metadata or {}).get("label_set")
+    if label_set is None:
+        raise ValueError(f"dataset {builder.name} does not say its label set (builder config or metadata)")
+    return label_set
+
+
+def _label_columns(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> np.ndarray | None:
+    """Columns of the record labels that ``config.aus`` selects; ``None`` for paralysis grades."""
+    label_set = _label_set(builder)
+    paralysis = config.model.task == "paralysis"
+    if (label_set == common.PARALYSIS) != paralysis:
+        raise ValueError(f"config task {config.model.task!r} does not match dataset "
+                         f"{builder.name}/{builder.builder_config.name} (label set {label_set!r})")
+    if paralysis:
+        return None
+    aus = common.label_set_aus(label_set)
+    missing = [a for a in config.aus if a not in aus]
+    if missing:
+        raise ValueError(f"config.aus {tuple(config.aus)} has AUs {missing} that label set {label_set!r} "
+                         f"({aus}) does not have")
+    return np.asarray([aus.index(a) for a in config.aus], np.int32)
+
+
+def _part_counts(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray]:
+    """Summed label counts of the parts of ``split`` (from metadata, else by reading the labels)."""
+    parts = split.split("+")
+    stored = (builder.info.metadata or {}).get("label_counts", {})
+    if all(p in stored for p in parts):
+        keys = [k for k in ("positives", "labelled", "grades") if k in stored[parts[0]]]
+        return {k: np.sum([np.asarray(stored[p][k], np.int64) for p in parts], 0) for k in keys}
+    log.info("no label counts in the metadata of %s; reading labels of %s", builder.name, split)
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    labels = np.concatenate([b["labels"] for b in tfds.as_numpy(ds.map(lambda e: {"labels": e["labels"]})
+                                                                  .batch(4096))]).astype(np.int64)
+    if _label_set(builder) == common.PARALYSIS:
+        return {"grades": np.bincount(labels[:, 0], minlength=len(au_sets.GRADES))}
+    return {"positives": (labels == 1).sum(0), "labelled": (labels >= 0).sum(0)}
+
+
+def _inverse_rate_weights(rate: np.ndarray, what: str) -> np.ndarray:
+    rate = np.asarray(rate, np.float64)
+    if (rate <= 0).any():
+        log.warning("%s: zero rates at %s; clipped to the smallest positive rate", what, np.flatnonzero(rate <= 0))
+        positive = rate[rate > 0]
+        rate = np.where(rate > 0, rate, positive.min() if positive.size else 1.0)
+    w = 1.0 / rate
+    return (w * (len(w) / w.sum())).astype(np.float32)
+
+
+def au_loss_weights(config: ml_collections.ConfigDict) -> np.ndarray:
+    """AU loss weights ``[n]`` from the training split of the fold (SPEC section 2).
+
+    ``rate_i = positives_i / labelled_i`` (unknown labels excluded), ``w_i ∝ 1 / rate_i``,
+    ``sum_i w_i = n``. Paralysis: class-balanced grade weights ``[4]``, ``w_g ∝ 1 / count_g``,
+    ``sum = 4``. An AU (grade) without any positive example gets the largest weight of the others.
+    """
+    builder = dataset_builder(config)
+    cols = _label_columns(config, builder)
+    counts = _part_counts(builder, split_for(config, True))
+    if cols is None:
+        return _inverse_rate_weights(counts["grades"], "grade weights")
+    pos = counts["positives"][cols].astype(np.float64)
+    lab = np.maximum(counts["labelled"][cols], 1).astype(np.float64)
+    return _inverse_rate_weights(pos / lab, "AU weights")
+
+
+# ------------------------------------------------------------------------------------- batches
+
+
+def _check_divisible(batch_size: int, what: str) -> None:
+    import jax  # the trainer's device count decides the sharding
+
+    n = jax.device_count()
+    if batch_size <= 0 or batch_size % n:
+        raise ValueError(f"{what} = {batch_size} must be a positive multiple of the number of devices ({n}); "
+                         f"batches are global and sharded over all devices")
+
+
+def epoch_key(seed: int, epoch: int) -> int:
+    """A 31-bit key of (seed, epoch) for the stateless augmentation seeds."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint32)[0] >> 1)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training records in ``epoch``: int64 ``[n]``."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n).astype(np.int64)
+
+
+def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, split: str,
+             indices: np.ndarray, valid: np.ndarray, batch_size: int, train: bool, key: int) -> tf.data.Dataset:
+    """tf.data over record ``indices`` ``[steps * B]`` (``valid`` marks real rows) -> batch dicts."""
+    try:
+        source = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    except NotImplementedError as e:
+        raise ValueError(f"dataset {builder.name} in {builder.data_dir} is not stored as ArrayRecord (random "
+                         f"access is needed for exact resume); rebuild it with `algrnet data build`") from e
+    features = builder.info.features
+    src_size = int(features["image"].shape[0])
+    aligned, crop = int(config.aligned_size), int(config.crop_size)
+    centre = augment.centre_offset(aligned, crop)
+    scale = aligned / src_size
+    cols = _label_columns(config, builder)
+    decoders = {"image": tfds.decode.SkipDecoding()}
+
+    def read(idx: np.ndarray) -> np.ndarray:
+        return np.asarray(source.__getitems__(idx.tolist()), dtype=object)
+
+    def read_batch(idx, ok):
+        raw = tf.numpy_function(read, [idx], tf.string, stateful=False)
+        return idx, ok, tf.ensure_shape(raw, [batch_size])
+
+    def per_example(idx, ok, raw):
+        ex = features.deserialize_example(raw, decoders=decoders)
+        if train:
+            seed = tf.stack([tf.constant(key, tf.int64), idx])
+            offset, flip = augment.tf_random_crop_flip(seed, aligned, crop)
+        else:
+            offset, flip = tf.constant([centre, centre], tf.int32), tf.constant(False)
+        image = augment.tf_decode_crop(ex["image"], offset, src_size, aligned, crop)
+        lm = ex["landmarks"]
+        if aligned != src_size:
+            lm = augment.tf_resize_landmarks(lm, src_size, aligned)
+        lm = augment.tf_crop_landmarks(lm, offset)
+        lm = tf.where(flip, augment.tf_flip_landmarks(lm, crop), lm)
+        labels = tf.cast(ex["labels"], tf.int32)
+        labels = labels[0] if cols is None else tf.gather(labels, cols)
+        out = {"image": image, "flip": flip, "landmarks": lm, "interocular": ex["interocular"] * scale,
+               "labels": labels, "mask": tf.cast(ok, tf.float32)}
+        if not train:
+            out["subject"] = tf.where(ok, ex["subject"], "")
+            out["frame"] = tf.where(ok, ex["frame"], -1)
+            if cols is not None:
+                out["labels"] = tf.where(ok, labels, -1)
+        return out
+
+    def per_batch(b):
+        b = dict(b)
+        b["image"] = augment.tf_normalize(augment.tf_flip_images(b["image"], b.pop("flip")))
+        return b
+
+    ds = tf.data.Dataset.from_tensor_slices((indices.reshape(-1, batch_size), valid.reshape(-1, batch_size)))
+    ds = ds.map(read_batch).unbatch()
+    ds = ds.map(per_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(max(int(config.data.prefetch), 1))
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def train_batches(config: ml_collections.ConfigDict, *, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+    """The training batches of ``epoch`` from ``start_batch`` on (global batch ``config.data.batch_size``).
+
+    Deterministic in ``(config.data.shuffle_seed, epoch)``; ``train_batches(c, epoch=e, start_batch=k)``
+    yields exactly the batches ``k, k+1, ...`` of ``train_batches(c, epoch=e)``.
+    """
+    batch_size = int(config.data.batch_size)
+    _check_divisible(batch_size, "config.data.batch_size")
+    builder = dataset_builder(config)
+    split = split_for(config, True)
+    n = _num_examples(builder, split)
+    steps = n // batch_size
+    if steps == 0:
+        raise ValueError(f"training split {split} has {n} examples, fewer than one batch of {batch_size}")
+    if not 0 <= start_batch <= steps:
+        raise ValueError(f"start_batch {start_batch} outside 0..{steps} (batches per epoch)")
+    seed = int(config.data.shuffle_seed)
+    order = epoch_permutation(seed, epoch, n)[start_batch * batch_size:steps * batch_size]
+    if order.size == 0:
+        return
+    ds = _dataset(config, builder, split, order, np.ones(order.size, bool), batch_size, True, epoch_key(seed, epoch))
+    yield from ds.as_numpy_iterator()
+
+
+def eval_batches(config: ml_collections.ConfigDict, *, split: str | None = None) -> Iterator[Batch]:
+    """Test batches in record order (``config.data.eval_batch_size``), the last one padded.
+
+    Also yields ``subject`` (str ``[B]``) and ``frame`` (int32 ``[B]``); drop them before sending a
+    batch to devices. ``split`` defaults to the fold's test part.
+    """
+    batch_size = int(config.data.eval_batch_size)
+    _check_divisible(batch_size, "config.data.eval_batch_size")
+    builder = dataset_builder(config)
+    split = split or split_for(config, False)
+    n = _num_examples(builder, split)
+    if n == 0:
+        raise ValueError(f"split {split} of {builder.name} is empty")
+    padded = -(-n // batch_size) * batch_size
+    indices = np.zeros(padded, np.int64)
+    indices[:n] = np.arange(n)
+    valid = np.arange(padded) < n
+    ds = _dataset(config, builder, split, indices, valid, batch_size, False, 0)
+    for b in ds.as_numpy_iterator():
+        b["subject"] = np.char.decode(b["subject"].astype(bytes), "utf-8")
+        yield b
+
