@@ -71,7 +71,8 @@ def test_au_centres_follow_the_rules():
 def test_maps_equal_reference_on_fixture():
     ref = np.load(FIXTURE)
     land = ref["eval_landmarks"]
-    maps = regions.attention_maps(regions.au_centres(jnp.asarray(land.reshape(-1, 49, 2)), BP4D), 0.14, 52, 176)
+    fn = jax.jit(lambda l: regions.attention_maps(regions.au_centres(l, BP4D), 0.14, 52, 176))
+    maps = fn(jnp.asarray(land.reshape(-1, 49, 2)))
     np.testing.assert_array_equal(np.asarray(maps), ref["eval_initial_au_maps"])
     np.testing.assert_array_equal(np.stack([reference_bp4d_maps(x) for x in land]), ref["eval_initial_au_maps"])
 
@@ -110,11 +111,11 @@ def test_maps_are_differentiable_in_centres_and_scales():
     scales = jnp.full((2, 3), 0.14)
     target = jax.random.uniform(jax.random.PRNGKey(0), (2, 3, 52, 52))
     loss = lambda c, e: jnp.sum(regions.attention_maps(c, e, 52, 176) * target)
-    gc, ge = jax.grad(loss, argnums=(0, 1))(centres, scales)
+    gc, ge = jax.jit(jax.grad(loss, argnums=(0, 1)))(centres, scales)
     assert np.all(np.abs(np.asarray(ge)) > 0)
     assert np.all(np.abs(np.asarray(gc)).sum(axis=-1) > 0)  # every centre moves the map in x or y
     # The static-scale path is exact and still passes gradients to the centres.
-    gs = jax.grad(lambda c: jnp.sum(regions.attention_maps(c, 0.14, 52, 176) * target))(centres)
+    gs = jax.jit(jax.grad(lambda c: jnp.sum(regions.attention_maps(c, 0.14, 52, 176) * target)))(centres)
     np.testing.assert_allclose(gs, gc, rtol=1e-5, atol=1e-7)
 
 
