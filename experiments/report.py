@@ -43,36 +43,43 @@ def read_metrics_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
     return records
 
 
-def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+def _series(records: Sequence[Mapping[str, Any]], key: str, kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     pts = [(r["step"], r[key]) for r in records
-           if "step" in r and isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+           if "step" in r and (kind is None or r.get("kind", kind) == kind) and isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
     return (np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)) if pts else (np.zeros(0), np.zeros(0))
 
 
 def plot_curves(records: Sequence[Mapping[str, Any]], out_png: str | pathlib.Path) -> list[str]:
     """Plots loss terms (any key containing "loss") and the learning rate ("lr" or "learning_rate").
 
-    Returns the keys plotted. Evaluation records (keys such as ``mean_f1``) are plotted on a third
-    panel when present.
+    Records carry ``kind`` "train" or "eval" (``algrnet_jax.training.metric_writers``): losses come from
+    train records, held-out mean F1 (keys ending in ``mean_f1``) from eval records, on a third panel.
+    Returns the keys plotted.
     """
     plt = _pyplot()
-    keys = sorted({k for r in records for k, v in r.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    loss_keys = [k for k in keys if "loss" in k]
-    lr_keys = [k for k in keys if k in ("lr", "learning_rate")]
-    f1_keys = [k for k in keys if "f1" in k]
-    panels = [(loss_keys, "loss", True), (lr_keys, "learning rate", False), (f1_keys, "F1 (%)", False)]
+    def numeric_keys(kind: str | None) -> list[str]:
+        return sorted({k for r in records if kind is None or r.get("kind", kind) == kind for k, v in r.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+    train_keys, eval_keys = numeric_keys("train"), numeric_keys("eval")
+    loss_keys = [k for k in train_keys if "loss" in k]
+    lr_keys = [k for k in numeric_keys(None) if k in ("lr", "learning_rate")]
+    f1_keys = [k for k in eval_keys if k.endswith("mean_f1")]
+    if len(f1_keys) > 1 and "mean_f1" in f1_keys:  # the headline duplicates predictions/final/mean_f1
+        f1_keys.remove("mean_f1")
+    panels = [(loss_keys, "loss", True, "train"), (lr_keys, "learning rate", False, None),
+              (f1_keys, "held-out F1 (%)", False, "eval")]
     panels = [p for p in panels if p[0]]
     if not panels:
         raise ValueError("no loss, learning-rate or F1 fields in the metrics records")
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (ks, label, logy) in zip(axes[0], panels):
+    for ax, (ks, label, logy, kind) in zip(axes[0], panels):
         for k in ks:
-            x, y = _series(records, k)
+            x, y = _series(records, k, kind)
             ax.plot(x, y, marker="." if len(x) < 30 else None, label=k)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        if logy and all(np.all(_series(records, k)[1] > 0) for k in ks):
+        if logy and all(np.all(_series(records, k, kind)[1] > 0) for k in ks):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
