@@ -67,18 +67,6 @@ def centre_offset(aligned_size: int, crop_size: int) -> int:
 # ---------------------------------------------------------------------------------------- tf
 
 
-def tf_random_crop_flip(seed: tf.Tensor, aligned_size: int, crop_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Stateless crop offset (x, y) int32 ``[2]`` in ``[0, A - C]`` and flip bool ``[]`` (p = 0.5).
-
-    Args:
-      seed: int32/int64 ``[2]`` stateless seed (e.g. (hash(seed, epoch), example index)).
-    """
-    u = tf.random.stateless_uniform([3], seed=seed, dtype=tf.float32)
-    span = aligned_size - crop_size + 1
-    offset = tf.minimum(tf.cast(tf.floor(u[:2] * span), tf.int32), span - 1)
-    return offset, u[2] < 0.5
-
-
 def tf_crop_landmarks(landmarks: tf.Tensor, offset_xy: tf.Tensor) -> tf.Tensor:
     """``[..., 49, 2]`` minus the crop offset ``[..., 2]`` (x, y)."""
     return landmarks - tf.cast(offset_xy, tf.float32)[..., None, :]

@@ -4,8 +4,8 @@ Records are read by random access (ArrayRecord) in an order fixed by ``(config.d
 epoch)``: every epoch is a global permutation of the training part, so a run resumed at
 ``(epoch, start_batch)`` sees exactly the batches it would have seen. Augmentation (random crop
 inside the aligned face, horizontal flip p = 0.5 with landmark reflection) draws stateless random
-numbers keyed by ``(seed, epoch, example index)``. Decoding, cropping and normalising run in tf.data
-(parallel, prefetched); batches come out as numpy:
+parameters keyed by ``(seed, epoch, example index)`` (:func:`epoch_augmentation`). Decoding, cropping
+and normalising run in tf.data (parallel, prefetched); batches come out as numpy:
 
 - ``image`` float32 ``[B, C, C, 3]`` in [-1, 1]; ``landmarks`` float32 ``[B, 49, 2]`` crop pixels;
 - ``interocular`` float32 ``[B]`` (scaled with the image); ``mask`` float32 ``[B]``;
@@ -160,73 +160,87 @@ def _check_divisible(batch_size: int, what: str) -> None:
                          f"batches are global and sharded over all devices")
 
 
-def epoch_key(seed: int, epoch: int) -> int:
-    """A 31-bit key of (seed, epoch) for the stateless augmentation seeds."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint32)[0] >> 1)
-
-
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of the ``n`` training records in ``epoch``: int64 ``[n]``."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n).astype(np.int64)
+    return np.random.default_rng([int(seed), int(epoch), 0]).permutation(n).astype(np.int64)
+
+
+def epoch_augmentation(seed: int, epoch: int, n: int, aligned_size: int,
+                       crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop offsets (x, y) int32 ``[n, 2]`` in ``[0, A - C]`` and flips bool ``[n]`` (p = 0.5) of ``epoch``.
+
+    Row i belongs to record i, whatever its position in the epoch: keyed by (seed, epoch, index).
+    """
+    rng = np.random.default_rng([int(seed), int(epoch), 1])
+    offsets = rng.integers(0, aligned_size - crop_size + 1, size=(n, 2), dtype=np.int32)
+    flips = rng.random(n) < 0.5
+    return offsets, flips
+
+
+def _parse_spec(features: tfds.features.FeaturesDict) -> dict[str, tf.io.FixedLenFeature]:
+    """tf.Example parsing spec of the record features (how tfds stores them: int64/float32/bytes)."""
+    spec = {}
+    for name, info in features.get_serialized_info().items():
+        dtype = tf.dtypes.as_dtype(info.tf_dtype)
+        storage = tf.string if dtype == tf.string else tf.float32 if dtype.is_floating else tf.int64
+        spec[name] = tf.io.FixedLenFeature(info.shape, storage)
+    return spec
 
 
 def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, split: str,
-             indices: np.ndarray, valid: np.ndarray, batch_size: int, train: bool, key: int) -> tf.data.Dataset:
-    """tf.data over record ``indices`` ``[steps * B]`` (``valid`` marks real rows) -> batch dicts."""
+             indices: np.ndarray, valid: np.ndarray, offsets: np.ndarray, flips: np.ndarray,
+             batch_size: int, with_ids: bool) -> tf.data.Dataset:
+    """tf.data over record ``indices`` ``[steps * B]`` -> batch dicts.
+
+    ``valid`` ``[N]`` marks real rows, ``offsets`` ``[N, 2]`` (x, y) and ``flips`` ``[N]`` give each
+    row's crop and flip. Reading is by random access; parsing, landmark maths and normalisation are
+    batched; JPEG decoding (only the crop window when no resize is needed) runs per image.
+    """
     try:
         source = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     except NotImplementedError as e:
         raise ValueError(f"dataset {builder.name} in {builder.data_dir} is not stored as ArrayRecord (random "
                          f"access is needed for exact resume); rebuild it with `algrnet data build`") from e
     features = builder.info.features
+    spec = _parse_spec(features)
     src_size = int(features["image"].shape[0])
     aligned, crop = int(config.aligned_size), int(config.crop_size)
-    centre = augment.centre_offset(aligned, crop)
-    scale = aligned / src_size
     cols = _label_columns(config, builder)
-    decoders = {"image": tfds.decode.SkipDecoding()}
+    b = batch_size
 
     def read(idx: np.ndarray) -> np.ndarray:
         return np.asarray(source.__getitems__(idx.tolist()), dtype=object)
 
-    def read_batch(idx, ok):
-        raw = tf.numpy_function(read, [idx], tf.string, stateful=False)
-        return idx, ok, tf.ensure_shape(raw, [batch_size])
+    def decode(args):
+        jpeg, offset = args
+        return augment.tf_decode_crop(jpeg, offset, src_size, aligned, crop)
 
-    def per_example(idx, ok, raw):
-        ex = features.deserialize_example(raw, decoders=decoders)
-        if train:
-            seed = tf.stack([tf.constant(key, tf.int64), idx])
-            offset, flip = augment.tf_random_crop_flip(seed, aligned, crop)
-        else:
-            offset, flip = tf.constant([centre, centre], tf.int32), tf.constant(False)
-        image = augment.tf_decode_crop(ex["image"], offset, src_size, aligned, crop)
+    def make_batch(idx, ok, offset, flip):
+        raw = tf.ensure_shape(tf.numpy_function(read, [idx], tf.string, stateful=False), [b])
+        ex = tf.io.parse_example(raw, spec)
+        images = tf.map_fn(decode, (ex["image"], offset), fn_output_signature=tf.TensorSpec([crop, crop, 3], tf.uint8))
         lm = ex["landmarks"]
         if aligned != src_size:
             lm = augment.tf_resize_landmarks(lm, src_size, aligned)
         lm = augment.tf_crop_landmarks(lm, offset)
-        lm = tf.where(flip, augment.tf_flip_landmarks(lm, crop), lm)
+        lm = tf.where(flip[:, None, None], augment.tf_flip_landmarks(lm, crop), lm)
         labels = tf.cast(ex["labels"], tf.int32)
-        labels = labels[0] if cols is None else tf.gather(labels, cols)
-        out = {"image": image, "flip": flip, "landmarks": lm, "interocular": ex["interocular"] * scale,
+        if cols is None:
+            labels = labels[:, 0]
+        else:
+            labels = tf.where(ok[:, None], tf.gather(labels, cols, axis=1), -1)
+        out = {"image": augment.tf_normalize(augment.tf_flip_images(images, flip)),
+               "landmarks": lm, "interocular": ex["interocular"] * (aligned / src_size),
                "labels": labels, "mask": tf.cast(ok, tf.float32)}
-        if not train:
+        if with_ids:
             out["subject"] = tf.where(ok, ex["subject"], "")
-            out["frame"] = tf.where(ok, ex["frame"], -1)
-            if cols is not None:
-                out["labels"] = tf.where(ok, labels, -1)
+            out["frame"] = tf.where(ok, tf.cast(ex["frame"], tf.int32), -1)
         return out
 
-    def per_batch(b):
-        b = dict(b)
-        b["image"] = augment.tf_normalize(augment.tf_flip_images(b["image"], b.pop("flip")))
-        return b
-
-    ds = tf.data.Dataset.from_tensor_slices((indices.reshape(-1, batch_size), valid.reshape(-1, batch_size)))
-    ds = ds.map(read_batch).unbatch()
-    ds = ds.map(per_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (indices.reshape(-1, b), valid.reshape(-1, b), offsets.reshape(-1, b, 2).astype(np.int32),
+         flips.reshape(-1, b)))
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(max(int(config.data.prefetch), 1))
     options = tf.data.Options()
     options.deterministic = True
@@ -253,7 +267,9 @@ def train_batches(config: ml_collections.ConfigDict, *, epoch: int, start_batch:
     order = epoch_permutation(seed, epoch, n)[start_batch * batch_size:steps * batch_size]
     if order.size == 0:
         return
-    ds = _dataset(config, builder, split, order, np.ones(order.size, bool), batch_size, True, epoch_key(seed, epoch))
+    offsets, flips = epoch_augmentation(seed, epoch, n, int(config.aligned_size), int(config.crop_size))
+    ds = _dataset(config, builder, split, order, np.ones(order.size, bool), offsets[order], flips[order],
+                  batch_size, with_ids=False)
     yield from ds.as_numpy_iterator()
 
 
@@ -274,7 +290,9 @@ def eval_batches(config: ml_collections.ConfigDict, *, split: str | None = None)
     indices = np.zeros(padded, np.int64)
     indices[:n] = np.arange(n)
     valid = np.arange(padded) < n
-    ds = _dataset(config, builder, split, indices, valid, batch_size, False, 0)
+    centre = augment.centre_offset(int(config.aligned_size), int(config.crop_size))
+    ds = _dataset(config, builder, split, indices, valid, np.full((padded, 2), centre, np.int32),
+                  np.zeros(padded, bool), batch_size, with_ids=True)
     for b in ds.as_numpy_iterator():
         b["subject"] = np.char.decode(b["subject"].astype(bytes), "utf-8")
         yield b
