@@ -1,6 +1,6 @@
 """Input pipeline: tfds records -> global numpy batches (docs/design.md "Batches").
 
-Records are read by random access (ArrayRecord) in an order fixed by ``(config.data.shuffle_seed,
+Records are read by random access (:class:`RecordReader` over the TFRecord shards) in an order fixed by ``(config.data.shuffle_seed,
 epoch)``: every epoch is a global permutation of the training part, so a run resumed at
 ``(epoch, start_batch)`` sees exactly the batches it would have seen. Augmentation (random crop
 inside the aligned face, horizontal flip p = 0.5 with landmark reflection) draws stateless random
@@ -20,6 +20,8 @@ divisible by the device count.
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,6 +179,68 @@ def epoch_augmentation(seed: int, epoch: int, n: int, aligned_size: int,
     return offsets, flips
 
 
+class RecordReader:
+    """Random access to the serialized records of a split (TFRecord shards, tfds's default format).
+
+    Scans the 12-byte record headers of the split's shards once (no payload is read), then serves
+    any list of record indices with ``os.pread``. ``split`` may be any tfds split expression.
+    """
+
+    def __init__(self, builder: tfds.core.DatasetBuilder, split: str):
+        from tensorflow_datasets.core.data_sources import base
+
+        if builder.info.file_format is not None and builder.info.file_format.value != "tfrecord":
+            raise ValueError(f"dataset {builder.name} in {builder.data_dir} is stored as "
+                             f"{builder.info.file_format.value}, not TFRecord; rebuild it with `algrnet data build`")
+        self._fds: list[int] = []
+        files, offsets, lengths = [], [], []
+        for k, ins in enumerate(base.file_instructions(builder.info, split)):
+            fd = os.open(ins.filename, os.O_RDONLY)
+            self._fds.append(fd)
+            off, length = self._scan(fd, ins.filename, ins.examples_in_shard)
+            sel = slice(ins.skip, ins.skip + ins.take)
+            files.append(np.full(ins.take, k, np.int32))
+            offsets.append(off[sel])
+            lengths.append(length[sel])
+        self._file = np.concatenate(files) if files else np.zeros(0, np.int32)
+        self._offset = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        self._length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+
+    @staticmethod
+    def _scan(fd: int, filename: str, expected: int) -> tuple[np.ndarray, np.ndarray]:
+        size = os.fstat(fd).st_size
+        offsets, lengths, pos = [], [], 0
+        while pos < size:
+            header = os.pread(fd, 12, pos)
+            if len(header) < 12:
+                raise ValueError(f"{filename}: truncated TFRecord header at byte {pos}")
+            (n,) = struct.unpack("<Q", header[:8])
+            offsets.append(pos + 12)
+            lengths.append(n)
+            pos += 16 + n
+        if pos != size or len(offsets) != expected:
+            raise ValueError(f"{filename}: corrupt TFRecord shard ({len(offsets)} records, {expected} expected)")
+        return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._offset)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Serialized records at ``indices`` ``[k]``: object array of bytes ``[k]``."""
+        fds = self._fds
+        return np.array([os.pread(fds[f], n, o) for f, o, n in
+                         zip(self._file[indices].tolist(), self._offset[indices].tolist(),
+                             self._length[indices].tolist())] + [b""], dtype=object)[:-1]
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def __del__(self):
+        self.close()
+
+
 def _parse_spec(features: tfds.features.FeaturesDict) -> dict[str, tf.io.FixedLenFeature]:
     """tf.Example parsing spec of the record features (how tfds stores them: int64/float32/bytes)."""
     spec = {}
@@ -196,11 +260,7 @@ def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilde
     row's crop and flip. Reading is by random access; parsing, landmark maths and normalisation are
     batched; JPEG decoding (only the crop window when no resize is needed) runs per image.
     """
-    try:
-        source = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    except NotImplementedError as e:
-        raise ValueError(f"dataset {builder.name} in {builder.data_dir} is not stored as ArrayRecord (random "
-                         f"access is needed for exact resume); rebuild it with `algrnet data build`") from e
+    reader = RecordReader(builder, split)
     features = builder.info.features
     spec = _parse_spec(features)
     src_size = int(features["image"].shape[0])
@@ -208,15 +268,12 @@ def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilde
     cols = _label_columns(config, builder)
     b = batch_size
 
-    def read(idx: np.ndarray) -> np.ndarray:
-        return np.asarray(source.__getitems__(idx.tolist()), dtype=object)
-
     def decode(args):
         jpeg, offset = args
         return augment.tf_decode_crop(jpeg, offset, src_size, aligned, crop)
 
     def make_batch(idx, ok, offset, flip):
-        raw = tf.ensure_shape(tf.numpy_function(read, [idx], tf.string, stateful=False), [b])
+        raw = tf.ensure_shape(tf.numpy_function(reader.read, [idx], tf.string, stateful=False), [b])
         ex = tf.io.parse_example(raw, spec)
         images = tf.map_fn(decode, (ex["image"], offset), fn_output_signature=tf.TensorSpec([crop, crop, 3], tf.uint8))
         lm = ex["landmarks"]

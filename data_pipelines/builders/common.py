@@ -54,8 +54,6 @@ PARALYSIS = "paralysis"
 LABEL_SETS: tuple[str, ...] = (*au_sets.AU_SETS, PARALYSIS)
 BAD_FRAMES_FILE = "bad_frames.json"
 SKIP_BAD_ENV = "ALGRNET_SKIP_BAD"
-# Random access (exact resume, global shuffling) needs ArrayRecord files.
-FILE_FORMAT = "array_record"
 
 
 class BadInputError(ValueError):
@@ -349,7 +347,6 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if skip_bad is None:
             skip_bad = os.environ.get(SKIP_BAD_ENV, "").lower() in ("1", "true", "yes")
         self.skip_bad = bool(skip_bad)
-        kwargs.setdefault("file_format", FILE_FORMAT)
         super().__init__(**kwargs)
 
     @tfds.core.utils.classproperty

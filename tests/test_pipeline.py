@@ -1,0 +1,241 @@
+"""Input pipeline: shapes, ranges, determinism, exact resume, eval padding, AU weights, geometry."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from etils import epath
+
+from algrnet_jax import au_sets, configs
+from data_pipelines import augment, builders, pipeline
+from data_pipelines.builders import common
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("tfds"))
+    for name in ("bp4d_tiny", "paralysis_tiny"):
+        builders.get_builder("synth_au", name, d).download_and_prepare()
+    return d
+
+
+def _config(data_dir, size="tiny", name="algrnet", builder_config="bp4d_tiny", batch=4):
+    c = configs.get_config(name, size)
+    c.data.data_dir = data_dir
+    c.data.builder_config = builder_config
+    c.data.batch_size = batch
+    c.data.eval_batch_size = batch
+    return c
+
+
+def _records(data_dir, builder_config, split):
+    b = builders.get_builder("synth_au", builder_config, data_dir)
+    return list(tfds.as_numpy(b.as_dataset(split=split)))
+
+
+def test_splits_and_counts(data_dir):
+    c = _config(data_dir)
+    assert pipeline.split_for(c, True) == "part2+part3" and pipeline.split_for(c, False) == "part1"
+    c.data.fold = 2
+    assert pipeline.split_for(c, True) == "part1+part3" and pipeline.split_for(c, False) == "part2"
+    n = len(_records(data_dir, "bp4d_tiny", "part1+part3"))
+    assert pipeline.num_examples(c, True) == n
+    assert pipeline.steps_per_epoch(c) == n // 4
+
+
+def test_train_batch_shapes_dtypes_range(data_dir):
+    c = _config(data_dir)
+    batches = list(pipeline.train_batches(c, epoch=0))
+    assert len(batches) == pipeline.steps_per_epoch(c)
+    b = batches[0]
+    assert set(b) == {"image", "landmarks", "interocular", "labels", "mask"}
+    assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.float32
+    assert b["landmarks"].shape == (4, 49, 2) and b["landmarks"].dtype == np.float32
+    assert b["interocular"].shape == (4,) and b["interocular"].dtype == np.float32
+    assert b["labels"].shape == (4, 3) and b["labels"].dtype == np.int32
+    assert b["mask"].shape == (4,) and (b["mask"] == 1).all()
+    images = np.stack([x["image"] for x in batches])
+    assert images.min() >= -1.0 and images.max() <= 1.0 and images.std() > 0.05
+    assert set(np.unique(b["labels"])) <= {-1, 0, 1}
+
+
+def test_paper_size_batch(data_dir):
+    c = _config(data_dir, size="paper", batch=2)
+    b = next(pipeline.train_batches(c, epoch=0))
+    assert b["image"].shape == (2, 176, 176, 3) and b["labels"].shape == (2, 12)
+
+
+def test_determinism_and_epochs_differ(data_dir):
+    c = _config(data_dir)
+    a = list(pipeline.train_batches(c, epoch=3))
+    b = list(pipeline.train_batches(c, epoch=3))
+    other = list(pipeline.train_batches(c, epoch=4))
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, other))
+    c.data.shuffle_seed = 1
+    reseeded = list(pipeline.train_batches(c, epoch=3))
+    assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, reseeded))
+
+
+@pytest.mark.parametrize("start", [1, 3])
+def test_resume_equals_tail_of_epoch(data_dir, start):
+    c = _config(data_dir)
+    full = list(pipeline.train_batches(c, epoch=1))
+    tail = list(pipeline.train_batches(c, epoch=1, start_batch=start))
+    assert len(tail) == len(full) - start
+    for x, y in zip(full[start:], tail):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert list(pipeline.train_batches(c, epoch=1, start_batch=len(full))) == []
+    with pytest.raises(ValueError, match="start_batch"):
+        next(pipeline.train_batches(c, epoch=1, start_batch=len(full) + 1))
+
+
+def test_train_epoch_is_a_permutation_with_recorded_augmentation(data_dir):
+    """Every training record once per epoch; landmarks = record landmarks resized, cropped, flipped."""
+    c = _config(data_dir)
+    records = _records(data_dir, "bp4d_tiny", "part2+part3")
+    n, bs = len(records), 4
+    order = pipeline.epoch_permutation(0, 2, n)[: n // bs * bs]
+    offsets, flips = pipeline.epoch_augmentation(0, 2, n, 36, 32)
+    got = np.concatenate([b["landmarks"] for b in pipeline.train_batches(c, epoch=2)])
+    labels = np.concatenate([b["labels"] for b in pipeline.train_batches(c, epoch=2)])
+    cols = [au_sets.AU_SETS["bp4d"].index(a) for a in c.aus]
+    assert len(set(order.tolist())) == len(order)
+    assert flips[order].any() and not flips[order].all()
+    for row, i in enumerate(order):
+        lm = augment.crop_landmarks(augment.resize_landmarks(records[i]["landmarks"], 200, 36), offsets[i])
+        if flips[i]:
+            lm = augment.flip_landmarks(lm, 32)
+        np.testing.assert_allclose(got[row], lm, atol=1e-4)
+        np.testing.assert_array_equal(labels[row], records[i]["labels"][cols])
+
+
+def test_eval_batches_order_padding_ids(data_dir):
+    c = _config(data_dir, batch=8)
+    records = _records(data_dir, "bp4d_tiny", "part1")
+    batches = list(pipeline.eval_batches(c))
+    n = len(records)
+    assert len(batches) == -(-n // 8)
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.sum() == n and (mask[:n] == 1).all() and (mask[n:] == 0).all()
+    subjects = np.concatenate([b["subject"] for b in batches])
+    frames = np.concatenate([b["frame"] for b in batches])
+    assert subjects.tolist()[:n] == [r["subject"].decode() for r in records]
+    assert frames[:n].tolist() == [int(r["frame"]) for r in records]
+    assert (frames[n:] == -1).all() and all(s == "" for s in subjects[n:])
+    labels = np.concatenate([b["labels"] for b in batches])
+    assert (labels[n:] == -1).all()
+    lm = np.concatenate([b["landmarks"] for b in batches])[:n]
+    want = augment.crop_landmarks(augment.resize_landmarks(np.stack([r["landmarks"] for r in records]), 200, 36), [2, 2])
+    np.testing.assert_allclose(lm, want, atol=1e-4)
+    io = np.concatenate([b["interocular"] for b in batches])[:n]
+    np.testing.assert_allclose(io, [r["interocular"] * 36 / 200 for r in records], rtol=1e-5)
+    # the eval split is the fold's test part; another split can be asked for
+    assert sum(b["mask"].sum() for b in pipeline.eval_batches(c, split="part2")) == len(
+        _records(data_dir, "bp4d_tiny", "part2"))
+
+
+def test_au_loss_weights_formula(data_dir):
+    c = _config(data_dir, size="paper")
+    labels = np.stack([r["labels"] for r in _records(data_dir, "bp4d_tiny", "part2+part3")]).astype(np.float64)
+    rate = (labels == 1).sum(0) / (labels >= 0).sum(0)
+    rate = np.where(rate > 0, rate, rate[rate > 0].min())
+    w = (1 / rate) / (1 / rate).sum() * 12
+    got = pipeline.au_loss_weights(c)
+    assert got.shape == (12,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, w, rtol=1e-5)
+    np.testing.assert_allclose(got.sum(), 12, rtol=1e-5)
+    small = _config(data_dir)        # config.aus = (1, 4, 12): the rates of those AUs, renormalised
+    cols = [au_sets.AU_SETS["bp4d"].index(a) for a in small.aus]
+    ws = 1 / rate[cols]
+    np.testing.assert_allclose(pipeline.au_loss_weights(small), ws / ws.sum() * 3, rtol=1e-5)
+
+
+def test_paralysis_batches_and_grade_weights(data_dir):
+    c = _config(data_dir, name="algrnet_paralysis", builder_config="paralysis_tiny")
+    b = next(pipeline.train_batches(c, epoch=0))
+    assert b["labels"].shape == (4,) and b["labels"].dtype == np.int32
+    assert set(np.unique(b["labels"])) <= {0, 1, 2, 3}
+    grades = np.array([int(r["labels"][0]) for r in _records(data_dir, "paralysis_tiny", "part2+part3")])
+    counts = np.bincount(grades, minlength=4).astype(np.float64)
+    counts = np.where(counts > 0, counts, counts[counts > 0].min())
+    w = (1 / counts) / (1 / counts).sum() * 4
+    np.testing.assert_allclose(pipeline.au_loss_weights(c), w, rtol=1e-5)
+    eb = next(pipeline.eval_batches(c))
+    assert eb["labels"].shape == (4,)
+
+
+def test_task_and_label_set_mismatch_errors(data_dir):
+    c = _config(data_dir, builder_config="paralysis_tiny")
+    with pytest.raises(ValueError, match="does not match"):
+        next(pipeline.train_batches(c, epoch=0))
+    c = _config(data_dir)
+    c.aus = (1, 9)                                    # AU9 is a DISFA AU
+    with pytest.raises(ValueError, match=r"\[9\]"):
+        pipeline.au_loss_weights(c)
+
+
+def test_not_built_and_batch_size_errors(data_dir, tmp_path, monkeypatch):
+    c = _config(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="algrnet data build synth_au --config bp4d_tiny"):
+        pipeline.num_examples(c, True)
+    import jax
+
+    monkeypatch.setattr(jax, "device_count", lambda: 3)
+    c = _config(data_dir)
+    with pytest.raises(ValueError, match="multiple of the number of devices"):
+        next(pipeline.train_batches(c, epoch=0))
+    with pytest.raises(ValueError, match="eval_batch_size"):
+        next(pipeline.eval_batches(c))
+
+
+class DotFaces(common.AlgrnetBuilder, skip_registration=True):
+    """Grey faces with one bright dot at landmark 19 (left eye corner); tests geometry end to end."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [common.AlgrnetBuilderConfig(name="bp4d", label_set="bp4d")]
+    POINT = 19
+    pkg_dir_path = epath.Path(__file__).parent      # tests/ is not a package; tfds looks for metadata here
+
+    def _frames(self, part, dl_manager):
+        rng = np.random.default_rng(part)
+        base = np.loadtxt(FIXTURES / "aligned_land_49.txt").reshape(-1, 49, 2)[0]
+        for k in range(6):
+            lm = base + rng.uniform(-6, 6, size=2)
+            image = np.full((200, 200, 3), 30, np.uint8)
+            x, y = np.round(lm[self.POINT]).astype(int)
+            lm[self.POINT] = (x, y)
+            image[y - 2:y + 3, x - 2:x + 3] = 255
+            yield common.Frame(key=f"p{part}_{k}", subject=f"s{part}", sequence="t", frame=k, fold=part,
+                               labels=np.zeros(12), source=f"dot {part}/{k}", image=image, landmarks=lm)
+
+
+@pytest.mark.parametrize("size", ["paper", "tiny"])
+def test_pixels_and_landmarks_move_together(tmp_path, monkeypatch, size):
+    DotFaces(data_dir=str(tmp_path)).download_and_prepare()
+    monkeypatch.setitem(builders.REGISTRY, "dot_faces", f"{__name__}:DotFaces")
+    c = _config(str(tmp_path), size=size)
+    c.data.dataset, c.data.builder_config = "dot_faces", "bp4d"
+    crop = c.crop_size
+    reflect = np.asarray(au_sets.REFLECT_49)
+    seen_flip = set()
+    for epoch in range(2):
+        for b in pipeline.train_batches(c, epoch=epoch):
+            for img, lm in zip(augment.denormalize(b["image"]), b["landmarks"]):
+                w = np.clip(img[..., 0].astype(np.float64) - 40.0, 0, None)   # background 30
+                ys, xs = np.mgrid[:crop, :crop]
+                dot = np.array([(w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()])
+                # the dot is landmark 19 unless the face was flipped: then it is the point that took
+                # landmark 19's mirrored coordinates, REFLECT_49[19] (= 28)
+                d_plain = np.abs(dot - lm[DotFaces.POINT]).max()
+                d_flip = np.abs(dot - lm[reflect[DotFaces.POINT]]).max()
+                assert min(d_plain, d_flip) < 0.3, (dot, lm[DotFaces.POINT], lm[reflect[DotFaces.POINT]])
+                seen_flip.add(bool(d_flip < d_plain))
+    assert seen_flip == {True, False}
