@@ -339,10 +339,6 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ``tfds build``) to skip bad frames instead of failing on the first one.
     """
 
-    # Records stay in generation order (subject, sequence, frame): eval batches follow it and the
-    # training pipeline shuffles globally per epoch anyway.
-    disable_shuffling = True
-
     def __init__(self, *, skip_bad: bool | None = None, **kwargs):
         if skip_bad is None:
             skip_bad = os.environ.get(SKIP_BAD_ENV, "").lower() in ("1", "true", "yes")
@@ -368,6 +364,9 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             features=features(num_labels(self.label_set)),
             metadata=AlgrnetMetadata(),
             supervised_keys=None,
+            # Records stay in generation order (subject, sequence, frame): eval batches follow it
+            # and the training pipeline shuffles globally per epoch anyway.
+            disable_shuffling=True,
         )
 
     def _frames(self, part: int, dl_manager: tfds.download.DownloadManager) -> Iterator[Frame]:
