@@ -71,6 +71,17 @@ def test_metadata_label_counts(data_dir):
     assert report["num_bad_frames"] == 0
 
 
+def test_tfds_build_finds_the_builder_module(tmp_path):
+    """What `tfds build data_pipelines/builders/synth_au.py --config bp4d_tiny` runs (minus its beam import)."""
+    from tensorflow_datasets.scripts.cli import build, cli_utils
+
+    path = pathlib.Path(synth_au.__file__)
+    build.Args(positional_datasets=[str(path)], paths=cli_utils.PathOptions(data_dir=str(tmp_path)),
+               generation=cli_utils.GenerationOptions(config="bp4d_tiny")).execute()
+    built = builders.get_builder("synth_au", "bp4d_tiny", str(tmp_path))
+    assert built.is_prepared() and built.info.splits["part1"].num_examples > 0
+
+
 def test_configs_and_registry():
     names = {c.name for c in synth_au.SynthAu.BUILDER_CONFIGS}
     for label_set in ("bp4d", "disfa", "paralysis"):
