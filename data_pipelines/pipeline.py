@@ -15,7 +15,7 @@ Eval batches are in record order, the last one padded (``mask`` 0, AU labels -1,
 ``frame`` -1) and also carry ``subject`` (str ``[B]``) and ``frame`` (int32 ``[B]``).
 
 Batches are global: the trainer shards them over its device mesh, so batch sizes must be
-divisible by the device count.
+divisible by the device count (multi-host training: each process gets its rows of the global batch).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -154,8 +155,6 @@ def au_loss_weights(config: ml_collections.ConfigDict) -> np.ndarray:
 
 
 def _check_divisible(batch_size: int, what: str) -> None:
-    import jax  # the trainer's device count decides the sharding
-
     n = jax.device_count()
     if batch_size <= 0 or batch_size % n:
         raise ValueError(f"{what} = {batch_size} must be a positive multiple of the number of devices ({n}); "
@@ -308,7 +307,8 @@ def train_batches(config: ml_collections.ConfigDict, *, epoch: int, start_batch:
     """The training batches of ``epoch`` from ``start_batch`` on (global batch ``config.data.batch_size``).
 
     Deterministic in ``(config.data.shuffle_seed, epoch)``; ``train_batches(c, epoch=e, start_batch=k)``
-    yields exactly the batches ``k, k+1, ...`` of ``train_batches(c, epoch=e)``.
+    yields exactly the batches ``k, k+1, ...`` of ``train_batches(c, epoch=e)``. With several JAX
+    processes each yields its own ``B / process_count`` rows of every global batch.
     """
     batch_size = int(config.data.batch_size)
     _check_divisible(batch_size, "config.data.batch_size")
@@ -325,8 +325,13 @@ def train_batches(config: ml_collections.ConfigDict, *, epoch: int, start_batch:
     if order.size == 0:
         return
     offsets, flips = epoch_augmentation(seed, epoch, n, int(config.aligned_size), int(config.crop_size))
+    rows = batch_size
+    if jax.process_count() > 1:        # multi-host: every process reads and decodes only its rows
+        rows = batch_size // jax.process_count()
+        lo = jax.process_index() * rows
+        order = order.reshape(-1, batch_size)[:, lo:lo + rows].reshape(-1)
     ds = _dataset(config, builder, split, order, np.ones(order.size, bool), offsets[order], flips[order],
-                  batch_size, with_ids=False)
+                  rows, with_ids=False)
     yield from ds.as_numpy_iterator()
 
 

@@ -83,6 +83,20 @@ def test_determinism_and_epochs_differ(data_dir):
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, reseeded))
 
 
+def test_multi_process_rows(data_dir, monkeypatch):
+    """Two processes: each gets its half of every global batch, together the single-process batches."""
+    c = _config(data_dir)
+    full = list(pipeline.train_batches(c, epoch=0))
+    monkeypatch.setattr(pipeline.jax, "process_count", lambda: 2)
+    halves = []
+    for p in (0, 1):
+        monkeypatch.setattr(pipeline.jax, "process_index", lambda p=p: p)
+        halves.append(list(pipeline.train_batches(c, epoch=0)))
+    for b, h0, h1 in zip(full, *halves):
+        for k in b:
+            np.testing.assert_array_equal(b[k], np.concatenate([h0[k], h1[k]]))
+
+
 @pytest.mark.parametrize("start", [1, 3])
 def test_resume_equals_tail_of_epoch(data_dir, start):
     c = _config(data_dir)
@@ -186,9 +200,7 @@ def test_not_built_and_batch_size_errors(data_dir, tmp_path, monkeypatch):
     c = _config(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="algrnet data build synth_au --config bp4d_tiny"):
         pipeline.num_examples(c, True)
-    import jax
-
-    monkeypatch.setattr(jax, "device_count", lambda: 3)
+    monkeypatch.setattr(pipeline.jax, "device_count", lambda: 3)
     c = _config(data_dir)
     with pytest.raises(ValueError, match="multiple of the number of devices"):
         next(pipeline.train_batches(c, epoch=0))
