@@ -168,7 +168,7 @@ class TrainCheckpointer:
     def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
         self.workdir = os.path.abspath(os.fspath(workdir))
         def manager(sub: str, max_to_keep: int) -> ocp.CheckpointManager:
-            opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+            opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
                                                 enable_async_checkpointing=async_save)
             return ocp.CheckpointManager(os.path.join(self.workdir, sub), options=opts, item_names=_ITEMS)
         self.latest = manager(CHECKPOINTS_DIR, max(1, int(keep)))
@@ -183,6 +183,9 @@ class TrainCheckpointer:
         """Starts an async save of step ``step`` to ``checkpoints/`` (no-op if it exists)."""
         if step in self.latest.all_steps():
             return False
+        # A pending best checkpoint commits before any later step checkpoint, so resuming from step k
+        # never finds a best checkpoint older than k missing.
+        self.best.wait_until_finished()
         return self.latest.save(step, args=self._args(variables, train, meta), force=True)
 
     def save_best(self, step: int, variables: Any, train: Any, meta: Mapping[str, Any]) -> bool:
@@ -190,6 +193,9 @@ class TrainCheckpointer:
         if step in self.best.all_steps():
             return False
         return self.best.save(step, args=self._args(variables, train, meta), force=True)
+
+    def has_best(self, step: int) -> bool:
+        return step in self.best.all_steps()
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()

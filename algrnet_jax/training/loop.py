@@ -171,24 +171,29 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
     state = init(jax.random.PRNGKey(int(tc.seed)))
     manager = ckpt_lib.TrainCheckpointer(workdir, keep=int(tc.keep_checkpoints))
     pos = _Position(0, 0)
-    best_f1, last_eval, resumed_from = -math.inf, None, None
+    best_f1, best_step, last_eval, resumed_from = -math.inf, None, None, None
     if manager.latest_step() is not None:
         if not resume:
             manager.close()
             raise ValueError(f"{workdir}: holds checkpoints already; pass --resume to continue that run "
                              "or choose a new --workdir")
-        if os.path.exists(config_path):
-            with open(config_path) as f:
-                check_resumable(json.load(f), config, config_path)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        variables, train_items, meta = manager.restore(abstract.variables(), abstract.train_items(),
-                                                       fall_back=resume_from_previous)
+        try:
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+            variables, train_items, saved = manager.restore(abstract.variables(), abstract.train_items(),
+                                                            fall_back=resume_from_previous)
+            check_resumable(saved["config"], config,
+                            os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR, str(saved["step"])))
+        except Exception:
+            manager.close()
+            raise
         state = state.replace_items(variables, train_items)
-        pos = _Position(int(meta["epoch"]), int(meta["batch_in_epoch"]))
-        best_f1 = float(meta.get("best_mean_f1", -math.inf))
-        last_eval = meta.get("metrics")
-        resumed_from = int(meta["step"])
+        pos = _Position(int(saved["epoch"]), int(saved["batch_in_epoch"]))
+        best_f1 = -math.inf if saved.get("best_mean_f1") is None else float(saved["best_mean_f1"])
+        best_step = saved.get("best_step")
+        last_eval = saved.get("metrics")
+        resumed_from = int(saved["step"])
         if int(parallel.to_host(state.step)) != resumed_from or pos.epoch * steps_per_epoch + pos.batch != resumed_from:
+            manager.close()
             raise ckpt_lib.CheckpointError(
                 f"{workdir}: checkpoint step {resumed_from} does not match its data position "
                 f"(epoch {pos.epoch}, batch {pos.batch}) with {steps_per_epoch} steps per epoch: "
@@ -208,6 +213,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
         return {"kind": "train", "format_version": ckpt_lib.FORMAT_VERSION, "config": ckpt_lib.config_to_dict(config),
                 "step": step, "epoch": position.epoch, "batch_in_epoch": position.batch,
                 "steps_per_epoch": steps_per_epoch, "best_mean_f1": best_f1 if math.isfinite(best_f1) else None,
+                "best_step": best_step,
                 "metrics": metrics}
 
     def save(position: _Position, metrics: dict | None = None) -> None:
@@ -227,7 +233,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
                 "(--set train.lr=...) or check the data, then rerun with --resume.")
 
     def run_eval(position: _Position) -> dict[str, Any] | None:
-        nonlocal best_f1, last_eval
+        nonlocal best_f1, best_step, last_eval
         if evaluate_fn is None:
             save(position)
             return None
@@ -236,16 +242,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
         result = evaluate_fn(config, variables)
         last_eval = result
         f1 = float(result["mean_f1"])
-        writer.write(step, position.epoch, "eval", {"mean_f1": f1, "eval_seconds": time.time() - t0,
+        writer.write(step, max(step - 1, 0) // steps_per_epoch, "eval", {"mean_f1": f1, "eval_seconds": time.time() - t0,
                                                     **{k: v for k, v in result.items() if k in ("landmarks",)}})
         improved = f1 > best_f1
         if improved:
-            best_f1 = f1
+            best_f1, best_step = f1, step
         save(position, result)
         if improved:
             manager.save_best(step, state.variables(), state.train_items(), meta(position, result))
         return result
 
+    if resumed_from is not None and best_step == resumed_from and not manager.has_best(best_step):
+        # The run was killed after this checkpoint but before its copy in best/ committed.
+        manager.save_best(step, state.variables(), state.train_items(), meta(pos, last_eval))
     interrupted = None
     pending: tuple[int, Any] | None = None    # (step, device metrics) not yet read
     window: list[dict[str, float]] = []

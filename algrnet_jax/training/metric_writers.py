@@ -35,9 +35,14 @@ class MetricWriter:
         self._tb = None
         if enabled and tensorboard:
             import tensorflow as tf  # heavy import: only when a run actually logs
+            from tensorflow.core.framework import summary_pb2
 
             tf.config.set_visible_devices([], "GPU")  # TF must not grab the accelerator JAX uses
             self._tf = tf
+            # What tensorboard.summary.scalar writes, without needing the tensorboard package.
+            self._scalar_metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+                data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
@@ -65,7 +70,8 @@ class MetricWriter:
         if self._tb is not None:
             with self._tb.as_default(step=int(step)):
                 for name, value in flatten_scalars(scalars).items():
-                    self._tf.summary.scalar(f"{kind}/{name}", value)
+                    self._tf.summary.write(f"{kind}/{name}", self._tf.constant(value, self._tf.float32),
+                                           metadata=self._scalar_metadata)
 
     def flush(self) -> None:
         if self._tb is not None:
