@@ -5,7 +5,8 @@ padded to a fixed size and carry a ``mask``) over the test part of ``config.data
 
 - AU task: per-AU F1 and accuracy of the local (per-AU branch), integrated and final (averaged)
   predictions, the trivial all-present predictor on the same frames, and landmark error / failure rate;
-- paralysis task: per-grade one-vs-rest F1, accuracy, and landmark error.
+- paralysis task: per-grade one-vs-rest F1, accuracy and confusion matrix of the local (mean of the
+  per-region heads), integrated and final (averaged) grade predictions, and landmark error.
 
 Every F1 / accuracy / error in a result dict is a PERCENTAGE, as in the paper's tables. Top-level
 ``result["mean_f1"]`` is the headline number (final AU prediction, or grades) that the trainer uses
@@ -27,10 +28,14 @@ import numpy as np
 from algrnet_jax import metrics
 
 # Model outputs the evaluator reads (docs/design.md); anything else is dropped inside the jitted step.
-_EVAL_OUTPUTS = ("local_au_prob", "au_prob", "final_au_prob", "landmarks", "grade_logprob")
-# (result key, model output, row label) of the three AU predictions.
+_EVAL_OUTPUTS = ("local_au_prob", "au_prob", "final_au_prob", "landmarks", "grade_logprob",
+                 "local_grade_logprob", "final_grade_prob")
+# (result key, model output, row label) of the three AU predictions ...
 AU_PREDICTIONS = (("local", "local_au_prob", "local"), ("integrated", "au_prob", "integrated"),
                   ("final", "final_au_prob", "final"))
+# ... and of the three grade predictions (argmax is taken, so log-probabilities and probabilities both work).
+GRADE_PREDICTIONS = (("local", "local_grade_logprob", "local"), ("integrated", "grade_logprob", "integrated"),
+                     ("final", "final_grade_prob", "final"))
 TRIVIAL = "all_present"
 # Paper table of each (task, label set) and the landmark-error column of each dataset.
 PAPER_AU_TABLES = {"bp4d": ("table2_bp4d_f1", "Table II"), "disfa": ("table3_disfa_f1", "Table III")}
@@ -96,7 +101,7 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
     apply_fn = apply_fn or make_eval_step(config)
     n = num_outputs(config)
     au = {key: metrics.AUMetrics(n) for key, _, _ in AU_PREDICTIONS + ((TRIVIAL, None, None),)}
-    grades = metrics.GradeMetrics(config.model.num_grades)
+    grades = {key: metrics.GradeMetrics(config.model.num_grades) for key, _, _ in GRADE_PREDICTIONS}
     landmarks = metrics.LandmarkMetrics()
     frames = 0
     for i, batch in enumerate(batches):
@@ -107,7 +112,9 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
         labels = np.asarray(batch["labels"])
         frames += int(np.sum(mask > 0))
         if task == "paralysis":
-            grades.update(out["grade_logprob"], labels, mask)
+            for key, output, _ in GRADE_PREDICTIONS:
+                if output in out:  # a model without per-region heads gives only the integrated one
+                    grades[key].update(out[output], labels, mask)
         else:
             if labels.shape != out["final_au_prob"].shape:
                 raise ValueError(f"batch labels {labels.shape} do not match the model's AU outputs "
@@ -130,17 +137,21 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
     if task == "paralysis":
         from algrnet_jax import au_sets
 
-        f1 = grades.f1()
         result["grades"] = list(au_sets.GRADES)
-        result["grade_f1"] = [100 * float(v) for v in f1]
-        result["accuracy"] = 100 * grades.accuracy()
-        result["confusion"] = grades.confusion.tolist()
-        result["mean_f1"] = 100 * float(f1.mean())
+        result["predictions"] = {key: _grade_summary(acc) for key, acc in grades.items() if acc.confusion.sum()}
+        headline = "final" if "final" in result["predictions"] else "integrated"
+        result["mean_f1"] = result["predictions"][headline]["mean_f1"]
     else:
         result["aus"] = [f"AU{a}" for a in config.aus]
         result["predictions"] = {key: _au_summary(acc) for key, acc in au.items()}
         result["mean_f1"] = result["predictions"]["final"]["mean_f1"]
     return result
+
+
+def _grade_summary(acc: metrics.GradeMetrics) -> dict[str, Any]:
+    f1 = acc.f1()
+    return {"f1": [100 * float(v) for v in f1], "mean_f1": 100 * float(f1.mean()),
+            "accuracy": 100 * acc.accuracy(), "confusion": acc.confusion.tolist()}
 
 
 def _au_summary(acc: metrics.AUMetrics) -> dict[str, Any]:
@@ -251,8 +262,9 @@ def result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     common = {"dataset": result["dataset"], "label_set": result["label_set"]}
     if result["task"] == "paralysis":
         columns = list(result["grades"])
-        table = f1_table(f"Grade F1 (%) on {where}", columns, [f1_row("ours", columns, result["grade_f1"],
-                         result["mean_f1"])], paper=PAPER_GRADE_TABLE, **common)
+        ours = [f1_row(f"ours ({label})", columns, result["predictions"][key]["f1"], result["predictions"][key]["mean_f1"])
+                for key, _, label in GRADE_PREDICTIONS if key in result["predictions"]]
+        table = f1_table(f"Grade F1 (%) on {where}", columns, ours, paper=PAPER_GRADE_TABLE, **common)
     else:
         columns = list(result["aus"])
         ours = [f1_row(f"ours ({label})" if key != TRIVIAL else label, columns, result["predictions"][key]["f1"],

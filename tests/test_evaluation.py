@@ -100,14 +100,20 @@ def test_paralysis_evaluation_reports_grade_f1():
     grades = rng.integers(0, 4, size=[2, B]).astype(np.int32)
     batches = [{"image": np.full([B, 1], float(i)), "landmarks": np.zeros([B, 49, 2]), "interocular": np.ones([B]),
                 "labels": grades[i], "mask": np.ones([B])} for i in range(2)]
-    apply_fn = lambda v, img: {"grade_logprob": logp[int(img[0, 0])], "landmarks": np.zeros([B, 49, 2])}
+    local = np.log(rng.dirichlet(np.ones(4), size=[2, B]))
+    apply_fn = lambda v, img: {"grade_logprob": logp[int(img[0, 0])], "local_grade_logprob": local[int(img[0, 0])],
+                               "final_grade_prob": (np.exp(logp) + np.exp(local))[int(img[0, 0])] / 2,
+                               "landmarks": np.zeros([B, 49, 2])}
     result = evaluation.evaluate_variables(config, {}, batches=batches, apply_fn=apply_fn)
-    exp = metrics.GradeMetrics(4)
-    for i in range(2):
-        exp.update(logp[i], grades[i])
-    np.testing.assert_allclose(result["grade_f1"], 100 * exp.f1())
-    assert result["mean_f1"] == pytest.approx(100 * exp.f1().mean())
+    for key, scores in (("integrated", logp), ("local", local), ("final", (np.exp(logp) + np.exp(local)) / 2)):
+        exp = metrics.GradeMetrics(4)
+        for i in range(2):
+            exp.update(scores[i], grades[i])
+        np.testing.assert_allclose(result["predictions"][key]["f1"], 100 * exp.f1())
+        assert result["predictions"][key]["confusion"] == exp.confusion.tolist()
+    assert result["mean_f1"] == result["predictions"]["final"]["mean_f1"]
     md = evaluation.result_markdown(result)
+    assert "ours (local)" in md and "ours (final)" in md
     assert "ALGRNet (paper) | 100.0 | 55.9 | 72.1 | 73.2 | 75.4 |" in md
 
 

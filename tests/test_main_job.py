@@ -95,8 +95,13 @@ def test_report_writes_curves_bars_and_attention_maps(tmp_path):
 
 def _missing_parts() -> list[str]:
     needed = ("algrnet_jax.training.loop", "algrnet_jax.models.networks", "data_pipelines.pipeline",
-              "data_pipelines.builders.synth_au", "data_pipelines.synthetic")
-    return [m for m in needed if importlib.util.find_spec(m) is None]
+              "data_pipelines.builders.synth_au")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    from data_pipelines import synthetic
+
+    if not hasattr(synthetic, "generate"):
+        missing.append("data_pipelines.synthetic.generate")
+    return missing
 
 
 def test_main_job_quick_runs_end_to_end(tmp_path):
