@@ -102,3 +102,185 @@ def test_cli_config_and_typed_overrides():
         cmd.build_config(_args("--set", "train.nope=1")[1])
     with pytest.raises(ValueError, match="key=value"):
         cmd.build_config(_args("--set", "train.lr")[1])
+
+
+# ------------------------------------------------------------------------------------ training loop
+# The loop tests run the real input pipeline on synthetic records (synth_au/bp4d_tiny), the real loss,
+# optimizer, evaluation and checkpoints, with the stand-in network of tiny_au_model.py (it compiles in
+# seconds; the real networks' train step is covered above and in the slow tests).
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import textwrap  # noqa: E402
+
+from algrnet_jax.training import checkpoint as ckpt_lib  # noqa: E402
+from algrnet_jax.training.loop import NonFiniteLossError, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from data_pipelines import builders
+
+    d = str(tmp_path_factory.mktemp("tfds"))
+    builders.get_builder("synth_au", "bp4d_tiny", d).download_and_prepare()
+    return d
+
+
+def _loop_config(data_dir, **train):
+    c = get_config("jaanet", "tiny")
+    c.data.dataset, c.data.builder_config, c.data.data_dir = "synth_au", "bp4d_tiny", data_dir
+    c.data.batch_size, c.data.eval_batch_size = 4, 8
+    c.train.num_epochs, c.train.checkpoint_every_steps, c.train.log_every_steps = 2, 2, 1
+    for k, v in train.items():
+        c.train[k] = v
+    return c
+
+
+def _run(config, workdir, **kw):
+    return train(config, str(workdir), progress=False, model=tiny_model(config), **kw)
+
+
+def _final_params(workdir):
+    return ckpt_lib.load_for_inference(os.path.join(str(workdir), "checkpoints"))[1]
+
+
+def _assert_same(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+# Runs train() in a fresh process that signals itself once the step-``at`` checkpoint has committed
+# (so the kill lands mid-epoch with something to resume from): mode "kill" = SIGKILL, "term" = SIGTERM.
+_CHILD = textwrap.dedent("""
+    import json, os, signal, sys, time
+    root, data_dir, workdir, mode, at = sys.argv[1:6]
+    sys.path.insert(0, os.path.join(root, "tests"))
+    import test_training as t
+    at = int(at)
+    def cb(step, metrics):
+        if step == at + 1:
+            ckpt = os.path.join(workdir, "checkpoints", str(at))
+            deadline = time.time() + 60
+            while not os.path.isdir(ckpt) and time.time() < deadline:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL if mode == "kill" else signal.SIGTERM)
+    result = t._run(t._loop_config(data_dir), workdir, callbacks=[cb])
+    print(json.dumps({k: result[k] for k in ("step", "interrupted")}))
+""")
+
+
+def _child(data_dir, workdir, mode, at):
+    proc = subprocess.run([sys.executable, "-c", _CHILD, ROOT, data_dir, str(workdir), mode, str(at)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return proc
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """One uninterrupted 2-epoch run: (workdir, result, final variables)."""
+    workdir = tmp_path_factory.mktemp("ref")
+    result = _run(_loop_config(data_dir), workdir)
+    return workdir, result, _final_params(workdir)
+
+
+def test_uninterrupted_run(reference, data_dir):
+    workdir, result, _ = reference
+    from data_pipelines import pipeline
+
+    spe = pipeline.steps_per_epoch(_loop_config(data_dir))
+    assert spe >= 4  # the resume tests need a mid-epoch checkpoint
+    assert result["step"] == 2 * spe and result["epoch"] == 2 and result["interrupted"] is None
+    assert result["best_checkpoint"] and os.path.isdir(result["best_checkpoint"])
+    assert 0 <= result["metrics"]["mean_f1"] <= 100 and result["best_mean_f1"] >= result["metrics"]["mean_f1"]
+    lines = [json.loads(ln) for ln in open(os.path.join(workdir, "metrics.jsonl"))]
+    train_lines = [ln for ln in lines if ln["kind"] == "train"]
+    assert [ln["step"] for ln in train_lines] == list(range(1, 2 * spe + 1))
+    assert {"loss", "loss_au", "loss_local_au", "loss_align", "lr", "images_per_sec"} <= set(train_lines[0])
+    assert train_lines[0]["lr"] == 0.01
+    assert [ln["step"] for ln in lines if ln["kind"] == "eval"] == [spe, 2 * spe]
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    # Same seeds, same result: a second run from scratch ends with identical parameters.
+    again = _run(_loop_config(data_dir), workdir.parent / "ref_again")
+    _assert_same(_final_params(again["workdir"]), reference[2])
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(reference, data_dir, tmp_path):
+    proc = _child(data_dir, tmp_path, "kill", 2)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))  # something to resume from
+    result = _run(_loop_config(data_dir), tmp_path, resume=True)
+    assert result["resumed_from_step"] == 2  # the checkpoint of step 2, mid-epoch 0
+    assert result["step"] == reference[1]["step"]
+    _assert_same(_final_params(tmp_path), reference[2])
+    assert result["best_mean_f1"] == reference[1]["best_mean_f1"]
+    steps_logged = [json.loads(ln)["step"] for ln in open(tmp_path / "metrics.jsonl")
+                    if json.loads(ln)["kind"] == "train"]
+    assert steps_logged == sorted(set(steps_logged))  # lines logged after the checkpoint were dropped
+
+
+def test_sigterm_saves_and_exits_cleanly(reference, data_dir, tmp_path):
+    proc = _child(data_dir, tmp_path, "term", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The signal arrives while step 4 runs (metrics are read one step late): step 4 finishes and is saved.
+    assert out["interrupted"] == "SIGTERM" and out["step"] == 4
+    assert ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))[-1] == 4
+    result = _run(_loop_config(data_dir), tmp_path, resume=True)
+    assert result["resumed_from_step"] == 4
+    _assert_same(_final_params(tmp_path), reference[2])
+
+
+def test_unreadable_checkpoint_error_and_fallback(reference, data_dir, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(reference[0], workdir)
+    steps_ = ckpt_lib._step_dirs(str(workdir / "checkpoints"))
+    latest = workdir / "checkpoints" / str(steps_[-1])
+    for root, _, files in os.walk(latest / "variables"):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"broken")
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"{latest}: cannot read checkpoint.*--resume-from-previous"):
+        _run(_loop_config(data_dir), workdir, resume=True)
+    result = _run(_loop_config(data_dir), workdir, resume=True, resume_from_previous=True)
+    assert result["resumed_from_step"] == steps_[-2]
+    assert os.path.isdir(str(latest) + ".unreadable")
+    _assert_same(_final_params(workdir), reference[2])
+
+
+def test_refuses_existing_run_without_resume_and_changed_config(reference, data_dir, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(reference[0], workdir)
+    with pytest.raises(ValueError, match="pass --resume"):
+        _run(_loop_config(data_dir), workdir)
+    with pytest.raises(ValueError, match=r"train.lr: checkpoint 0.01, now 0.02"):
+        _run(_loop_config(data_dir, lr=0.02), workdir, resume=True)
+    # Training longer is allowed: resume with more epochs continues from the end.
+    result = _run(_loop_config(data_dir, num_epochs=3, max_steps=reference[1]["step"] + 1), workdir, resume=True)
+    assert result["resumed_from_step"] == reference[1]["step"] and result["step"] == reference[1]["step"] + 1
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    config = _loop_config(data_dir, lr=1e5, checkpoint_every_steps=1)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite .* at step (\d+).*Last good checkpoint: .*checkpoints"):
+        _run(config, tmp_path, evaluate=False)
+    steps_ = ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))
+    assert steps_, "no checkpoint was kept"
+    _, variables = ckpt_lib.load_for_inference(tmp_path / "checkpoints")
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+@pytest.mark.slow
+def test_cli_trains_the_real_tiny_model(data_dir, tmp_path, capsys):
+    """``algrnet train`` end to end with the real tiny JAA-Net (slow: compiles the full train step)."""
+    from algrnet_jax import cli
+
+    rc = cli.main(["train", "--config", "jaanet", "--size", "tiny", "--dataset", "synth_au", "--builder-config",
+                   "bp4d_tiny", "--fold", "1", "--data-dir", data_dir, "--workdir", str(tmp_path), "--no-progress",
+                   "--set", "data.batch_size=4", "--set", "train.max_steps=3", "--set", "train.num_epochs=1"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["step"] == 3 and out["best_checkpoint"]
+    config, variables = ckpt_lib.load_for_inference(tmp_path)
+    assert config.name == "jaanet" and "region_learning" in variables["params"]

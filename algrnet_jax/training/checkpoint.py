@@ -216,7 +216,7 @@ class TrainCheckpointer:
             steps = [s for s in steps if s <= step]
         if not steps:
             raise CheckpointError(f"{os.path.join(self.workdir, CHECKPOINTS_DIR)}: no checkpoint to resume from")
-        errors = []
+        errors, unreadable = [], []
         for s in steps:
             ckpt = os.path.join(self.workdir, CHECKPOINTS_DIR, str(s))
             try:
@@ -224,14 +224,33 @@ class TrainCheckpointer:
                     variables=ocp.args.StandardRestore(abstract_variables),
                     train=ocp.args.StandardRestore(abstract_train),
                     meta=ocp.args.JsonRestore()))
+                if unreadable:
+                    self._set_aside(unreadable)
                 return restored["variables"], restored["train"], dict(restored["meta"])
             except Exception as e:
+                unreadable.append(ckpt)
                 errors.append(f"{ckpt}: {type(e).__name__}: {e}")
                 if not fall_back:
                     raise CheckpointError(
                         f"{ckpt}: cannot read checkpoint ({type(e).__name__}: {e}); "
                         "pass --resume-from-previous to fall back to the previous checkpoint") from e
         raise CheckpointError("no readable checkpoint:\n  " + "\n  ".join(errors))
+
+    def _set_aside(self, paths: list[str]) -> None:
+        """Renames unreadable checkpoints to ``<step>.unreadable`` (kept for inspection, ignored by orbax),
+        so the resumed run can write those steps again."""
+        if jax.process_index() == 0:
+            for path in paths:
+                target = path + ".unreadable"
+                n = 1
+                while os.path.exists(target):
+                    target, n = f"{path}.unreadable{n}", n + 1
+                os.rename(path, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("algrnet_set_aside_unreadable_checkpoints")
+        self.latest.reload()
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed."""
