@@ -1,0 +1,395 @@
+"""Networks: shapes of every named config, ablation trees, gradients and stop-gradients, PyTorch numerics.
+
+Compiled tests use tiny configs, an rbg init key and XLA's low optimisation level (compile time dominates);
+paper-size compiles are ``slow``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from algrnet_jax import losses
+from algrnet_jax.configs import MODEL_NAMES, get_config
+from algrnet_jax.models import networks
+from algrnet_jax.models.layers import BatchNorm
+from algrnet_jax.models.stem import CellConvs, from_cells, to_cells
+
+RECIPE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d" / "recipe.json"
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+ALGR_PARTS = ("adaptive", "relations", "fusion_refine")
+
+
+def _inputs(config, batch=2, seed=0):
+    c = config.crop_size
+    rng = np.random.default_rng(seed)
+    n = len(config.aus)
+    labels = rng.integers(0, 2, (batch, n)).astype(np.int32)
+    labels[0, 0] = -1
+    if config.model.task == "paralysis":
+        labels = rng.integers(0, 4, (batch,)).astype(np.int32)
+    return {
+        "image": jnp.asarray(rng.uniform(-1, 1, (batch, c, c, 3)), jnp.float32),
+        "landmarks": jnp.asarray(rng.uniform(0.2 * c, 0.8 * c, (batch, 49, 2)), jnp.float32),
+        "interocular": jnp.full((batch,), 0.3 * c, jnp.float32),
+        "labels": jnp.asarray(labels),
+        "mask": jnp.ones((batch,), jnp.float32),
+    }
+
+
+def _weights(config):
+    return jnp.ones((config.model.num_grades if config.model.task == "paralysis" else len(config.aus),))
+
+
+def _loss_parts_fn(model, config, batch_stats):
+    """(params, coeffs [3], batch) -> coeffs . (loss_au, loss_local_au, loss_align), new batch_stats."""
+    def fn(params, coeffs, batch):
+        out, state = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
+                                 mutable=["batch_stats"])
+        _, parts = losses.total_loss(out, batch, _weights(config), config)
+        return coeffs @ jnp.stack([parts["loss_au"], parts["loss_local_au"], parts["loss_align"]]), state
+    return fn
+
+
+def _abstract_variables(config, batch=2):
+    model = networks.create_model(config)
+    x = jnp.zeros((batch, config.crop_size, config.crop_size, 3))
+    return model, jax.eval_shape(lambda: model.init(jax.random.key(0, impl="rbg"), x))
+
+
+def _shapes(tree):
+    return {jax.tree_util.keystr(p): tuple(l.shape) for p, l in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+def _recipe_to_flax(module: str, key: str, shape: list[int]):
+    """Flax (collection, path, stacked index or None, shape) of one release state_dict entry (docs in networks.py)."""
+    hl_conv = {0: 1, 3: 2, 7: 3, 10: 4, 14: 5, 17: 6}
+    hl_bn = {1: 1, 4: 2, 8: 3, 11: 4, 15: 5, 18: 6}
+    leaf = key.rsplit(".", 1)[1]
+    conv_like = len(shape) == 4
+    if leaf == "weight":
+        name, shp = ("kernel", tuple(np.transpose(np.zeros(shape, bool), (2, 3, 1, 0)).shape)) if conv_like else \
+            ("kernel", tuple(shape[::-1])) if len(shape) == 2 else ("scale", tuple(shape))
+    else:
+        name, shp = {"bias": "bias", "running_mean": "mean", "running_var": "var"}[leaf], tuple(shape)
+    coll = "batch_stats" if name in ("mean", "var") else "params"
+
+    def hl(i):
+        return f"conv{hl_conv[i]}" if i in hl_conv else f"bn{hl_bn[i]}"
+
+    if module == "region_learning":
+        m = re.fullmatch(r"multiscale_feat\.(\d)\.(?:(conv|bn)|local_conv_branch(\d)\.(bns|convs)\.(\d+))\.\w+", key)
+        layer = {"0": "layer1", "2": "layer2"}[m[1]]
+        if m[2]:
+            return coll, ("region_learning", layer, m[2], name), None, shp
+        return coll, ("region_learning", layer, f"branch{m[3]}", m[4][:-1] if m[4] == "convs" else "bn", name), \
+            int(m[5]), shp
+    if module == "align_net":
+        m = re.fullmatch(r"align_feat\.feat_extract\.(\d+)\.\w+", key)
+        if m:
+            return coll, ("align_feat", hl(int(m[1])), name), None, shp
+        m = re.fullmatch(r"align_output\.(\d)\.\w+", key)
+        return coll, ("align_output", f"dense{int(m[1]) + 1}", name), None, shp
+    if module == "global_au_feat":
+        m = re.fullmatch(r"feat_extract\.(\d+)\.\w+", key)
+        return coll, ("global_au_feat", hl(int(m[1])), name), None, shp
+    if module == "au_net":
+        m = re.fullmatch(r"au_output\.(\d)\.\w+", key)
+        return coll, ("au_output", f"dense{int(m[1]) + 1}", name), None, shp
+    if module == "local_attention_refine":
+        m = re.fullmatch(r"local_aus_attention\.(\d+)\.(\d)\.\w+", key)
+        i = int(m[2])
+        part = {0: "conv1", 3: "conv2", 6: "conv3", 9: "conv4", 1: "bn1", 4: "bn2", 7: "bn3"}[i]
+        return coll, ("attention_refine", part, name), int(m[1]), shp
+    m = re.fullmatch(r"local_aus_branch\.(\d+)\.feat_extract\.(\d+)\.\w+", key)
+    if m:
+        return coll, ("local_au_feat", hl(int(m[2])), name), int(m[1]), shp
+    m = re.fullmatch(r"local_aus_output\.(\d+)\.(\d)\.\w+", key)
+    return coll, ("local_au_output", f"dense{int(m[2]) + 1}", name), int(m[1]), shp
+
+
+def test_jaanet_param_shapes_match_release_recipe():
+    """Every release state_dict entry has a Flax leaf of the documented shape and vice versa (paper size)."""
+    recipe = json.loads(RECIPE.read_text())
+    _, variables = _abstract_variables(get_config("jaanet", "paper"))
+    want: dict[tuple, tuple] = {}
+    stacked: dict[tuple, set] = {}
+    for module, entries in recipe["modules"].items():
+        for key, shape in entries:
+            if key.endswith("num_batches_tracked"):
+                continue
+            coll, path, index, shp = _recipe_to_flax(module, key, shape)
+            k = (coll,) + path
+            if index is not None:
+                stacked.setdefault(k, set()).add(index)
+            assert want.setdefault(k, shp) == shp, key
+    got = {tuple(p.key for p in path): tuple(l.shape)
+           for path, l in jax.tree_util.tree_flatten_with_path(variables)[0]}
+    assert set(got) == set(want)
+    for k, shp in want.items():
+        if k in stacked:
+            assert stacked[k] == set(range(len(stacked[k]))), k
+            assert got[k] == (len(stacked[k]),) + shp, k
+        else:
+            assert got[k] == shp, k
+    n_params = sum(int(np.prod(s)) for k, s in got.items() if k[0] == "params")
+    assert n_params == sum(int(np.prod(s)) for m in recipe["modules"].values() for key, s in m
+                           if not re.search(r"running_|num_batches", key))
+
+
+EXPECTED_KEYS = {"landmarks", "initial_au_maps", "refined_au_maps"}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_shapes_and_gradients_trace(name):
+    config = get_config(name, "tiny")
+    model, variables = _abstract_variables(config)
+    batch = _inputs(config)
+    b, n, m = 2, 12 if config.model.task == "paralysis" else len(config.aus), config.crop_size // 4 + 8
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, batch["image"])
+    keys = set(EXPECTED_KEYS)
+    if config.model.task == "paralysis":
+        keys |= {"grade_logprob", "local_grade_logprob", "final_grade_prob"}
+    else:
+        keys |= {"au_logprob", "local_au_logprob", "au_prob", "local_au_prob", "final_au_prob"}
+    if config.model.adaptive:
+        keys |= {"offsets", "scales"}
+    assert set(out) == keys
+    shapes = {k: v.shape for k, v in out.items()}
+    assert shapes["landmarks"] == (b, 49, 2)
+    assert shapes["initial_au_maps"] == (b, n, m, m) and shapes["refined_au_maps"] == (b, n, m - 8, m - 8)
+    if config.model.task == "paralysis":
+        assert shapes["grade_logprob"] == shapes["local_grade_logprob"] == shapes["final_grade_prob"] == (b, 4)
+    else:
+        assert shapes["au_logprob"] == shapes["local_au_logprob"] == (b, n, 2)
+        assert shapes["au_prob"] == shapes["local_au_prob"] == shapes["final_au_prob"] == (b, n)
+    if config.model.adaptive:
+        assert shapes["offsets"] == (b, n, 2) and shapes["scales"] == (b, n)
+    grads, state = jax.eval_shape(
+        lambda p, bs, b: jax.grad(_loss_parts_fn(model, config, bs), has_aux=True)(p, jnp.ones(3), b),
+        variables["params"], variables["batch_stats"], batch)
+    assert _shapes(grads) == _shapes(variables["params"])
+    assert _shapes(state["batch_stats"]) == _shapes(variables["batch_stats"])
+
+
+def test_ablations_switch_exactly_their_part():
+    trees = {name: _shapes(_abstract_variables(get_config(name, "tiny"))[1]["params"]) for name in MODEL_NAMES}
+
+    def top(name):
+        return {k.split("'")[1] for k in trees[name]}
+
+    assert top("algrnet") - top("jaanet") == set(ALGR_PARTS)
+    assert top("wo_ada") == top("algrnet") - {"adaptive"}
+    assert top("wo_fr") == top("algrnet") - {"fusion_refine"}
+    assert top("wo_sb") == top("algrnet") - {"relations"}
+    assert top("wo_full") == top("jaanet")
+    assert top("w_bi") == top("algrnet")
+    for name in ("wo_ada", "wo_fr", "wo_sb", "w_bi", "wo_full"):  # everything else is unchanged
+        common = {k: s for k, s in trees[name].items() if not k.split("'")[1] in ALGR_PARTS}
+        assert common == {k: s for k, s in trees["algrnet"].items() if k in common}
+        assert len(common) == len([k for k in trees["algrnet"] if k.split("'")[1] not in ALGR_PARTS])
+    assert trees["wo_full"] == trees["jaanet"]
+    bi = {k for k in trees["w_bi"] if "relations" in k}
+    sb = {k for k in trees["algrnet"] if "relations" in k}
+    assert bi and sb and bi != sb and not any("gates" in k for k in bi) and any("gates" in k for k in sb)
+    for name in ("w_bi", "wo_ada", "wo_fr", "wo_sb"):  # the parts they keep are identical to ALGRNet's
+        for part in set(ALGR_PARTS) & top(name) - ({"relations"} if name == "w_bi" else set()):
+            assert {k: s for k, s in trees[name].items() if f"'{part}'" in k} == \
+                   {k: s for k, s in trees["algrnet"].items() if f"'{part}'" in k}
+
+
+# ------------------------------------------------------------------------------------- gradients (jit)
+
+
+@functools.lru_cache(maxsize=None)
+def _initialised(name):
+    """(config, model, variables, batch) of a tiny config, initialised once per test session."""
+    config = get_config(name, "tiny")
+    model = networks.create_model(config)
+    batch = _inputs(config)
+    key = jax.random.key(0, impl="rbg")
+    variables = jax.jit(model.init).lower(key, batch["image"]).compile(FAST)(key, batch["image"])
+    return config, model, variables, batch
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_summary_step(name):
+    """Compiled (params, coeffs [3], batch) -> (gradient norm per module, all finite, running stats moved).
+
+    Modules are the top-level entries plus ``adaptive/<layer>``.
+    """
+    config, model, variables, batch = _initialised(name)
+    grad_fn = jax.grad(_loss_parts_fn(model, config, variables["batch_stats"]), has_aux=True)
+
+    def norm(tree):
+        return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+
+    def summary(params, coeffs, batch):
+        grads, state = grad_fn(params, coeffs, batch)
+        norms = {k: norm(v) for k, v in grads.items()}
+        norms.update({f"adaptive/{k}": norm(v) for k, v in grads.get("adaptive", {}).items()})
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        moved = jnp.all(jnp.stack([jnp.any(a != b) for a, b in zip(jax.tree.leaves(state["batch_stats"]),
+                                                                   jax.tree.leaves(variables["batch_stats"]))]))
+        return norms, finite, moved
+
+    return jax.jit(summary).lower(variables["params"], jnp.ones(3), batch).compile(FAST)
+
+
+def _grad_norms(name, params=None):
+    """Per module, the gradient norms of loss_au / loss_local_au / loss_align ("au", "local", "align"), with
+    "_all_finite" per part, and whether every running statistic moved in the train-mode pass."""
+    _, _, variables, batch = _initialised(name)
+    step = _grad_summary_step(name)
+    params = variables["params"] if params is None else params
+    norms, moved = {}, True
+    for i, part in enumerate(("au", "local", "align")):
+        n, finite, m = jax.device_get(step(params, jnp.eye(3)[i], batch))
+        norms[part] = {k: float(v) for k, v in n.items()}
+        norms[part]["_all_finite"] = bool(finite)
+        moved = moved and bool(m)
+    return norms, moved
+
+
+def _positive(norms):
+    return {k for k, v in norms.items() if not k.startswith("_") and "/" not in k and v > 0}
+
+
+def test_jaanet_gradients_and_stop_gradients():
+    norms, moved = _grad_norms("jaanet")
+    assert all(norms[p]["_all_finite"] for p in norms)
+    assert moved  # every BatchNorm's running statistics moved
+    # local loss: never reaches alignment / global / integrated parts (maps come from stop_grad(landmarks))
+    assert _positive(norms["local"]) == {"local_au_feat", "local_au_output", "attention_refine", "region_learning"}
+    # integrated loss: the local feature is stop_grad-ed, the landmarks are not used
+    assert _positive(norms["au"]) == {"au_output", "align_feat", "global_au_feat", "region_learning"}
+    # alignment loss: only the alignment path
+    assert _positive(norms["align"]) == {"align_output", "align_feat", "region_learning"}
+
+
+def test_algrnet_adaptive_regions_learn_and_stop_gradients():
+    norms, moved = _grad_norms("algrnet")
+    assert all(norms[p]["_all_finite"] for p in norms) and moved
+    # At init the adaptive output layers are zero: they get gradient, the alignment features do not yet.
+    assert _positive(norms["local"]) == {"adaptive", "relations", "fusion_refine", "local_au_feat",
+                                         "local_au_output", "attention_refine", "global_au_feat", "region_learning"}
+    assert norms["local"]["adaptive/offset_out"] > 0 and norms["local"]["adaptive/scale_out"] > 0
+    # integrated head sees stop_grad(mean r_t) only; centres use stop_grad(landmarks) (no align_output)
+    assert _positive(norms["au"]) == {"au_output", "align_feat", "global_au_feat", "region_learning"}
+    assert _positive(norms["align"]) == {"align_output", "align_feat", "region_learning"}
+    # Once the adaptive output layers are non-zero, the local loss reaches the alignment features through
+    # the offsets and scales (and still not the landmark regressor).
+    _, _, variables, _ = _initialised("algrnet")
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.01 if "adaptive" in (k := jax.tree_util.keystr(path)) and "_out" in k else x,
+        variables["params"])
+    norms, _ = _grad_norms("algrnet", params)
+    assert norms["local"]["align_feat"] > 0 and norms["local"]["align_output"] == 0
+    assert norms["local"]["adaptive/offset_hidden"] > 0 and norms["local"]["adaptive/scale_hidden"] > 0
+
+
+def test_offsets_and_scales_get_gradients():
+    """d loss / d offsets and d loss / d scales are non-zero (the maps are differentiable in both); Ada starts
+    at offsets 0 and scales 0.14."""
+    from algrnet_jax.models import regions
+
+    config, model, variables, batch = _initialised("algrnet")
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    out = apply.lower(variables, batch["image"]).compile(FAST)(variables, batch["image"])
+    np.testing.assert_allclose(out["scales"], config.model.map_scale, rtol=1e-6)
+    np.testing.assert_allclose(out["offsets"], 0.0, atol=1e-6)
+    centres = regions.au_centres(out["landmarks"], config.aus)
+    size = config.crop_size // 4 + 8
+    np.testing.assert_array_equal(out["initial_au_maps"], regions.attention_maps(
+        centres + out["offsets"][:, :, None, :], out["scales"], size, config.crop_size))
+    target = jax.random.uniform(jax.random.key(2), out["initial_au_maps"].shape)
+
+    def maps_loss(offsets, scales):  # the network's map path: attention_maps(centres + offsets, scales)
+        m = regions.attention_maps(centres + offsets[:, :, None, :], scales, size, config.crop_size)
+        return jnp.sum(m * target)
+
+    go, gs = jax.jit(jax.grad(maps_loss, argnums=(0, 1)))(out["offsets"], out["scales"])
+    assert bool(jnp.all(jnp.abs(go).sum(-1) > 0)) and bool(jnp.all(jnp.abs(gs) > 0))
+
+
+# ----------------------------------------------------------------------------------------- numerics
+
+
+def test_batchnorm_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 4, 6)).astype(np.float32) * 2 + 1
+    bn_t = torch.nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn_t.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, 6).astype(np.float32)))
+        bn_t.bias.copy_(torch.from_numpy(rng.uniform(-0.5, 0.5, 6).astype(np.float32)))
+    variables = {"params": {"scale": jnp.asarray(bn_t.weight.detach().numpy()), "bias": jnp.asarray(bn_t.bias.detach().numpy())},
+                 "batch_stats": {"mean": jnp.zeros(6), "var": jnp.ones(6)}}
+    y, state = BatchNorm(train=True).apply(variables, jnp.asarray(x), mutable=["batch_stats"])
+    y_t = bn_t.train()(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(y, y_t, atol=1e-5)
+    np.testing.assert_allclose(state["batch_stats"]["mean"], bn_t.running_mean.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(state["batch_stats"]["var"], bn_t.running_var.numpy(), rtol=1e-5)
+    variables["batch_stats"] = state["batch_stats"]
+    y = BatchNorm(train=False).apply(variables, jnp.asarray(x))
+    y_t = bn_t.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(y, y_t, atol=1e-5)
+
+
+def test_cell_convs_are_row_major_per_cell_blocks():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 12, 3)), jnp.float32)
+    cells = to_cells(x, 4)
+    assert cells.shape == (16, 2, 2, 3, 3)
+    np.testing.assert_array_equal(cells[1 * 4 + 2], x[:, 2:4, 6:9])   # row 1, column 2
+    np.testing.assert_array_equal(from_cells(cells, 4), x)
+    layer = CellConvs(5, True)
+    variables = layer.init(jax.random.key(0, impl="rbg"), cells)
+    y = from_cells(layer.apply(variables, cells, mutable=["batch_stats"])[0], 4)
+    p = variables["params"]
+    for i in range(4):
+        for j in range(4):
+            k = i * 4 + j
+            cell = x[:, 2 * i:2 * i + 2, 3 * j:3 * j + 3]
+            mean, var = cell.mean((0, 1, 2)), cell.var((0, 1, 2))
+            z = jax.nn.relu((cell - mean) / jnp.sqrt(var + 1e-5) * p["bn"]["scale"][k] + p["bn"]["bias"][k])
+            z = jax.lax.conv_general_dilated(z, p["conv"]["kernel"][k], (1, 1), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["conv"]["bias"][k]
+            np.testing.assert_allclose(y[:, 2 * i:2 * i + 2, 3 * j:3 * j + 3], z, atol=1e-5)
+
+
+def test_bad_configs_raise_clear_errors():
+    config = get_config("algrnet", "tiny")
+    config.model.lstm_hidden = 7
+    with pytest.raises(ValueError, match="lstm_hidden"):
+        networks.create_model(config)
+    config = get_config("jaanet", "tiny")
+    config.crop_size = 40
+    with pytest.raises(ValueError, match="divisible by 16"):
+        networks.create_model(config)
+    config = get_config("jaanet", "tiny")
+    config.model.relation = "gru"
+    with pytest.raises(ValueError, match="relation"):
+        networks.create_model(config)
+
+
+# ------------------------------------------------------------------------------------ paper size (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["jaanet", "algrnet"])
+def test_paper_size_train_step_compiles(name):
+    config = get_config(name, "paper")
+    model, variables = _abstract_variables(config)
+    batch = jax.eval_shape(lambda: _inputs(config))
+    fn = lambda p, bs, b: jax.grad(_loss_parts_fn(model, config, bs), has_aux=True)(p, jnp.ones(3), b)
+    compiled = jax.jit(fn).lower(variables["params"], variables["batch_stats"], batch).compile()
+    assert compiled is not None
