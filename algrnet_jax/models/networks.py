@@ -50,8 +50,11 @@ import ml_collections
 
 from algrnet_jax import au_sets
 from algrnet_jax.models import regions
+from algrnet_jax.models.adaptive import AdaptiveRegions
+from algrnet_jax.models.fusion import FusionRefine
 from algrnet_jax.models.heads import DenseHead, RefineNet, per_au
 from algrnet_jax.models.layers import flatten_nchw
+from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
 from algrnet_jax.models.stem import HLFeat, RegionLearning
 
 RELATIONS = ("skip_bilstm", "bilstm", "none")
@@ -97,7 +100,6 @@ class ALGRNet(nn.Module):
         else:
             centres = regions.au_centres(fixed, self.aus)
         if self.adaptive:
-            from algrnet_jax.models.adaptive import AdaptiveRegions
             offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive")(flatten_nchw(align))
             maps = regions.attention_maps(centres + offsets[:, :, None, :], scales, self.map_size, self.crop_size)
             out.update(offsets=offsets, scales=scales)
@@ -113,7 +115,6 @@ class ALGRNet(nn.Module):
         local = per_au(HLFeat)(u, train, name="local_au_feat")(s)     # [n, B, 5, 5, 20u]
         glob = HLFeat(u, train, name="global_au_feat")(region)        # [B, 5, 5, 20u]
         if self.fusion_refine:
-            from algrnet_jax.models.fusion import FusionRefine
             local = FusionRefine(local.shape[-1], name="fusion_refine")(local, glob)
         classes = self.num_grades if self.task == "paralysis" else 2
         local_logits = per_au(DenseHead)(8 * u, classes, name="local_au_output")(local)  # [n, B, classes]
@@ -139,7 +140,6 @@ class ALGRNet(nn.Module):
     def _relations(self) -> nn.Module:
         if self.relation not in RELATIONS:
             raise ValueError(f"model.relation must be one of {RELATIONS}, got {self.relation!r}")
-        from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
         cls = SkipBiLSTM if self.relation == "skip_bilstm" else ConvBiLSTM
         return cls(self.lstm_hidden, name="relations")
 
