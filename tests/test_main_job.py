@@ -118,3 +118,16 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
     for name in ("report.md", "curves.png", "f1_bars.png", "attention_maps.png", "eval.json", "eval.md"):
         assert (rep / name).exists(), name
     assert json.loads((rep / "eval.json").read_text())["predictions"]["all_present"]["mean_f1"] > 0
+
+    # `algrnet eval` on the job's training directory (its best checkpoint) writes the same kind of result.
+    import argparse
+
+    from algrnet_jax.commands import evaluate as eval_command
+
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    out = tmp_path / "eval"
+    assert eval_command.run(parser.parse_args(["--checkpoint", str(tmp_path / "job" / "train"), "--out", str(out)])) == 0
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["frames"] == result["frames"] and evaluated["fold"] == 1
+    assert "ours (final)" in (out / "eval.md").read_text()
