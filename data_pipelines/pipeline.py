@@ -38,6 +38,7 @@ from data_pipelines.builders import common
 log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
+PARALLEL_BATCHES = int(os.environ.get("PB", "0"))
 
 
 # ------------------------------------------------------------------------------------- builder
@@ -267,14 +268,19 @@ def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilde
     cols = _label_columns(config, builder)
     b = batch_size
 
-    def decode(args):
-        jpeg, offset = args
-        return augment.tf_decode_crop(jpeg, offset, src_size, aligned, crop)
-
-    def make_batch(idx, ok, offset, flip):
+    def read_parse(idx, ok, offset, flip):
         raw = tf.ensure_shape(tf.numpy_function(reader.read, [idx], tf.string, stateful=False), [b])
         ex = tf.io.parse_example(raw, spec)
-        images = tf.map_fn(decode, (ex["image"], offset), fn_output_signature=tf.TensorSpec([crop, crop, 3], tf.uint8))
+        ex.update(ok=ok, offset=offset, flip=flip)
+        return ex
+
+    def decode(ex):
+        ex = dict(ex)
+        ex["image"] = augment.tf_decode_crop(ex["image"], ex["offset"], src_size, aligned, crop)
+        return ex
+
+    def finish(ex):
+        ok, offset, flip = ex["ok"], ex["offset"], ex["flip"]
         lm = ex["landmarks"]
         if aligned != src_size:
             lm = augment.tf_resize_landmarks(lm, src_size, aligned)
@@ -285,7 +291,7 @@ def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilde
             labels = labels[:, 0]
         else:
             labels = tf.where(ok[:, None], tf.gather(labels, cols, axis=1), -1)
-        out = {"image": augment.tf_normalize(augment.tf_flip_images(images, flip)),
+        out = {"image": augment.tf_normalize(augment.tf_flip_images(ex["image"], flip)),
                "landmarks": lm, "interocular": ex["interocular"] * (aligned / src_size),
                "labels": labels, "mask": tf.cast(ok, tf.float32)}
         if with_ids:
@@ -296,7 +302,10 @@ def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilde
     ds = tf.data.Dataset.from_tensor_slices(
         (indices.reshape(-1, b), valid.reshape(-1, b), offsets.reshape(-1, b, 2).astype(np.int32),
          flips.reshape(-1, b)))
-    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(read_parse).unbatch()
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(b, drop_remainder=True)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(max(int(config.data.prefetch), 1))
     options = tf.data.Options()
     options.deterministic = True

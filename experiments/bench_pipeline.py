@@ -32,23 +32,25 @@ def bench(data_dir: str, builder_config: str, batch_size: int, runs: int, size: 
     config.data.data_dir = data_dir
     config.data.builder_config = builder_config
     config.data.batch_size = batch_size
-    steady, total = [], []
+    steady, total, cpu_ms = [], [], []
     images = 0
     for epoch in range(runs + 1):
         t0 = time.perf_counter()
         it = pipeline.train_batches(config, epoch=epoch)
         first = next(it)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         n_after_first = 0
         for b in it:
             n_after_first += len(b["image"])
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         images = len(first["image"]) + n_after_first
         if epoch == 0:
             continue                       # warm-up
         steady.append(n_after_first / (t2 - t1))
         total.append(images / (t2 - t0))
-        print(f"epoch {epoch}: {steady[-1]:.0f} images/s steady, {total[-1]:.0f} images/s end to end")
+        cpu_ms.append(1000 * (c2 - c1) / n_after_first)
+        print(f"epoch {epoch}: {steady[-1]:.0f} images/s steady, {total[-1]:.0f} images/s end to end, "
+              f"{cpu_ms[-1]:.2f} CPU ms/image")
     shape = list(first["image"].shape)
     return {
         "what": "input pipeline alone: records -> normalised training batches (crop + flip + decode + [-1,1])",
@@ -57,6 +59,9 @@ def bench(data_dir: str, builder_config: str, batch_size: int, runs: int, size: 
         "images_per_s_steady_median": statistics.median(steady),
         "images_per_s_end_to_end_median": statistics.median(total),
         "images_per_s_steady_runs": steady, "images_per_s_end_to_end_runs": total,
+        # CPU time (all threads) per image in steady state: less sensitive to other load on the
+        # machine than wall time; cpu_count / cpu_s_per_image bounds images/s on an idle machine.
+        "cpu_ms_per_image_median": statistics.median(cpu_ms),
         "cpu_count": os.cpu_count(), "load_average_1m_after": os.getloadavg()[0],
         "machine": platform.processor() or platform.machine(),
     }
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = bench(args.data_dir or builders.default_data_dir(), args.config, args.batch_size, args.runs)
     print(f"median: {result['images_per_s_steady_median']:.0f} images/s steady, "
-          f"{result['images_per_s_end_to_end_median']:.0f} images/s end to end "
+          f"{result['images_per_s_end_to_end_median']:.0f} images/s end to end, "
+          f"{result['cpu_ms_per_image_median']:.2f} CPU ms/image "
           f"({result['batch_shape']}, load average {result['load_average_1m_after']:.1f})")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
