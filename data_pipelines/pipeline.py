@@ -1,8 +1,9 @@
 """Input pipeline: tfds records -> global numpy batches (docs/design.md "Batches").
 
-Records are read by random access (:class:`RecordReader` over the TFRecord shards) in an order fixed by ``(config.data.shuffle_seed,
-epoch)``: every epoch is a global permutation of the training part, so a run resumed at
-``(epoch, start_batch)`` sees exactly the batches it would have seen. Augmentation (random crop
+Records are read by random access (:class:`RecordReader` over the TFRecord shards) in an order
+fixed by ``(config.data.shuffle_seed, epoch)``: every epoch is a global permutation of the training
+part, so a run resumed at ``(epoch, start_batch)`` sees exactly the batches it would have seen.
+Augmentation (random crop
 inside the aligned face, horizontal flip p = 0.5 with landmark reflection) draws stateless random
 parameters keyed by ``(seed, epoch, example index)`` (:func:`epoch_augmentation`). Decoding, cropping
 and normalising run in tf.data (parallel, prefetched); batches come out as numpy:
@@ -38,7 +39,6 @@ from data_pipelines.builders import common
 log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
-PARALLEL_BATCHES = int(os.environ.get("PB", "0"))
 
 
 # ------------------------------------------------------------------------------------- builder
