@@ -3,10 +3,9 @@
 Records are read by random access (:class:`RecordReader` over the TFRecord shards) in an order
 fixed by ``(config.data.shuffle_seed, epoch)``: every epoch is a global permutation of the training
 part, so a run resumed at ``(epoch, start_batch)`` sees exactly the batches it would have seen.
-Augmentation (random crop
-inside the aligned face, horizontal flip p = 0.5 with landmark reflection) draws stateless random
-parameters keyed by ``(seed, epoch, example index)`` (:func:`epoch_augmentation`). Decoding, cropping
-and normalising run in tf.data (parallel, prefetched); batches come out as numpy:
+Augmentation (random crop inside the aligned face, horizontal flip p = 0.5 with landmark
+reflection) draws its parameters from ``(seed, epoch, example index)`` (:func:`epoch_augmentation`).
+Decoding, cropping and normalising run in tf.data (parallel, prefetched); batches come out as numpy:
 
 - ``image`` float32 ``[B, C, C, 3]`` in [-1, 1]; ``landmarks`` float32 ``[B, 49, 2]`` crop pixels;
 - ``interocular`` float32 ``[B]`` (scaled with the image); ``mask`` float32 ``[B]``;
