@@ -36,7 +36,7 @@ def test_step_is_sgd_nesterov_with_coupled_decay_on_the_total_loss():
     config = get_config("jaanet", "tiny")
     model = tiny_model(config)
     tx = optim.make_optimizer(config.train, 5)
-    st = state_lib.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+    st = jax.jit(lambda r: state_lib.create_train_state(model, config, tx, r))(jax.random.PRNGKey(0))
     batch = _random_batch(config)
     w = np.linspace(0.5, 1.5, len(config.aus)).astype(np.float32)
 
@@ -45,7 +45,7 @@ def test_step_is_sgd_nesterov_with_coupled_decay_on_the_total_loss():
                                mutable=["batch_stats"])
         return total_loss(out, batch, w, config)[0], new["batch_stats"]
 
-    (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params)
+    (loss, new_bs), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(st.params)
     want = jax.tree.map(lambda p, g: p - 0.01 * 1.9 * (g + 5e-4 * p), st.params, grads)
 
     mesh = parallel.make_mesh(jax.devices()[:1])
@@ -66,7 +66,8 @@ def test_steps_reduce_the_loss_on_a_fixed_batch():
     config.train.lr = 0.05
     model = tiny_model(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    st = state_lib.create_train_state(model, config, optim.make_optimizer(config.train, 100), jax.random.PRNGKey(1))
+    tx = optim.make_optimizer(config.train, 100)
+    st = jax.jit(lambda r: state_lib.create_train_state(model, config, tx, r))(jax.random.PRNGKey(1))
     step = steps.make_train_step(config, mesh)
     batch = parallel.shard_batch(_random_batch(config, 8, 3), mesh)
     w = jnp.ones([len(config.aus)])
@@ -117,6 +118,18 @@ import textwrap  # noqa: E402
 
 from algrnet_jax.training import checkpoint as ckpt_lib  # noqa: E402
 from algrnet_jax.training.loop import NonFiniteLossError, train  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache shared with the child processes (they compile the same steps)."""
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield path
+    for k, v in old.items():
+        jax.config.update(k, v)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +186,9 @@ _CHILD = textwrap.dedent("""
 def _child(data_dir, workdir, mode, at):
     proc = subprocess.run([sys.executable, "-c", _CHILD, ROOT, data_dir, str(workdir), mode, str(at)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          env={**os.environ, "JAX_PLATFORMS": "cpu",
+                               "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+                               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
     return proc
 
 

@@ -166,6 +166,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
 
         model = create_model(config)
     tx = optim.make_optimizer(tc, steps_per_epoch)
+    if not resume and ckpt_lib._step_dirs(os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR)):
+        raise ValueError(f"{workdir}: holds checkpoints already; pass --resume to continue that run "
+                         "or choose a new --workdir")
     init = jax.jit(lambda rng: state_lib.create_train_state(model, config, tx, rng),
                    out_shardings=parallel.replicated(mesh))
     state = init(jax.random.PRNGKey(int(tc.seed)))
@@ -173,10 +176,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
     pos = _Position(0, 0)
     best_f1, best_step, last_eval, resumed_from = -math.inf, None, None, None
     if manager.latest_step() is not None:
-        if not resume:
-            manager.close()
-            raise ValueError(f"{workdir}: holds checkpoints already; pass --resume to continue that run "
-                             "or choose a new --workdir")
         try:
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
             variables, train_items, saved = manager.restore(abstract.variables(), abstract.train_items(),
