@@ -289,11 +289,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 @pytest.mark.slow
 def test_cli_trains_the_real_tiny_model(data_dir, tmp_path, capsys):
     """``algrnet train`` end to end with the real tiny JAA-Net (slow: compiles the full train step)."""
-    from algrnet_jax import cli
+    from algrnet_jax.commands import train as cmd
 
-    rc = cli.main(["train", "--config", "jaanet", "--size", "tiny", "--dataset", "synth_au", "--builder-config",
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    rc = cmd.run(parser.parse_args(["--config", "jaanet", "--size", "tiny", "--dataset", "synth_au", "--builder-config",
                    "bp4d_tiny", "--fold", "1", "--data-dir", data_dir, "--workdir", str(tmp_path), "--no-progress",
-                   "--set", "data.batch_size=4", "--set", "train.max_steps=3", "--set", "train.num_epochs=1"])
+                   "--set", "data.batch_size=4", "--set", "train.max_steps=3", "--set", "train.num_epochs=1"]))
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["step"] == 3 and out["best_checkpoint"]

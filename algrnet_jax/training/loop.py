@@ -94,6 +94,18 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _eval_scalars(result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The headline numbers of an evaluation result (no per-AU lists) for the logs."""
+    out: dict[str, Any] = {"mean_f1": float(result["mean_f1"]), "eval_seconds": seconds}
+    for key, pred in (result.get("predictions") or {}).items():
+        out[f"{key}_mean_f1"] = pred.get("mean_f1")
+        out[f"{key}_mean_accuracy"] = pred.get("mean_accuracy")
+    for key in ("accuracy", "landmarks"):
+        if key in result:
+            out[key] = result[key]
+    return out
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -232,7 +244,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
                 "(--set train.lr=...) or check the data, then rerun with --resume.")
 
     def run_eval(position: _Position) -> dict[str, Any] | None:
-        nonlocal best_f1, best_step, last_eval
+        nonlocal best_f1, best_step, last_eval, t_window
         if evaluate_fn is None:
             save(position)
             return None
@@ -241,8 +253,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
         result = evaluate_fn(config, variables)
         last_eval = result
         f1 = float(result["mean_f1"])
-        writer.write(step, max(step - 1, 0) // steps_per_epoch, "eval", {"mean_f1": f1, "eval_seconds": time.time() - t0,
-                                                    **{k: v for k, v in result.items() if k in ("landmarks",)}})
+        t_window += time.time() - t0    # images/s counts training time only
+        writer.write(step, max(step - 1, 0) // steps_per_epoch, "eval", _eval_scalars(result, time.time() - t0))
         improved = f1 > best_f1
         if improved:
             best_f1, best_step = f1, step
@@ -266,7 +278,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
             return
         at, dev_metrics = pending
         pending = None
-        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        m = {k: float(v) for k, v in parallel.to_host(dev_metrics).items()}
         check_finite(at, m)
         m["lr"] = optim.learning_rate_at(tc, at - 1, steps_per_epoch)
         window.append(m)
