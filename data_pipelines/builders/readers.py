@@ -725,6 +725,9 @@ class ReleaseBuilder(common.AlgrnetBuilder, skip_registration=True):
             return detect_layout(manual_dir, self.RELEASE_MARKER, self.name)
         if layout not in ("release", "list"):
             raise ValueError(f"unknown layout {layout!r}; choose auto, release or list")
+        if layout == "release" and not os.path.exists(os.path.join(manual_dir, self.RELEASE_MARKER)):
+            raise BadInputError(f"{os.path.join(manual_dir, self.RELEASE_MARKER)}: not found; config 'release' "
+                                f"needs the {self.name} release layout (see the manual download instructions)")
         return layout
 
     def _cache_dir(self, dl_manager) -> str | None:
@@ -759,6 +762,12 @@ class ReleaseBuilder(common.AlgrnetBuilder, skip_registration=True):
             import shutil
 
             shutil.rmtree(cache_dir, ignore_errors=True)
+            for parent in (os.path.dirname(cache_dir), os.path.dirname(os.path.dirname(cache_dir)),
+                           os.path.dirname(os.path.dirname(os.path.dirname(cache_dir)))):
+                try:
+                    os.rmdir(parent)          # only if empty: other configs' caches stay
+                except OSError:
+                    break
 
     def _release_subjects(self, manual_dir: str) -> list[ReleaseSubject]:
         raise NotImplementedError
