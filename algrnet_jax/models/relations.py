@@ -15,12 +15,16 @@ Skip-BiLSTM, forward direction (t = 1..n), paper eqs (6)-(10):
   step, so its size and compile time do not grow with n.
   Because a 1x1 conv and GAP are both linear, GAP(W_j(concat(h_j, v_t))) = W_j(concat(GAP(h_j), GAP(v_t)))
   exactly; the gates are computed on the means ([n, B, hidden + C] @ [n, hidden + C, hidden]).
+  Memory: reverse-mode AD keeps the buffer of every step, O(n^2 B H W F); measured (XLA CPU memory analysis,
+  grad of both directions, B = 8, 44x44x64, F = 64): temp 624 MiB at n = 4, 2562 MiB at n = 12, 7289 MiB at
+  n = 24, against 1274 MiB for the plain ConvBiLSTM at n = 12; program size and compile time do not change.
 ConvBiLSTM ("w/ Bi"): h_t = Cell((c_{t-1}, h_{t-1}), v_t) in each direction, same output.
 
 Param trees (F = hidden, C = input channels; kernels HWIO, PyTorch OIHW -> transpose(2, 3, 1, 0)):
   ConvLSTMCell: conv {kernel [3, 3, C + F, 4F], bias [4F]}   input channels (x, h); output chunks (i, f, o, g)
   SkipBiLSTM:  forward / backward: {cell: ConvLSTMCell, gates: {kernel [n, 1, 1, F + C, F], bias [n, F]}}
-               gates.kernel[j] is W_j of source AU j (AU order in both directions); input channels (h_j, v_t).
+               gates.kernel[j] is W_j of source AU j (AU order in both directions); input channels (h_j, v_t);
+               forward never uses kernel[n-1], backward never kernel[0] (no gradient reaches them).
   ConvBiLSTM:  forward / backward: ConvLSTMCell tree ({conv}).
 """
 from __future__ import annotations
@@ -31,7 +35,9 @@ import jax.numpy as jnp
 
 from algrnet_jax.models.layers import conv, torch_bias_init
 
-Carry = tuple[jax.Array, jax.Array]
+Carry = tuple[jax.Array, jax.Array]                      # (c, h), each [B, H, W, F]
+SkipCarry = tuple[jax.Array, jax.Array, jax.Array]       # c [B, H, W, F], hs [n, B, H, W, F], hs_mean [n, B, F]
+SkipInputs = tuple[jax.Array, jax.Array, jax.Array]      # t [], v_t [B, H, W, C], GAP(v_t) [B, C]
 
 
 def _check_sequence(v: jax.Array, name: str) -> None:
@@ -94,9 +100,7 @@ class SkipStep(nn.Module):
     reverse: bool = False
 
     @nn.compact
-    def __call__(self, carry: tuple[jax.Array, jax.Array, jax.Array],
-                 xs: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[tuple[jax.Array, jax.Array, jax.Array],
-                                                                      jax.Array]:
+    def __call__(self, carry: SkipCarry, xs: SkipInputs) -> tuple[SkipCarry, jax.Array]:
         c, hs, hs_mean = carry
         t, v, v_mean = xs
         gates = SourceGates(self.features, name="gates")(hs_mean, v_mean)        # [n, B, F]
@@ -134,7 +138,10 @@ class SkipBiLSTM(nn.Module):
 
 
 class ConvBiLSTM(nn.Module):
-    """Plain ConvBiLSTM ("w/ Bi"): v [n, B, H, W, C] -> (h_fwd + h_bwd) / 2 [n, B, H, W, hidden]."""
+    """Plain   Memory: reverse-mode AD keeps the buffer of every step, O(n^2 B H W F); measured (XLA CPU memory analysis,
+  grad of both directions, B = 8, 44x44x64, F = 64): temp 624 MiB at n = 4, 2562 MiB at n = 12, 7289 MiB at
+  n = 24, against 1274 MiB for the plain ConvBiLSTM at n = 12; program size and compile time do not change.
+ConvBiLSTM ("w/ Bi"): v [n, B, H, W, C] -> (h_fwd + h_bwd) / 2 [n, B, H, W, hidden]."""
 
     hidden: int
 
