@@ -85,3 +85,47 @@ def test_two_devices_equal_one_device():
 def test_two_devices_equal_one_device_real_model():
     """The same with the real tiny ALGRNet (slow: two compiles of the full train step on CPU)."""
     _check(_run("algrnet", "real"))
+
+
+MULTI_PROCESS = textwrap.dedent("""
+    import os, sys
+    root, port, pid, data_dir, workdir = sys.argv[1:6]
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(pid))
+    sys.path.insert(0, os.path.join(root, "tests"))
+    import test_training as t
+    result = t._run(t._loop_config(data_dir), workdir)
+    assert jax.process_count() == 2 and result["step"] > 0
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+    """Multi-host path on CPU: 2 processes x 1 device (jax.distributed, gloo) run the whole training loop
+    (per-process input rows, collective orbax checkpoints) and end where a single process ends."""
+    import socket
+
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import test_training as t
+    from data_pipelines import builders
+
+    data_dir = str(tmp_path / "tfds")
+    builders.get_builder("synth_au", "bp4d_tiny", data_dir).download_and_prepare()
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    procs = [subprocess.Popen([sys.executable, "-c", MULTI_PROCESS, ROOT, str(port), str(i), data_dir,
+                               str(tmp_path / "multi")], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+    t._run(t._loop_config(data_dir), tmp_path / "single")
+    multi, single = t._final_params(tmp_path / "multi"), t._final_params(tmp_path / "single")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), multi, single)

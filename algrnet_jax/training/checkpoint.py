@@ -168,8 +168,12 @@ class TrainCheckpointer:
     def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
         self.workdir = os.path.abspath(os.fspath(workdir))
         def manager(sub: str, max_to_keep: int) -> ocp.CheckpointManager:
-            opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-                                                enable_async_checkpointing=async_save)
+            # Distinct barrier prefixes: both managers save the same step at an epoch end, and multi-host
+            # barriers are named after the step.
+            opts = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                enable_async_checkpointing=async_save,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=sub))
             return ocp.CheckpointManager(os.path.join(self.workdir, sub), options=opts, item_names=_ITEMS)
         self.latest = manager(CHECKPOINTS_DIR, max(1, int(keep)))
         self.best = manager(BEST_DIR, 1)
