@@ -290,3 +290,17 @@ def test_manual_instructions_name_every_file():
         for n in names:
             assert n in text
     assert au_sets.AU_SETS["disfa"] == (1, 2, 4, 6, 9, 12, 25, 26)
+
+
+def test_data_build_command_on_a_release_dir(built, tmp_path, capsys):
+    from algrnet_jax import cli
+
+    _, _, manual = built("fpara", "release", {})
+    assert cli.main(["data", "build", "fpara", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "d")]) == 0
+    assert "part1: 6 examples" in capsys.readouterr().out
+    m = _copy(manual, tmp_path)
+    csv = m / "fpara.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0], lines[1].rsplit(",", 1)[0] + ",9", *lines[2:]]) + "\n")
+    assert cli.main(["data", "build", "fpara", "--manual-dir", str(m), "--data-dir", str(tmp_path / "e")]) == 1
+    assert "fpara.csv:2: House-Brackmann score" in capsys.readouterr().err
