@@ -142,10 +142,14 @@ def data_dir(tmp_path_factory):
 
 
 def _loop_config(data_dir, **train):
+    """2 epochs, stopped by train.max_steps 3 steps into the second (so every stop path is exercised)."""
+    from data_pipelines import pipeline
+
     c = get_config("jaanet", "tiny")
     c.data.dataset, c.data.builder_config, c.data.data_dir = "synth_au", "bp4d_tiny", data_dir
     c.data.batch_size, c.data.eval_batch_size = 4, 8
     c.train.num_epochs, c.train.checkpoint_every_steps, c.train.log_every_steps = 2, 2, 1
+    c.train.max_steps = pipeline.steps_per_epoch(c) + 3
     for k, v in train.items():
         c.train[k] = v
     return c
@@ -163,19 +167,20 @@ def _assert_same(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-# Runs train() in a fresh process that signals itself once the step-``at`` checkpoint has committed
-# (so the kill lands mid-epoch with something to resume from): mode "kill" = SIGKILL, "term" = SIGTERM.
+# Runs train() in a fresh process that signals itself when the metrics of step ``at`` are read (that is
+# while step at + 1 runs), after waiting for the step-``wait`` checkpoint to commit (0: no wait):
+# mode "kill" = SIGKILL, "term" = SIGTERM.
 _CHILD = textwrap.dedent("""
     import json, os, signal, sys, time
-    root, data_dir, workdir, mode, at = sys.argv[1:6]
+    root, data_dir, workdir, mode, at, wait = sys.argv[1:7]
     sys.path.insert(0, os.path.join(root, "tests"))
     import test_training as t
-    at = int(at)
+    at, wait = int(at), int(wait)
     def cb(step, metrics):
-        if step == at + 1:
-            ckpt = os.path.join(workdir, "checkpoints", str(at))
+        if step == at:
+            ckpt = os.path.join(workdir, "checkpoints", str(wait))
             deadline = time.time() + 60
-            while not os.path.isdir(ckpt) and time.time() < deadline:
+            while wait and not os.path.isdir(ckpt) and time.time() < deadline:
                 time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL if mode == "kill" else signal.SIGTERM)
     result = t._run(t._loop_config(data_dir), workdir, callbacks=[cb])
@@ -183,8 +188,8 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _child(data_dir, workdir, mode, at):
-    proc = subprocess.run([sys.executable, "-c", _CHILD, ROOT, data_dir, str(workdir), mode, str(at)],
+def _child(data_dir, workdir, mode, at, wait=0):
+    proc = subprocess.run([sys.executable, "-c", _CHILD, ROOT, data_dir, str(workdir), mode, str(at), str(wait)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**os.environ, "JAX_PLATFORMS": "cpu",
                                "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
@@ -206,15 +211,15 @@ def test_uninterrupted_run(reference, data_dir):
 
     spe = pipeline.steps_per_epoch(_loop_config(data_dir))
     assert spe >= 4  # the resume tests need a mid-epoch checkpoint
-    assert result["step"] == 2 * spe and result["epoch"] == 2 and result["interrupted"] is None
+    assert result["step"] == spe + 3 and result["epoch"] == 1 and result["interrupted"] is None
     assert result["best_checkpoint"] and os.path.isdir(result["best_checkpoint"])
     assert 0 <= result["metrics"]["mean_f1"] <= 100 and result["best_mean_f1"] >= result["metrics"]["mean_f1"]
     lines = [json.loads(ln) for ln in open(os.path.join(workdir, "metrics.jsonl"))]
     train_lines = [ln for ln in lines if ln["kind"] == "train"]
-    assert [ln["step"] for ln in train_lines] == list(range(1, 2 * spe + 1))
+    assert [ln["step"] for ln in train_lines] == list(range(1, spe + 4))
     assert {"loss", "loss_au", "loss_local_au", "loss_align", "lr", "images_per_sec"} <= set(train_lines[0])
     assert train_lines[0]["lr"] == 0.01
-    assert [ln["step"] for ln in lines if ln["kind"] == "eval"] == [spe, 2 * spe]
+    assert [ln["step"] for ln in lines if ln["kind"] == "eval"] == [spe, spe + 3]  # epoch end, max_steps
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     # Same seeds, same result: a second run from scratch ends with identical parameters.
     again = _run(_loop_config(data_dir), workdir.parent / "ref_again")
@@ -222,7 +227,7 @@ def test_uninterrupted_run(reference, data_dir):
 
 
 def test_sigkill_mid_epoch_then_resume_is_exact(reference, data_dir, tmp_path):
-    proc = _child(data_dir, tmp_path, "kill", 2)
+    proc = _child(data_dir, tmp_path, "kill", 3, wait=2)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))  # something to resume from
     result = _run(_loop_config(data_dir), tmp_path, resume=True)
@@ -239,11 +244,11 @@ def test_sigterm_saves_and_exits_cleanly(reference, data_dir, tmp_path):
     proc = _child(data_dir, tmp_path, "term", 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    # The signal arrives while step 4 runs (metrics are read one step late): step 4 finishes and is saved.
-    assert out["interrupted"] == "SIGTERM" and out["step"] == 4
-    assert ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))[-1] == 4
+    # The signal arrives while step 3 runs (metrics are read one step late): step 3 finishes and is saved.
+    assert out["interrupted"] == "SIGTERM" and out["step"] == 3
+    assert ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))[-1] == 3
     result = _run(_loop_config(data_dir), tmp_path, resume=True)
-    assert result["resumed_from_step"] == 4
+    assert result["resumed_from_step"] == 3
     _assert_same(_final_params(tmp_path), reference[2])
 
 
@@ -271,7 +276,7 @@ def test_refuses_existing_run_without_resume_and_changed_config(reference, data_
         _run(_loop_config(data_dir), workdir)
     with pytest.raises(ValueError, match=r"train.lr: checkpoint 0.01, now 0.02"):
         _run(_loop_config(data_dir, lr=0.02), workdir, resume=True)
-    # Training longer is allowed: resume with more epochs continues from the end.
+    # Training longer is allowed: resume with more steps continues from the end.
     result = _run(_loop_config(data_dir, num_epochs=3, max_steps=reference[1]["step"] + 1), workdir, resume=True)
     assert result["resumed_from_step"] == reference[1]["step"] and result["step"] == reference[1]["step"] + 1
 
