@@ -19,7 +19,7 @@ from algrnet_jax import losses
 from algrnet_jax.configs import MODEL_NAMES, get_config
 from algrnet_jax.models import networks
 from algrnet_jax.models.layers import BatchNorm
-from algrnet_jax.models.stem import CellConvs, from_cells, to_cells
+from algrnet_jax.models.stem import CellBlock, from_cells, to_cells
 
 RECIPE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d" / "recipe.json"
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -351,7 +351,7 @@ def test_cell_convs_are_row_major_per_cell_blocks():
     assert cells.shape == (16, 2, 2, 3, 3)
     np.testing.assert_array_equal(cells[1 * 4 + 2], x[:, 2:4, 6:9])   # row 1, column 2
     np.testing.assert_array_equal(from_cells(cells, 4), x)
-    layer = CellConvs(5, True)
+    layer = CellBlock(5, 16, True)
     variables = layer.init(jax.random.key(0, impl="rbg"), cells)
     y = from_cells(layer.apply(variables, cells, mutable=["batch_stats"])[0], 4)
     p = variables["params"]

@@ -52,7 +52,7 @@ from algrnet_jax import au_sets
 from algrnet_jax.models import regions
 from algrnet_jax.models.adaptive import AdaptiveRegions
 from algrnet_jax.models.fusion import FusionRefine
-from algrnet_jax.models.heads import DenseHead, RefineNet, per_au
+from algrnet_jax.models.heads import DenseHead, RefineNet
 from algrnet_jax.models.layers import flatten_nchw
 from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
 from algrnet_jax.models.stem import HLFeat, RegionLearning
@@ -106,18 +106,18 @@ class ALGRNet(nn.Module):
         else:
             maps = jax.lax.stop_gradient(
                 regions.attention_maps(centres, float(self.map_scale), self.map_size, self.crop_size))
-        refined = per_au(RefineNet)(u, train, name="attention_refine")(maps.transpose(1, 0, 2, 3)[..., None])
+        refined = RefineNet(u, train, copies=n, name="attention_refine")(maps.transpose(1, 0, 2, 3)[..., None])
         out["initial_au_maps"] = maps
         out["refined_au_maps"] = refined[..., 0].transpose(1, 0, 2, 3)
 
         v = region[None] * refined                                   # [n, B, h, w, 8u]
         s = v + self._relations()(v) if self.relation != "none" else v
-        local = per_au(HLFeat)(u, train, name="local_au_feat")(s)     # [n, B, 5, 5, 20u]
+        local = HLFeat(u, train, copies=n, name="local_au_feat")(s)     # [n, B, 5, 5, 20u]
         glob = HLFeat(u, train, name="global_au_feat")(region)        # [B, 5, 5, 20u]
         if self.fusion_refine:
             local = FusionRefine(local.shape[-1], name="fusion_refine")(local, glob)
         classes = self.num_grades if self.task == "paralysis" else 2
-        local_logits = per_au(DenseHead)(8 * u, classes, name="local_au_output")(local)  # [n, B, classes]
+        local_logits = DenseHead(8 * u, classes, copies=n, name="local_au_output")(local)  # [n, B, classes]
         concat = jnp.concatenate([align, glob, jax.lax.stop_gradient(jnp.mean(local, axis=0))], axis=-1)
 
         if self.task == "paralysis":

@@ -1,12 +1,15 @@
 """The JAA-Net stem (SPEC section 3): hierarchical multi-scale region learning and the HLFeat block.
 
+Per-cell (and, in heads, per-AU) layers hold their copies' weights stacked on a leading axis and run as
+one batched computation (``layers.Conv(copies=k)``), with no Python loop and no vmap over cells.
+
 Param trees (u = unit width; PyTorch names of the JAA-Net release in brackets):
 
 RegionLearning  [region_learning.multiscale_feat]
   layer1 [.0], layer2 [.2]: RegionLayer
 RegionLayer(c)
   conv  {kernel [3,3,c_in,c], bias [c]}                                 [.conv]
-  branch1 / branch2 / branch3: CellConvs over an 8x8 / 4x4 / 2x2 grid (64 / 16 / 4 cells)  [.local_conv_branch{1,2,3}]
+  branch1 / branch2 / branch3: CellBlock over an 8x8 / 4x4 / 2x2 grid (64 / 16 / 4 cells)  [.local_conv_branch{1,2,3}]
     bn   {scale, bias} [cells, c_k]; batch_stats {mean, var} [cells, c_k]   [.bns.<cell>]
     conv {kernel [cells, 3, 3, c_k, c_k'], bias [cells, c_k']}              [.convs.<cell>]
   bn    {scale, bias}, batch_stats {mean, var} [c]                       [.bn]
@@ -20,19 +23,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from algrnet_jax.models.layers import BatchNorm, conv, max_pool2
+from algrnet_jax.models.layers import BatchNorm, Conv, max_pool2
 
 
 class CellBlock(nn.Module):
-    """BN -> ReLU -> conv3x3 (pad 1) on one cell: [B, h, w, c_in] -> [B, h, w, features]."""
+    """BN -> ReLU -> conv3x3 (pad 1) on every cell, own weights per cell: [cells, B, h, w, c] -> [cells, B, h, w, features]."""
 
     features: int
+    cells: int
     train: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.relu(BatchNorm(self.train, name="bn")(x))
-        return conv(self.features, x.shape[-1], name="conv")(x)
+        x = nn.relu(BatchNorm(self.train, copies=self.cells, name="bn")(x))
+        return Conv(self.features, copies=self.cells, name="conv")(x)
 
 
 def to_cells(x: jax.Array, grid: int) -> jax.Array:
@@ -51,10 +55,9 @@ def from_cells(y: jax.Array, grid: int) -> jax.Array:
     return y.reshape(grid, grid, b, h, w, c).transpose(2, 0, 3, 1, 4, 5).reshape(b, grid * h, grid * w, c)
 
 
-# The per-cell block vmapped over the cell axis: own params and batch_stats per cell ([cells, ...]);
-# XLA sees one grouped conv.
-CellConvs = nn.vmap(CellBlock, variable_axes={"params": 0, "batch_stats": 0},
-                    split_rngs={"params": True}, in_axes=0, out_axes=0)
+def cell_convs(x: jax.Array, grid: int, features: int, train: bool, name: str) -> jax.Array:
+    """A grid x grid split of x [B, H, W, c], each cell its own BN -> ReLU -> conv3x3 (padding inside the cell)."""
+    return from_cells(CellBlock(features, grid * grid, train, name=name)(to_cells(x, grid)), grid)
 
 
 class RegionLayer(nn.Module):
@@ -70,10 +73,10 @@ class RegionLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.features
-        x = conv(c, x.shape[-1], name="conv")(x)
-        b1 = from_cells(CellConvs(c // 2, self.train, name="branch1")(to_cells(x, 8)), 8)
-        b2 = from_cells(CellConvs(c // 4, self.train, name="branch2")(to_cells(b1, 4)), 4)
-        b3 = from_cells(CellConvs(c // 4, self.train, name="branch3")(to_cells(b2, 2)), 2)
+        x = Conv(c, name="conv")(x)
+        b1 = cell_convs(x, 8, c // 2, self.train, "branch1")
+        b2 = cell_convs(b1, 4, c // 4, self.train, "branch2")
+        b3 = cell_convs(b2, 2, c // 4, self.train, "branch3")
         out = x + jnp.concatenate([b1, b2, b3], axis=-1)
         return nn.relu(BatchNorm(self.train, name="bn")(out))
 
@@ -94,11 +97,12 @@ class HLFeat(nn.Module):
     """High-level feature block: ([conv3x3 BN ReLU] x2 -> maxpool) x3, widths 12u, 16u, 20u.
 
     [B, 44, 44, 8u] -> [B, 5, 5, 20u] at paper size. The same module serves alignment, global and
-    per-AU local features.
+    per-AU local features (``copies`` = n: n independent blocks on [n, B, H, W, C], params [n, ...]).
     """
 
     unit: int = 8
     train: bool = False
+    copies: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -106,7 +110,7 @@ class HLFeat(nn.Module):
         for width in (12 * self.unit, 16 * self.unit, 20 * self.unit):
             for _ in range(2):
                 k += 1
-                x = conv(width, x.shape[-1], name=f"conv{k}")(x)
-                x = nn.relu(BatchNorm(self.train, name=f"bn{k}")(x))
+                x = Conv(width, copies=self.copies, name=f"conv{k}")(x)
+                x = nn.relu(BatchNorm(self.train, copies=self.copies, name=f"bn{k}")(x))
             x = max_pool2(x)
         return x
