@@ -53,22 +53,28 @@ ApplyFn = Callable[[Any, Any], Mapping[str, Any]]
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_apply(model: Any) -> ApplyFn:
+def _jitted_apply(model: Any, extra_outputs: tuple[str, ...] = ()) -> ApplyFn:
     """One jitted eval-mode forward per (hashable) model: images [B, C, C, 3] -> the outputs we read."""
     import jax
 
+    keep = _EVAL_OUTPUTS + tuple(extra_outputs)
+
     def apply(variables, images):
         outputs = model.apply(variables, images, train=False)
-        return {k: outputs[k] for k in _EVAL_OUTPUTS if k in outputs}
+        return {k: outputs[k] for k in keep if k in outputs}
 
     return jax.jit(apply)
 
 
-def make_eval_step(config: Any) -> ApplyFn:
-    """The jitted eval step of ``config``'s model (cached, so repeated evaluations do not re-trace)."""
+def make_eval_step(config: Any, extra_outputs: Sequence[str] = ()) -> ApplyFn:
+    """The jitted eval step of ``config``'s model (cached, so repeated evaluations do not re-trace).
+
+    ``extra_outputs`` names model outputs to return besides the ones the metrics need (e.g.
+    ``("initial_au_maps", "refined_au_maps")`` for plots).
+    """
     from algrnet_jax.models.networks import create_model
 
-    return _jitted_apply(create_model(config))
+    return _jitted_apply(create_model(config), tuple(extra_outputs))
 
 
 def _to_numpy(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -77,7 +83,8 @@ def _to_numpy(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
                        batches: Iterable[Batch] | None = None, apply_fn: ApplyFn | None = None,
-                       max_batches: int | None = None) -> dict[str, Any]:
+                       max_batches: int | None = None,
+                       on_batch: Callable[[Batch, dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
     """Evaluates model variables on a test split.
 
     Args:
@@ -87,6 +94,7 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
       batches: optional iterable of batches (docs/design.md) replacing the input pipeline.
       apply_fn: optional ``(variables, images) -> outputs``; default the jitted model of ``config``.
       max_batches: stop after this many batches (smoke runs).
+      on_batch: called with each batch and its outputs (numpy) after they are counted.
 
     Returns:
       a JSON-serialisable dict (percentages); see the module docstring.
@@ -123,6 +131,8 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
                 au[key].update(out[output], labels, mask)
             au[TRIVIAL].update(np.ones(labels.shape, np.float32), labels, mask)
         landmarks.update(out["landmarks"], batch["landmarks"], batch["interocular"], mask)
+        if on_batch is not None:
+            on_batch(batch, out)
     if frames == 0:
         raise ValueError(f"no test frames for dataset {config.data.dataset!r} "
                          f"({config.data.builder_config!r}) fold {config.data.fold}, split {split!r}")

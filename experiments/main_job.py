@@ -90,20 +90,20 @@ def _prepare_workdir(train_dir: pathlib.Path, resume: bool) -> None:
     shutil.rmtree(train_dir)
 
 
-def attention_examples(config: Any, variables: Any, faces: int = ATTENTION_FACES) -> tuple[Any, dict, Any]:
-    """(images [F, C, C, 3], model outputs, labels [F, n]) of the first test faces."""
-    import jax
-    import numpy as np
+class FirstFaces:
+    """``on_batch`` hook of the evaluator keeping the first faces, their labels and outputs for the plots."""
 
-    from algrnet_jax.models.networks import create_model
-    from data_pipelines.pipeline import eval_batches
+    def __init__(self, faces: int = ATTENTION_FACES):
+        self.faces, self.images, self.outputs, self.labels = faces, None, None, None
 
-    batch = next(iter(eval_batches(config)))
-    images = np.asarray(batch["image"][:faces])
-    model = create_model(config)
-    outputs = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-    keep = ("landmarks", "initial_au_maps", "refined_au_maps", "final_au_prob")
-    return images, {k: np.asarray(outputs[k]) for k in keep if k in outputs}, np.asarray(batch["labels"][:faces])
+    def __call__(self, batch: dict, outputs: dict) -> None:
+        if self.images is None:
+            f = self.faces
+            self.images, self.labels = batch["image"][:f], batch["labels"][:f]
+            self.outputs = {k: v[:f] for k, v in outputs.items()}
+
+    def examples(self) -> tuple[Any, dict, Any]:
+        return self.images, self.outputs, self.labels
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,16 +125,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     train_dir = workdir / "train"
     _prepare_workdir(train_dir, args.resume)
+    # One jitted eval step for the per-epoch evaluations and the final one (with the maps for the plots).
+    eval_step = evaluation.make_eval_step(config, ("initial_au_maps", "refined_au_maps"))
     t0 = time.time()
-    summary = train(config, train_dir, resume=args.resume, progress=not args.quiet, tensorboard=False)
+    summary = train(config, train_dir, resume=args.resume, progress=not args.quiet, tensorboard=False,
+                    evaluate=lambda c, v: evaluation.evaluate_variables(c, v, apply_fn=eval_step))
     t_train = time.time() - t0
-    print(f"[train] {summary['step']} steps in {t_train:.0f}s (compilation included); "
-          f"best held-out mean F1 during training {summary['best_mean_f1']}", flush=True)
+    print(f"[train] {summary['step']} steps in {t_train:.0f}s (compilation and per-epoch evaluation included); "
+          f"best held-out mean F1 during training {summary['best_mean_f1']:.1f}", flush=True)
 
     t0 = time.time()
     last = summary["last_checkpoint"] or str(train_dir)
     ckpt_config, variables = load_for_inference(last)
-    result = evaluation.evaluate_variables(ckpt_config, variables)
+    faces = FirstFaces()
+    result = evaluation.evaluate_variables(ckpt_config, variables, apply_fn=eval_step, on_batch=faces)
     result["checkpoint"] = last
     t_eval = time.time() - t0
     evaluation.print_tables(evaluation.result_tables(result))
@@ -144,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{trivial:.1f}% -> {verdict} the trivial predictor")
 
     t0 = time.time()
-    attention = attention_examples(ckpt_config, variables)
+    attention = faces.examples()
     result["timings_s"] = {"imports": t_imports, "dataset": t_data, "train": t_train, "evaluate": t_eval}
     summary_lines = {
         "model": f"{config.name} (size {config.size}: crop {config.crop_size}, unit {config.model.unit}, "
