@@ -111,10 +111,8 @@ def test_two_processes_train_like_one(tmp_path):
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import test_training as t
-    from data_pipelines import builders
-
     data_dir = str(tmp_path / "tfds")
-    builders.get_builder("synth_au", "bp4d_tiny", data_dir).download_and_prepare()
+    t.build_synthetic(data_dir)
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
