@@ -13,7 +13,11 @@ from etils import epath
 
 from algrnet_jax import au_sets
 from data_pipelines import alignment, builders, synthetic
-from data_pipelines.builders import common, synth_au
+from data_pipelines.builders import common
+
+# Only while the generator (another engineer's module) has not landed in this checkout.
+needs_generator = pytest.mark.skipif(not hasattr(synthetic, "generate"),
+                                     reason="data_pipelines.synthetic.generate is not in this checkout yet")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
 
@@ -27,6 +31,7 @@ def _read(builder, split):
     return list(tfds.as_numpy(builder.as_dataset(split=split)))
 
 
+@needs_generator
 @pytest.mark.parametrize("label_set", ["bp4d", "disfa", "paralysis"])
 def test_builder_records_equal_generator(data_dir, label_set):
     builder = builders.get_builder("synth_au", f"{label_set}_tiny", data_dir)
@@ -56,6 +61,7 @@ def test_builder_records_equal_generator(data_dir, label_set):
     assert not (subjects[0] & subjects[1] or subjects[0] & subjects[2] or subjects[1] & subjects[2])
 
 
+@needs_generator
 def test_metadata_label_counts(data_dir):
     builder = builders.get_builder("synth_au", "bp4d_tiny", data_dir)
     builder.download_and_prepare()
@@ -71,9 +77,12 @@ def test_metadata_label_counts(data_dir):
     assert report["num_bad_frames"] == 0
 
 
+@needs_generator
 def test_tfds_build_finds_the_builder_module(tmp_path):
     """What `tfds build data_pipelines/builders/synth_au.py --config bp4d_tiny` runs (minus its beam import)."""
     from tensorflow_datasets.scripts.cli import build, cli_utils
+
+    from data_pipelines.builders import synth_au
 
     path = pathlib.Path(synth_au.__file__)
     build.Args(positional_datasets=[str(path)], paths=cli_utils.PathOptions(data_dir=str(tmp_path)),
@@ -82,7 +91,10 @@ def test_tfds_build_finds_the_builder_module(tmp_path):
     assert built.is_prepared() and built.info.splits["part1"].num_examples > 0
 
 
+@needs_generator
 def test_configs_and_registry():
+    from data_pipelines.builders import synth_au
+
     names = {c.name for c in synth_au.SynthAu.BUILDER_CONFIGS}
     for label_set in ("bp4d", "disfa", "paralysis"):
         for size in synthetic.SIZES:
