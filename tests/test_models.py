@@ -18,7 +18,7 @@ import pytest
 from algrnet_jax import losses
 from algrnet_jax.configs import MODEL_NAMES, get_config
 from algrnet_jax.models import networks
-from algrnet_jax.models.layers import BatchNorm
+from algrnet_jax.models.layers import BatchNorm, Conv, max_pool2
 from algrnet_jax.models.stem import CellBlock, from_cells, to_cells
 
 RECIPE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d" / "recipe.json"
@@ -343,6 +343,32 @@ def test_batchnorm_matches_torch():
     y = BatchNorm(train=False).apply(variables, jnp.asarray(x))
     y_t = bn_t.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(y, y_t, atol=1e-5)
+
+
+def test_stacked_and_matmul_convs_equal_native_convs():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((3, 2, 7, 6, 5)), jnp.float32)
+    for padding in (1, "VALID"):
+        stacked = Conv(4, 3, padding, copies=3)
+        v = stacked.init(jax.random.key(0, impl="rbg"), x)
+        y = stacked.apply(v, x)
+        for k in range(3):
+            one = {"params": jax.tree.map(lambda a: a[k], v["params"])}
+            np.testing.assert_allclose(y[k], Conv(4, 3, padding).apply(one, x[k]), atol=1e-5)
+            np.testing.assert_allclose(y[k], Conv(4, 3, padding, matmul=True).apply(one, x[k]), atol=1e-5)
+
+
+def test_max_pool_routes_ties_like_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.integers(-2, 3, (2, 9, 10, 4)), 0).astype(np.float32)   # many ties, odd height
+    g = rng.standard_normal((2, 4, 5, 4)).astype(np.float32)
+    y, vjp = jax.vjp(max_pool2, jnp.asarray(x))
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    yt = torch.nn.functional.max_pool2d(xt, 2, 2)
+    (yt * torch.from_numpy(g.transpose(0, 3, 1, 2).copy())).sum().backward()
+    np.testing.assert_array_equal(y, yt.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], xt.grad.numpy().transpose(0, 2, 3, 1))
 
 
 def test_cell_convs_are_row_major_per_cell_blocks():

@@ -27,7 +27,12 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 def conv(features: int, in_features: int, kernel: int = 3, padding: int | str = 1,
          name: str | None = None) -> nn.Conv:
-    """A square conv (stride 1) initialised like torch.nn.Conv2d; ``padding`` as in PyTorch or "VALID"."""
+    """A square conv (stride 1) initialised like torch.nn.Conv2d; ``padding`` as in PyTorch or "VALID".
+
+    XLA's native convolution. Inside ``scan``/``vmap`` prefer ``Conv(features, kernel, padding, matmul=True)``
+    (same params and values): XLA:CPU's native convolution has a very slow filter gradient there (a ConvLSTM
+    scan, n = 12, batch 2, 44x44x128 -> 256: 44 s -> 2 s per backward).
+    """
     return nn.Conv(features, (kernel, kernel), padding=padding, kernel_init=TORCH_KERNEL_INIT,
                    bias_init=torch_bias_init(in_features * kernel * kernel), name=name)
 
@@ -58,6 +63,8 @@ def stacked_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
 class Conv(nn.Module):
     """Square conv, stride 1, PyTorch init; with ``copies`` > 0, that many independent convs (params [copies, ...]).
 
+    Without copies it is XLA's native convolution (fastest outside loops) unless ``matmul``.
+
     x [B, H, W, c] (or [copies, B, H, W, c]) -> [B, H', W', features] (or [copies, ...]); ``padding`` an int
     (PyTorch's) or "VALID". Params: kernel [(copies,) k, k, c, features] HWIO, bias [(copies,) features].
     """
@@ -66,6 +73,7 @@ class Conv(nn.Module):
     kernel_size: int = 3
     padding: int | str = 1
     copies: int = 0
+    matmul: bool = False   # patches x matmul even without copies (for convs inside scan / vmap)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -81,6 +89,8 @@ class Conv(nn.Module):
             if x.ndim != 5 or x.shape[0] != self.copies:
                 raise ValueError(f"Conv with copies={self.copies}: expected [copies, B, H, W, C], got {x.shape}")
             return stacked_conv(x, kernel, pad) + bias[:, None, None, None, :]
+        if self.matmul:
+            return stacked_conv(x[None], kernel[None], pad)[0] + bias
         y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias
