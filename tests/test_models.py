@@ -149,9 +149,11 @@ def test_jaanet_param_shapes_match_release_recipe():
 EXPECTED_KEYS = {"landmarks", "initial_au_maps", "refined_au_maps"}
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_output_shapes_and_gradients_trace(name):
-    config = get_config(name, "tiny")
+@pytest.mark.parametrize("name,label_set", [(n, "bp4d") for n in MODEL_NAMES] + [("algrnet", "disfa")])
+def test_output_shapes_and_gradients_trace(name, label_set):
+    config = get_config(name, "tiny", label_set)
+    if label_set == "disfa":
+        config.aus = (1, 9, 25, 26)
     model, variables = _abstract_variables(config)
     batch = _inputs(config)
     b, n, m = 2, 12 if config.model.task == "paralysis" else len(config.aus), config.crop_size // 4 + 8
