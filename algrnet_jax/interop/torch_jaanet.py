@@ -162,7 +162,7 @@ class AlignNet(nn.Module):
         landmarks = self.align_output(feat.reshape(feat.size(0), -1))
         maps = generate_au_maps(landmarks.detach().cpu().numpy(), self.aus, self.crop_size, self.map_size,
                                 self.spatial_ratio, self.fill_coeff)
-        return feat, landmarks, torch.from_numpy(maps).to(x.device)
+        return feat, landmarks, torch.from_numpy(maps).to(device=x.device, dtype=x.dtype)
 
 
 class LocalAttentionRefine(nn.Module):
