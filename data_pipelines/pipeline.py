@@ -23,7 +23,6 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
-from typing import Any
 
 import jax
 import ml_collections
