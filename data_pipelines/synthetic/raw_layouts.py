@@ -97,11 +97,11 @@ def select(examples: Iterable[dict[str, Any]], *, subjects_per_part: int, sequen
             seqs[seq].append(ex)
         if complete():
             break
-    out = [ex for p in PARTS for seqs in chosen[p].values() for f in seqs.values() for ex in f]
-    missing = [p for p in PARTS if not chosen[p]]
-    if missing:
-        raise ValueError(f"the generator gave no subject in part(s) {missing}")
-    return out
+    if not complete():
+        have = {p: {s: {q: len(f) for q, f in seqs.items()} for s, seqs in chosen[p].items()} for p in PARTS}
+        raise ValueError(f"the generator gave fewer than {subjects_per_part} subject(s) per part x {sequences} "
+                         f"sequence(s) x {frames} frame(s): {have}")
+    return [ex for p in PARTS for seqs in chosen[p].values() for f in seqs.values() for ex in f]
 
 
 def subject_ids(examples: list[dict[str, Any]], dataset: str) -> dict[str, str]:
