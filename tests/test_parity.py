@@ -127,13 +127,36 @@ def test_converted_checkpoint_reproduces_reference_eval_through_run_arrays(conve
 
 
 @pytest.mark.torch
-def test_one_training_step_matches_the_reference(converted, expected):
-    """Our train step (losses.total_loss, optim.make_optimizer) on the fixture batch: train outputs,
-    losses and every post-step state_dict entry (running statistics included) as the reference."""
+def test_reference_post_step_sums_are_input_sensitive(release, expected):
+    """Why the post-step-sum target cannot be met by any non-bit-identical float32 implementation:
+    the reference code itself (our torch baseline, which meets it unperturbed) misses it on hundreds of
+    entries, by up to several percent, when its input moves by 1e-7 (ReLU / max-pool decisions flip and
+    the per-tensor sums of the cell and branch gradients cancel)."""
+    torch = pytest.importorskip("torch")
+    from algrnet_jax.interop import torch_jaanet
+
+    torch.set_num_threads(2)
+    model = torch_jaanet.TorchJAANet()
+    model.load_release(release)
+    noise = np.random.default_rng(0).standard_normal(expected["input"].shape).astype(np.float32)
+    x = torch.from_numpy(expected["input"] + np.float32(1e-7) * noise)
+    t = {k: torch.from_numpy(expected[k]) for k in ("au_labels", "gt_landmarks", "biocular", "au_weight")}
+    torch_jaanet.train_step(model, torch_jaanet.make_sgd(model), x, t["au_labels"], t["gt_landmarks"],
+                            t["biocular"], t["au_weight"])
+    with pytest.raises(AssertionError) as err:
+        _assert_after_step({m: {k: v.numpy() for k, v in sd.items()}
+                            for m, sd in model.release_state_dicts().items()}, expected)
+    assert int(str(err.value).split(" post-step")[0].split()[-1]) > 100
+
+
+@pytest.fixture(scope="module")
+def jax_step(converted, expected):
+    """One step of our train step (losses.total_loss, optim.make_optimizer) on the fixture batch:
+    (config, new state, metrics, train-mode outputs in the release layout)."""
     import jax
     import jax.numpy as jnp
 
-    from algrnet_jax.interop import convert
+    from algrnet_jax.interop.arrays import torch_layout
     from algrnet_jax.models.networks import create_model
     from algrnet_jax.training import optim, steps
     from algrnet_jax.training.checkpoint import load_for_inference
@@ -152,7 +175,6 @@ def test_one_training_step_matches_the_reference(converted, expected):
         "labels": jnp.asarray(expected["au_labels"], jnp.int32),
         "mask": jnp.ones([b], jnp.float32),
     }
-    au_weight = jnp.asarray(expected["au_weight"])
 
     @jax.jit
     def step_and_outputs(state, batch, au_weight):
@@ -160,14 +182,36 @@ def test_one_training_step_matches_the_reference(converted, expected):
         new_state, metrics = steps.train_step(state, batch, au_weight, config=config)
         return new_state, metrics, outputs
 
-    new_state, metrics, outputs = step_and_outputs(state, batch, au_weight)
-    from algrnet_jax.interop.arrays import torch_layout
+    new_state, metrics, outputs = step_and_outputs(state, batch, jnp.asarray(expected["au_weight"]))
+    return config, new_state, metrics, torch_layout(jax.tree.map(np.asarray, outputs))
 
-    out = torch_layout(jax.tree.map(np.asarray, outputs))
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_one_training_step_outputs_and_losses_match_the_reference(jax_step, expected):
+    """Train-mode outputs (batch statistics, maps from the train-mode landmarks) and every loss term."""
+    _, _, metrics, out = jax_step
     for k in ("landmarks", "initial_au_maps", "local_au_logprob", "au_logprob"):
-        np.testing.assert_allclose(out[k], expected["train_" + k], rtol=0, atol=1e-4, err_msg=k)
+        if k == "initial_au_maps":
+            np.testing.assert_array_equal(out[k], expected["train_" + k], err_msg=k)
+        else:
+            np.testing.assert_allclose(out[k], expected["train_" + k], rtol=0, atol=1e-4, err_msg=k)
     for ref, ours in LOSSES.items():
         np.testing.assert_allclose(float(metrics[ours]), expected["train_loss_" + ref], rtol=1e-5, err_msg=ours)
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.xfail(strict=True, reason="post-step sums of many region-learning / branch conv entries are chaotic "
+                   "in float32: the reference itself misses them by up to ~7% under a 1e-7 input change "
+                   "(test_reference_post_step_sums_are_input_sensitive); see docs/usage_interop.md")
+def test_one_training_step_post_step_sums_match_the_reference(jax_step, expected):
+    """Every post-step state_dict entry (parameters and running statistics), 1e-4 relative."""
+    from algrnet_jax.interop import convert
+
+    import jax
+
+    config, new_state, _, _ = jax_step
     after = convert.flax_to_state_dicts(jax.tree.map(np.asarray, new_state.variables()), config,
                                         num_batches_tracked=1)
     _assert_after_step(after, expected)
