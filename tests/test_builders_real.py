@@ -7,6 +7,7 @@ record is checked against what was written: ids, folds, labels, aligned landmark
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import os
@@ -84,8 +85,11 @@ def built(tmp_path_factory):
 
 @pytest.mark.parametrize("name,layout,kw", CASES, ids=["-".join([n, l, *map(str, k.values())]) for n, l, k in CASES])
 def test_records_match_the_files_written(built, name, layout, kw):
-    b, frames, _ = built(name, layout, kw)
+    b, frames, manual = built(name, layout, kw)
     recs = _records(b)
+    if name == "fpara" and layout == "release":                   # parts: the seeded stratified split
+        folds = readers.paralysis_folds(readers.read_fpara_csv(os.path.join(manual, "fpara.csv")))
+        frames = [dataclasses.replace(f, fold=folds[f.subject]) for f in frames]
     assert {s: b.info.splits[s].num_examples for s in common.PARTS} == {
         f"part{p}": len(fs) for p, fs in raw_layouts.iter_parts(frames)}
     assert len(recs) == len(frames) == 18
@@ -120,7 +124,7 @@ def test_bp4d_raw_frames_are_aligned_at_build_time(built):
         assert raw.shape[:2] != (200, 200)
         expected, _, _ = alignment.align_face(raw, f.raw_landmarks)
         got = recs[(f.subject, f.sequence, f.frame)]["image"]
-        assert np.abs(got.astype(float) - expected).mean() < 2.0     # JPEG noise only
+        assert np.abs(got.astype(float) - expected).mean() < 3.0     # JPEG noise only (noisy faces)
 
 
 def test_list_frames_are_kept(built):
@@ -128,7 +132,7 @@ def test_list_frames_are_kept(built):
     recs = _records(b)
     for f in frames:
         kept = common.load_image(f.image_path)
-        assert np.abs(recs[(f.subject, f.sequence, f.frame)]["image"].astype(float) - kept).mean() < 2.0
+        assert np.abs(recs[(f.subject, f.sequence, f.frame)]["image"].astype(float) - kept).mean() < 3.0
     assert b.info.metadata["list_au_weights"] == {f"BP4D_part{k}": [1.0] * 12 for k in (1, 2, 3)}
 
 

@@ -60,13 +60,13 @@ def synthetic_examples(label_set: str = "bp4d", *, subjects_per_part: int = 1, s
     from data_pipelines import synthetic
 
     cfg = synthetic.SIZES[size]
-    changes: dict[str, Any] = {}
-    if label_set == "paralysis":
-        changes["paralysis"] = True
-    if seed is not None and hasattr(cfg, "seed"):
-        changes["seed"] = seed
-    if changes:
-        cfg = dataclasses.replace(cfg, **changes)
+    changes: dict[str, Any] = {"paralysis": label_set == "paralysis"}
+    # Only as many subjects/sequences/frames as needed (the generator deals subjects to parts round robin).
+    for field, value in (("num_subjects", len(PARTS) * subjects_per_part), ("sequences_per_subject", sequences),
+                         ("frames_per_sequence", frames), ("seed", seed)):
+        if value is not None and hasattr(cfg, field):
+            changes[field] = value
+    cfg = dataclasses.replace(cfg, **changes)
     return select(synthetic.generate(cfg), subjects_per_part=subjects_per_part, sequences=sequences, frames=frames)
 
 
