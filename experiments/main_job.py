@@ -109,8 +109,11 @@ class FirstFaces:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the job; returns the evaluation result with ``timings`` added."""
     t_start = time.time()
+    import jax
+
     from algrnet_jax import evaluation
     from algrnet_jax.training.checkpoint import load_for_inference
+    from algrnet_jax.training import parallel
     from algrnet_jax.training.loop import train
     from experiments import report
 
@@ -137,6 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     last = summary["last_checkpoint"] or str(train_dir)
     ckpt_config, variables = load_for_inference(last)
+    # Same placement as the trainer's variables, so the shared eval step is not compiled a second time.
+    variables = jax.device_put(variables, parallel.replicated(parallel.make_mesh()))
     faces = FirstFaces()
     result = evaluation.evaluate_variables(ckpt_config, variables, apply_fn=eval_step, on_batch=faces)
     result["checkpoint"] = last
