@@ -83,17 +83,27 @@ def tf_resize_landmarks(landmarks: tf.Tensor, src_size: int, dst_size: int) -> t
     return (landmarks + 0.5) * (dst_size / src_size) - 0.5
 
 
+JPEG_DCT = "INTEGER_ACCURATE"   # libjpeg's ISLOW IDCT, as PIL and OpenCV decode (TF's default is the fast one)
+_MCU = 16                      # largest JPEG iMCU side (4:2:0 chroma subsampling)
+
+
 def tf_decode_crop(jpeg: tf.Tensor, offset_xy: tf.Tensor, src_size: int, aligned_size: int,
                    crop_size: int) -> tf.Tensor:
     """Decodes a JPEG (``src_size`` square), resizes to ``aligned_size`` if needed, crops: uint8 ``[C, C, 3]``.
 
-    Without resizing only the crop window is decoded (``decode_and_crop_jpeg``).
+    Pixels equal a full PIL/OpenCV decode followed by the crop. Without resizing only a window of
+    whole iMCUs around the crop (one extra iMCU of context for chroma upsampling) is decoded.
     """
     if aligned_size == src_size:
-        window = tf.stack([offset_xy[1], offset_xy[0], crop_size, crop_size])
-        image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
+        ox, oy = offset_xy[0], offset_xy[1]
+        x0, y0 = tf.maximum(0, (ox // _MCU - 1) * _MCU), tf.maximum(0, (oy // _MCU - 1) * _MCU)
+        x1 = tf.minimum(src_size, ((ox + crop_size + _MCU - 1) // _MCU + 1) * _MCU)
+        y1 = tf.minimum(src_size, ((oy + crop_size + _MCU - 1) // _MCU + 1) * _MCU)
+        image = tf.image.decode_and_crop_jpeg(jpeg, tf.stack([y0, x0, y1 - y0, x1 - x0]), channels=3,
+                                              dct_method=JPEG_DCT)
+        image = image[oy - y0:oy - y0 + crop_size, ox - x0:ox - x0 + crop_size]
     else:
-        image = tf.io.decode_jpeg(jpeg, channels=3)
+        image = tf.io.decode_jpeg(jpeg, channels=3, dct_method=JPEG_DCT)
         image = tf.image.resize(image, [aligned_size, aligned_size], method="bilinear", antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
         image = image[offset_xy[1]:offset_xy[1] + crop_size, offset_xy[0]:offset_xy[0] + crop_size]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pathlib
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -81,6 +82,16 @@ def test_crop_resize_flip_move_landmarks_with_pixels(aligned, crop, offset):
     np.testing.assert_allclose(_centroid(flipped), [mirrored_x, lm[0, 1]], atol=tol)
     not_flipped = augment.tf_flip_images(image[None], tf.constant([False])).numpy()[0]
     np.testing.assert_array_equal(not_flipped, image.numpy())
+
+
+@pytest.mark.parametrize("offset", [(12, 12), (0, 24), (17, 5), (24, 0), (3, 21)])
+def test_decode_crop_equals_full_opencv_decode(offset):
+    """Window decode = full decode (ISLOW IDCT, like PIL/OpenCV and the PyTorch reference) + crop."""
+    jpeg = (FIXTURES / "aligned_BP4D_F001_T1_2440.jpg").read_bytes()
+    full = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    got = augment.tf_decode_crop(tf.constant(jpeg), tf.constant(offset, tf.int32), 200, 200, 176).numpy()
+    ox, oy = offset
+    np.testing.assert_array_equal(got, full[oy:oy + 176, ox:ox + 176])
 
 
 def test_centre_offset():
