@@ -116,7 +116,8 @@ def test_each_au_changes_pixels_only_in_its_region(au):
         assert changed.sum() > 60, f"AU{au} changes only {changed.sum()} pixels"
         outside = changed & ~mask
         assert not outside.any(), f"AU{au} changed {outside.sum()} pixels outside its region"
-        assert mask.mean() < 0.45, f"AU{au} region covers {mask.mean():.2f} of the image"
+        limit = 0.6 if au == 26 else 0.3       # the jaw drop moves the whole chin
+        assert mask.mean() < limit, f"AU{au} region covers {mask.mean():.2f} of the image"
         moved = np.linalg.norm(lm_on - lm_off, axis=-1) > 1e-4
         assert mask[np.clip(np.round(lm_off[moved, 1]).astype(int), 0, 199),
                     np.clip(np.round(lm_off[moved, 0]).astype(int), 0, 199)].all()

@@ -87,7 +87,11 @@ def sample_identity(rng: np.random.Generator, grade: int = 0) -> Identity:
     lm[14:19, 1] += nose_len
     lm[10:14, 1] += nose_len * np.linspace(0.2, 0.9, 4)
     _scale_about(lm, NOSE[4:], rng.uniform(0.85, 1.2), 1.0)
-    lm[INNER_LOWER, 1] = lm[INNER_UPPER[::-1], 1] + 0.3      # neutral: lips closed
+    # Neutral: lips closed, thinner lower lip than the (smiling) reference.
+    closed = lm[INNER_UPPER[::-1], 1] + 0.3
+    lm[OUTER_LOWER[1:4], 1] = closed + 0.6 * (lm[OUTER_LOWER[1:4], 1] - lm[INNER_LOWER, 1])
+    lm[[38, 42], 1] = lm[[37, 31], 1] + 0.75 * (lm[[39, 41], 1] - lm[[37, 31], 1])
+    lm[INNER_LOWER, 1] = closed
     mouth_dy = rng.uniform(-3.0, 4.0) + 0.5 * nose_len
     lm[MOUTH, 1] += mouth_dy
     lip_scale = rng.uniform(0.8, 1.25)
@@ -407,8 +411,8 @@ def render(ident: Identity, lm: np.ndarray, jaw: np.ndarray, intensity: np.ndarr
 # ---------------------------------------------------------------------------------------------
 # AU regions.
 
-def _region_points(au: int, lm: np.ndarray, d: float) -> np.ndarray:
-    """Points whose convex hull bounds the pixels AU ``au`` may change (before the margin)."""
+def _region_points(au: int, lm: np.ndarray, d: float) -> np.ndarray | list[np.ndarray]:
+    """Points (or a list of point sets) whose convex hull(s) bound the pixels AU ``au`` may change."""
     up = np.array([0.0, -1.0]) * d
     brows = lm[:10]
     if au in (1, 2, 4):
@@ -416,13 +420,16 @@ def _region_points(au: int, lm: np.ndarray, d: float) -> np.ndarray:
         if au == 4:
             pts = np.concatenate([pts, lm[[20, 21, 26, 27, 10, 11]]])
         return pts
-    if au in (6, 7):
-        eyes = lm[19:31]
-        pts = np.concatenate([eyes, eyes - 0.2 * up, eyes + 0.2 * up])
-        if au == 6:
-            pts = np.concatenate([pts, eyes - 0.7 * up, lm[[19, 28]] + (-0.45 * d, 0.5 * d),
-                                  lm[[28]] + (0.45 * d, 0.5 * d)])
-        return pts
+    if au in (6, 7):   # one hull per eye (and cheek)
+        hulls = []
+        for eye, outer, inner in ((lm[19:25], lm[19], lm[22]), (lm[25:31], lm[28], lm[25])):
+            pts = np.concatenate([eye, eye - 0.2 * up, eye + 0.2 * up])
+            if au == 6:
+                c = eye.mean(0)
+                pts = np.concatenate([pts, eye - 0.7 * up, [outer + (np.sign(outer[0] - c[0]) * 0.2 * d, 0.75 * d),
+                                                            inner + (np.sign(inner[0] - c[0]) * 0.2 * d, 0.75 * d)]])
+            hulls.append(pts)
+        return hulls
     if au in (9, 10, 12, 14, 15, 17, 23, 24, 25, 26):
         m = lm[31:49]
         pts = np.concatenate([m, m + 0.15 * up, m - 0.15 * up])
@@ -440,8 +447,8 @@ def _region_points(au: int, lm: np.ndarray, d: float) -> np.ndarray:
             pts = np.concatenate([pts, m - 0.6 * up])
         if au == 26:   # jaw drop: the lower face down to the crop bottom
             bottom = 1e4
-            pts = np.concatenate([pts, [lm[31] + (-0.75 * d, 0.15 * d), lm[37] + (0.75 * d, 0.15 * d),
-                                        (lm[31, 0] - 0.75 * d, bottom), (lm[37, 0] + 0.75 * d, bottom)]])
+            pts = np.concatenate([pts, [lm[31] + (-1.0 * d, -0.35 * d), lm[37] + (1.0 * d, -0.35 * d),
+                                        (lm[31, 0] - 1.0 * d, bottom), (lm[37, 0] + 1.0 * d, bottom)]])
         return pts
     raise ValueError(f"AU{au} is not rendered by the synthetic generator (choose from {au_sets.SYNTH_AUS})")
 
@@ -455,10 +462,11 @@ def au_region_mask(au: int, landmarks: np.ndarray, image_size: int = BASE_SIZE, 
     if lm.shape != (au_sets.NUM_LANDMARKS, 2):
         raise ValueError(f"landmarks must have shape (49, 2), got {lm.shape}")
     d = float(interocular(lm))
-    pts = _region_points(au, lm, d)
+    hulls = _region_points(au, lm, d)
     m = np.zeros((image_size, image_size), np.uint8)
-    pts = np.clip(pts, -2 * image_size, 3 * image_size)
-    cv2.fillConvexPoly(m, np.round(cv2.convexHull(pts.astype(np.float32))).astype(np.int32), 1)
+    for pts in hulls if isinstance(hulls, list) else [hulls]:
+        pts = np.clip(pts, -2 * image_size, 3 * image_size)
+        cv2.fillConvexPoly(m, np.round(cv2.convexHull(pts.astype(np.float32))).astype(np.int32), 1)
     r = max(1, int(np.ceil(margin * d)))
     m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     return m.astype(bool)
