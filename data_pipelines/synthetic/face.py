@@ -296,7 +296,7 @@ def render(ident: Identity, lm: np.ndarray, jaw: np.ndarray, intensity: np.ndarr
         ec = (e[0] + e[3]) / 2          # eye corners: no AU moves them
         c = ec + (0, 0.42 * d)
         _ellipse(img, c + (0, -0.06 * d * a[6] * fs), (0.36 * d, 0.2 * d), 0,
-                 _mix(skin, 0.05 + 0.2 * a[6] * fs, (255, 150, 140)))
+                 _mix(skin, 0.03 + 0.13 * a[6] * fs, (255, 165, 150)))
         arc = _bezier(e[0] + (0, 0.12 * d), ec + (0, 0.3 * d - 0.08 * d * a[6] * fs), e[3] + (0, 0.1 * d))
         _line(img, arc, _mix(skin, 0.04 + 0.35 * a[6] * fs), max(1, int(round(1.5 * k))))
     for sd in (0, 1):

@@ -92,8 +92,8 @@ def paralysis_and_raw_tiles(cfg: generator.SynthConfig) -> list[np.ndarray]:
     for g in range(4):
         subj = generator.make_subject(pcfg, by_grade[g])
         img, lm = generator.render_frame(subj, x, np.zeros(4), None, cfg.image_size)
-        side = "left" if subj.identity.side == 0 else "right"
-        tiles.append(draw_tile(img, lm, f"grade {g} ({au_sets.GRADES[g]}) {side} weak; AU1+2+12+26"))
+        side = ("image-left" if subj.identity.side == 0 else "image-right") + " weak;" if g else ""
+        tiles.append(draw_tile(img, lm, f"grade {g} ({au_sets.GRADES[g]}) {side} AU1+2+12+26"))
     rng = np.random.default_rng(cfg.seed)
     for e in itertools.islice(generator.generate(dataclasses.replace(cfg, num_subjects=4, sequences_per_subject=1,
                                                                      frames_per_sequence=1)), 4):
