@@ -265,7 +265,8 @@ def _corner_distance(lm: np.ndarray) -> float:
 def render(ident: Identity, lm: np.ndarray, jaw: np.ndarray, intensity: np.ndarray, size: int,
            noise: np.ndarray | None, bg: np.ndarray, light: np.ndarray) -> np.ndarray:
     """Draws one face. ``lm``/``jaw`` are final crop pixels (already posed and scaled to ``size``);
-    ``noise`` ``[S, S, 3]`` int16 sensor noise or None; ``bg``/``light`` from :func:`background`/:func:`lighting`. Returns uint8 RGB ``[S, S, 3]``."""
+    ``noise`` ``[S, S, 3]`` int16 sensor noise or None; ``bg``/``light`` from :func:`background` /
+    :func:`lighting`. Returns uint8 RGB ``[S, S, 3]``."""
     s = (np.clip(np.asarray(intensity, np.float64), 0.0, 5.0) / 5.0) ** 1.5   # wrinkles fade in late
     a = {au: float(s[i]) for au, i in AU_INDEX.items()}
     k = size / BASE_SIZE

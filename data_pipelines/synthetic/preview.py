@@ -57,7 +57,8 @@ def sample_tiles(cfg: generator.SynthConfig, n: int) -> list[np.ndarray]:
     frames = generator.generate(cfg)
     for _, seq in itertools.groupby(frames, key=lambda e: e["sequence"]):
         best = max(seq, key=lambda e: float((e["intensity"] >= 2).sum() + 0.01 * e["intensity"].sum()))
-        tiles.append(draw_tile(best["image"], best["landmarks"], f"{best['sequence']}: AU " + _present(best["intensity"])))
+        caption = f"{best['sequence']}: AU " + _present(best["intensity"])
+        tiles.append(draw_tile(best["image"], best["landmarks"], caption))
         if len(tiles) == n:
             break
     return tiles
