@@ -290,7 +290,7 @@ def render(ident: Identity, lm: np.ndarray, jaw: np.ndarray, intensity: np.ndarr
     _ellipse(img, (jaw[:, 0].mean(), jaw[0, 1] - 0.45 * d), ((jaw[-1, 0] - jaw[0, 0]) * 0.5, 0.42 * d), 0,
              ident.hair, -1, 180, 360)
     # Cheeks (AU6: raised cheek highlight + infraorbital furrow), nasolabial folds (AU12/AU10/AU9).
-    f_side = side_factors(ident, np.array([0.0, 200.0]) * k / k)
+    f_side = side_factors(ident, np.array([0.0, 200.0]))   # (image-left, image-right) factors
     for sd, eye in ((0, L_EYE), (1, R_EYE)):
         fs = f_side[sd]
         e = lm[eye]
