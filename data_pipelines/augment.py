@@ -110,9 +110,9 @@ def tf_decode_crop(jpeg: tf.Tensor, offset_xy: tf.Tensor, src_size: int, aligned
     return tf.ensure_shape(image, [crop_size, crop_size, 3])
 
 
-def tf_flip_images(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
-    """Flips ``[B, H, W, C]`` horizontally where ``flip`` ``[B]`` is true."""
-    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+def tf_flip_image(image: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """Flips one image ``[H, W, C]`` horizontally if ``flip`` (scalar bool); only flipped ones pay."""
+    return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 def tf_normalize(images: tf.Tensor) -> tf.Tensor:

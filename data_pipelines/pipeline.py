@@ -231,9 +231,12 @@ class RecordReader:
                              self._length[indices].tolist())] + [b""], dtype=object)[:-1]
 
     def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except (OSError, TypeError, AttributeError):   # already closed / interpreter shutdown
+                pass
 
     def __del__(self):
         self.close()
@@ -274,7 +277,8 @@ def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilde
 
     def decode(ex):
         ex = dict(ex)
-        ex["image"] = augment.tf_decode_crop(ex["image"], ex["offset"], src_size, aligned, crop)
+        image = augment.tf_decode_crop(ex["image"], ex["offset"], src_size, aligned, crop)
+        ex["image"] = augment.tf_flip_image(image, ex["flip"])
         return ex
 
     def finish(ex):
@@ -289,7 +293,7 @@ def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilde
             labels = labels[:, 0]
         else:
             labels = tf.where(ok[:, None], tf.gather(labels, cols, axis=1), -1)
-        out = {"image": augment.tf_normalize(augment.tf_flip_images(ex["image"], flip)),
+        out = {"image": augment.tf_normalize(ex["image"]),
                "landmarks": lm, "interocular": ex["interocular"] * (aligned / src_size),
                "labels": labels, "mask": tf.cast(ok, tf.float32)}
         if with_ids:
