@@ -32,7 +32,7 @@ from typing import Any
 MAIN_JOB: dict[str, Any] = {
     "name": "algrnet", "size": "small", "label_set": "bp4d", "builder_config": "bp4d_small",
     "overrides": [
-        "train.num_epochs=4", "train.lr_decay_every_epochs=2",
+        "train.num_epochs=2", "train.lr_decay_every_epochs=2",
         "data.batch_size=16", "data.eval_batch_size=64",
         "train.log_every_steps=10", "train.checkpoint_every_steps=100000", "train.keep_checkpoints=1",
     ],
