@@ -154,8 +154,9 @@ def _unrolled_jax(params, v):
 
 
 def _program_stats(fn, *args):
+    """(number of convolution + dot ops, length) of the lowered StableHLO text."""
     text = jax.jit(fn).lower(*args).as_text()
-    return len(re.findall(r"stablehlo\.convolution", text)), len(text)
+    return len(re.findall(r"stablehlo\.(?:convolution|dot_general)", text)), len(text)
 
 
 def test_program_size_does_not_grow_with_n():
@@ -166,8 +167,9 @@ def test_program_size_does_not_grow_with_n():
         variables = jax.eval_shape(model.init, jax.random.key(0), v)
         stats[n] = _program_stats(model.apply, variables, v)
         unrolled[n] = _program_stats(_unrolled_jax, variables["params"], v)
-    # Scanned: the same convolutions (one cell conv per direction) and the same text up to the digits of n.
-    assert stats[8][0] == stats[12][0] == 2, stats
+    # Scanned: the same contractions (per direction: one cell conv as patches x matmul, one batched gate matmul)
+    # and the same text up to the digits of n.
+    assert stats[8][0] == stats[12][0] <= 8, stats
     assert abs(stats[12][1] - stats[8][1]) < 200, stats
     # The metric is sensitive: an unrolled program grows with n (n cell convs + n(n-1)/2 gate convs).
     assert unrolled[8][0] == 8 + 28 and unrolled[12][0] == 12 + 66, unrolled
