@@ -97,6 +97,11 @@ def test_cli_config_and_typed_overrides():
     assert c.train.lr == 1.0 and isinstance(c.train.lr, float)
     assert c.data.data_dir == "123"            # str entries take the raw text
     assert c.aus == (1, 2) and c.train.num_epochs == 3
+    # Without --builder-config: the label set's small synthetic set, or a real dataset's detected layout.
+    assert cmd.build_config(_args()[1]).data.builder_config == "bp4d_small"
+    assert cmd.build_config(_args("--label-set", "disfa")[1]).data.builder_config == "disfa_small"
+    assert cmd.build_config(_args("--config", "algrnet_paralysis")[1]).data.builder_config == "paralysis_small"
+    assert cmd.build_config(_args("--dataset", "bp4d")[1]).data.builder_config == "default"
     with pytest.raises(ValueError, match="train.lr=abc"):
         cmd.build_config(_args("--set", "train.lr=abc")[1])
     with pytest.raises(ValueError, match="unknown config key"):

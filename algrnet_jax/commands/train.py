@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="paper", choices=("paper", "small", "tiny"), help="model/input size")
     parser.add_argument("--label-set", default="bp4d", choices=("bp4d", "disfa"), help="AU label set")
     parser.add_argument("--dataset", required=True, help="tfds dataset: synth_au | bp4d | disfa | fpara")
-    parser.add_argument("--builder-config", default=None, help="tfds builder config (e.g. bp4d_tiny for synth_au)")
+    parser.add_argument("--builder-config", default=None, help="tfds builder config (default: {label_set}_small for synth_au, 'default' for bp4d/disfa/fpara)")
     parser.add_argument("--fold", type=int, choices=(1, 2, 3), required=True, help="test part; train on the other two")
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default $ALGRNET_DATA_DIR or ./data/tfds)")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard summaries")
@@ -80,6 +80,11 @@ def build_config(args: argparse.Namespace):
     config.data.dataset = args.dataset
     if args.builder_config is not None:
         config.data.builder_config = args.builder_config
+    else:
+        from data_pipelines import builders
+
+        label_set = "paralysis" if config.model.task == "paralysis" else config.label_set
+        config.data.builder_config = builders.default_builder_config(args.dataset, label_set)
     config.data.fold = args.fold
     if args.data_dir is not None:
         config.data.data_dir = args.data_dir

@@ -20,7 +20,8 @@ REGISTRY: dict[str, str] = {
 }
 NEEDS_MANUAL_DIR: frozenset[str] = frozenset({"bp4d", "disfa", "fpara"})
 
-__all__ = ["REGISTRY", "NEEDS_MANUAL_DIR", "default_data_dir", "builder_class", "get_builder"]
+__all__ = ["REGISTRY", "NEEDS_MANUAL_DIR", "default_data_dir", "builder_class", "default_builder_config",
+           "get_builder"]
 
 
 def builder_class(name: str) -> type:
@@ -29,6 +30,15 @@ def builder_class(name: str) -> type:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def default_builder_config(name: str, label_set: str = "bp4d") -> str:
+    """The builder config a run uses when none is named: ``{label_set}_small`` for synth_au (``paralysis_small``
+    for the paralysis label set), else the builder's default (``default``: layout detected from the manual dir)."""
+    cls = builder_class(name)
+    if name == "synth_au":
+        return f"{label_set}_small"
+    return cls.DEFAULT_BUILDER_CONFIG_NAME or cls.BUILDER_CONFIGS[0].name
 
 
 def get_builder(name: str, config: str | None = None, data_dir: str | None = None, **kwargs: Any):
