@@ -149,10 +149,13 @@ def test_jaanet_param_shapes_match_release_recipe():
 EXPECTED_KEYS = {"landmarks", "initial_au_maps", "refined_au_maps"}
 
 
-@pytest.mark.parametrize("name,label_set", [(n, "bp4d") for n in MODEL_NAMES] + [("algrnet", "disfa")])
-def test_output_shapes_and_gradients_trace(name, label_set):
-    config = get_config(name, "tiny", label_set)
-    if label_set == "disfa":
+@pytest.mark.parametrize("name,label_set,size", [(n, "bp4d", "tiny") for n in MODEL_NAMES]
+                         + [("algrnet", "disfa", "tiny")]
+                         + [(n, "bp4d", "paper") for n in MODEL_NAMES] + [("algrnet", "disfa", "paper")])
+def test_output_shapes_and_gradients_trace(name, label_set, size):
+    """Abstract trace (no compile) of apply and of the loss gradient; at paper size: 176 input, 52x52 maps."""
+    config = get_config(name, size, label_set)
+    if label_set == "disfa" and size == "tiny":
         config.aus = (1, 9, 25, 26)
     model, variables = _abstract_variables(config)
     batch = _inputs(config)
@@ -166,6 +169,8 @@ def test_output_shapes_and_gradients_trace(name, label_set):
     if config.model.adaptive:
         keys |= {"offsets", "scales"}
     assert set(out) == keys
+    if size == "paper":
+        assert (m, n) == (52, 12 if label_set == "bp4d" or config.model.task == "paralysis" else 8)
     shapes = {k: v.shape for k, v in out.items()}
     assert shapes["landmarks"] == (b, 49, 2)
     assert shapes["initial_au_maps"] == (b, n, m, m) and shapes["refined_au_maps"] == (b, n, m - 8, m - 8)
