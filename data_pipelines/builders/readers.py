@@ -153,6 +153,17 @@ class LabelRows:
     lines: np.ndarray
 
 
+
+def _csv_rows(path: str, what: str) -> list[list[str]]:
+    """All rows of a CSV file; a missing or empty file is a BadInputError naming it."""
+    if not os.path.isfile(path):
+        raise BadInputError(f"{path}: {what} not found")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise BadInputError(f"{path}: empty {what}")
+    return rows
+
 def read_bp4d_labels(path: str, aus: Sequence[int]) -> LabelRows:
     """Reads a BP4D ``AU_OCC`` CSV: header row, first column the frame, one column per AU number.
 
@@ -161,12 +172,7 @@ def read_bp4d_labels(path: str, aus: Sequence[int]) -> LabelRows:
       BadInputError: missing file, a header column that is not an AU number, a needed AU missing,
         other values, repeated frames (file and line).
     """
-    if not os.path.isfile(path):
-        raise BadInputError(f"{path}: label file not found")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise BadInputError(f"{path}: empty label file")
+    rows = _csv_rows(path, "label file")
     columns: dict[int, int] = {}
     for j, name in enumerate(rows[0][1:], 1):
         name = name.strip()
@@ -263,12 +269,7 @@ class ParalysisVideo:
 
 def read_fpara_csv(path: str) -> list[ParalysisVideo]:
     """Reads the paralysis CSV: header ``video,subject,house_brackmann[,fold]``; grade via HB 1..6."""
-    if not os.path.isfile(path):
-        raise BadInputError(f"{path}: label CSV not found")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise BadInputError(f"{path}: empty CSV")
+    rows = _csv_rows(path, "label CSV")
     header = [h.strip().lower() for h in rows[0]]
     need = ("video", "subject", "house_brackmann")
     missing = [h for h in need if h not in header]
