@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by the top-level commands: creates .venv on first use and (re)installs the pinned
-# requirements when they change. Idempotent. Set ALGRNET_NO_TORCH=1 to skip the torch extra.
+# requirements when they change. Idempotent. ALGRNET_NO_TORCH=1 skips the torch extra,
+# ALGRNET_NO_TFDS_CLI=1 the extra of the `tfds` command line (apache-beam, mlcroissant).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ALGRNET_VENV:-$ROOT/.venv}"
@@ -11,6 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 reqs=("$ROOT/requirements.txt")
 [ "${ALGRNET_NO_TORCH:-0}" = "1" ] || reqs+=("$ROOT/requirements-torch.txt")
+[ "${ALGRNET_NO_TFDS_CLI:-0}" = "1" ] || reqs+=("$ROOT/requirements-tfds-cli.txt")
 stamp="$VENV/.install-stamp"
 want="$(cat "${reqs[@]}" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then

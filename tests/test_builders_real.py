@@ -15,17 +15,13 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
-tfds = pytest.importorskip("tensorflow_datasets")
+from algrnet_jax import au_sets
+from data_pipelines import alignment, builders
+from data_pipelines.builders import common, readers
+from data_pipelines.synthetic import raw_layouts
 
-from algrnet_jax import au_sets  # noqa: E402
-from data_pipelines import alignment, builders  # noqa: E402
-from data_pipelines.builders import common, readers  # noqa: E402
-from data_pipelines import synthetic  # noqa: E402
-from data_pipelines.synthetic import raw_layouts  # noqa: E402
-
-if not all(hasattr(synthetic, n) for n in ("SIZES", "generate", "occurrence", "to_raw")):
-    pytest.skip("the synthetic generator (data_pipelines.synthetic) is not there yet", allow_module_level=True)
 
 LABEL_SET = {"bp4d": "bp4d", "disfa": "disfa", "fpara": "paralysis"}
 SIZE = dict(subjects_per_part=1, sequences=2, frames=3)

@@ -9,12 +9,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from algrnet_jax import au_sets, configs
-from data_pipelines import augment, builders, pipeline, synthetic
+from data_pipelines import augment, builders, pipeline
 from data_pipelines.builders import common
 
-# Only while the generator (another engineer's module) has not landed in this checkout.
-needs_generator = pytest.mark.skipif(not hasattr(synthetic, "generate"),
-                                     reason="data_pipelines.synthetic.generate is not in this checkout yet")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
 
@@ -41,7 +38,6 @@ def _records(data_dir, builder_config, split):
     return list(tfds.as_numpy(b.as_dataset(split=split)))
 
 
-@needs_generator
 def test_splits_and_counts(data_dir):
     c = _config(data_dir)
     assert pipeline.split_for(c, True) == "part2+part3" and pipeline.split_for(c, False) == "part1"
@@ -52,7 +48,6 @@ def test_splits_and_counts(data_dir):
     assert pipeline.steps_per_epoch(c) == n // 4
 
 
-@needs_generator
 def test_train_batch_shapes_dtypes_range(data_dir):
     c = _config(data_dir)
     batches = list(pipeline.train_batches(c, epoch=0))
@@ -69,14 +64,12 @@ def test_train_batch_shapes_dtypes_range(data_dir):
     assert set(np.unique(b["labels"])) <= {-1, 0, 1}
 
 
-@needs_generator
 def test_paper_size_batch(data_dir):
     c = _config(data_dir, size="paper", batch=2)
     b = next(pipeline.train_batches(c, epoch=0))
     assert b["image"].shape == (2, 176, 176, 3) and b["labels"].shape == (2, 12)
 
 
-@needs_generator
 def test_determinism_and_epochs_differ(data_dir):
     c = _config(data_dir)
     a = list(pipeline.train_batches(c, epoch=3))
@@ -91,7 +84,6 @@ def test_determinism_and_epochs_differ(data_dir):
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, reseeded))
 
 
-@needs_generator
 def test_multi_process_rows(data_dir, monkeypatch):
     """Two processes: each gets its half of every global batch, together the single-process batches."""
     c = _config(data_dir)
@@ -106,7 +98,6 @@ def test_multi_process_rows(data_dir, monkeypatch):
             np.testing.assert_array_equal(b[k], np.concatenate([h0[k], h1[k]]))
 
 
-@needs_generator
 @pytest.mark.parametrize("start", [1, 3])
 def test_resume_equals_tail_of_epoch(data_dir, start):
     c = _config(data_dir)
@@ -121,7 +112,6 @@ def test_resume_equals_tail_of_epoch(data_dir, start):
         next(pipeline.train_batches(c, epoch=1, start_batch=len(full) + 1))
 
 
-@needs_generator
 def test_train_epoch_is_a_permutation_with_recorded_augmentation(data_dir):
     """Every training record once per epoch; landmarks = record landmarks resized, cropped, flipped."""
     c = _config(data_dir)
@@ -142,7 +132,6 @@ def test_train_epoch_is_a_permutation_with_recorded_augmentation(data_dir):
         np.testing.assert_array_equal(labels[row], records[i]["labels"][cols])
 
 
-@needs_generator
 def test_eval_batches_order_padding_ids(data_dir):
     c = _config(data_dir, batch=8)
     records = _records(data_dir, "bp4d_tiny", "part1")
@@ -168,7 +157,6 @@ def test_eval_batches_order_padding_ids(data_dir):
         _records(data_dir, "bp4d_tiny", "part2"))
 
 
-@needs_generator
 def test_au_loss_weights_formula(data_dir):
     c = _config(data_dir, size="paper")
     labels = np.stack([r["labels"] for r in _records(data_dir, "bp4d_tiny", "part2+part3")]).astype(np.float64)
@@ -185,7 +173,6 @@ def test_au_loss_weights_formula(data_dir):
     np.testing.assert_allclose(pipeline.au_loss_weights(small), ws / ws.sum() * 3, rtol=1e-5)
 
 
-@needs_generator
 def test_paralysis_batches_and_grade_weights(data_dir):
     c = _config(data_dir, name="algrnet_paralysis", builder_config="paralysis_tiny")
     b = next(pipeline.train_batches(c, epoch=0))
@@ -200,7 +187,6 @@ def test_paralysis_batches_and_grade_weights(data_dir):
     assert eb["labels"].shape == (4,)
 
 
-@needs_generator
 def test_task_and_label_set_mismatch_errors(data_dir):
     c = _config(data_dir, builder_config="paralysis_tiny")
     with pytest.raises(ValueError, match="does not match"):
@@ -211,7 +197,6 @@ def test_task_and_label_set_mismatch_errors(data_dir):
         pipeline.au_loss_weights(c)
 
 
-@needs_generator
 def test_not_built_and_batch_size_errors(data_dir, tmp_path, monkeypatch):
     c = _config(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="algrnet data build synth_au --config bp4d_tiny"):

@@ -138,11 +138,9 @@ def compilation_cache(tmp_path_factory):
 
 
 def build_synthetic(data_dir: str) -> None:
-    """Builds synth_au/bp4d_tiny (skips the test only while the synthetic generator is absent)."""
-    from data_pipelines import builders, synthetic
+    """Builds synth_au/bp4d_tiny."""
+    from data_pipelines import builders
 
-    if not all(hasattr(synthetic, n) for n in ("SIZES", "generate", "occurrence")):
-        pytest.skip("the synthetic generator (data_pipelines.synthetic) is not there yet")
     builders.get_builder("synth_au", "bp4d_tiny", data_dir).download_and_prepare()
 
 
