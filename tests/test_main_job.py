@@ -116,3 +116,24 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
     evaluated = json.loads((out / "eval.json").read_text())
     assert evaluated["frames"] == result["frames"] and evaluated["fold"] == 1
     assert "ours (final)" in (out / "eval.md").read_text()
+
+
+def test_ablation_runner_cross_validates_each_variant_end_to_end(tmp_path):
+    """experiments.ablation -> experiments.cross_validation -> train + evaluate, tiny size, 2 folds, 2 steps each."""
+    from data_pipelines import builders
+
+    data_dir = str(tmp_path / "tfds")
+    builders.get_builder("synth_au", "bp4d_tiny", data_dir).download_and_prepare()
+    work = tmp_path / "abl"
+    assert ablation.main(["--size", "tiny", "--builder-config", "bp4d_tiny", "--data-dir", data_dir,
+                          "--workdir", str(work), "--variants", "wo_full", "--folds", "1", "2",
+                          "--set", "train.max_steps=2", "--set", "train.num_epochs=1",
+                          "--set", "data.batch_size=4", "--set", "train.log_every_steps=1"]) == 0
+    cv = json.loads((work / "wo_full" / "cv.json").read_text())
+    assert [f["fold"] for f in cv["folds"]] == [1, 2]
+    for k in (1, 2):
+        assert (work / "wo_full" / f"fold{k}" / "eval.json").exists()
+    f1s = [f["mean_f1"] for f in cv["folds"]]
+    assert cv["aggregate"]["mean_f1"] == pytest.approx(np.mean(f1s))
+    assert "| ours w/o full |" in (work / "ablation.md").read_text()
+    assert json.loads((work / "ablation.json").read_text())["wo_full"]["mean_f1"] == pytest.approx(np.mean(f1s))
