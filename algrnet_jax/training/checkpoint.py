@@ -17,6 +17,7 @@ directory of step checkpoints (latest), or one checkpoint directory, e.g. one wr
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -102,6 +103,17 @@ def _read_meta(ckpt: str) -> dict[str, Any]:
     if not isinstance(meta, dict) or "config" not in meta:
         raise CheckpointError(f"{ckpt}: checkpoint metadata has no 'config' entry")
     return meta
+
+
+class _ItemMetadataFilter(logging.Filter):
+    """Drops orbax's "Metadata file does not exist: <item>/_CHECKPOINT_METADATA" warning: an item of a composite
+    checkpoint restored on its own has no such file (the composite keeps it one level up); nothing is wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_CHECKPOINT_METADATA" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_ItemMetadataFilter())
 
 
 def _restore_tree_numpy(item_dir: str) -> Any:
