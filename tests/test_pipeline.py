@@ -12,7 +12,6 @@ from algrnet_jax import au_sets, configs
 from data_pipelines import augment, builders, pipeline
 from data_pipelines.builders import common
 
-
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
 
 

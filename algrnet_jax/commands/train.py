@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="paper", choices=("paper", "small", "tiny"), help="model/input size")
     parser.add_argument("--label-set", default="bp4d", choices=("bp4d", "disfa"), help="AU label set")
     parser.add_argument("--dataset", required=True, help="tfds dataset: synth_au | bp4d | disfa | fpara")
-    parser.add_argument("--builder-config", default=None, help="tfds builder config (default: {label_set}_small for synth_au, 'default' for bp4d/disfa/fpara)")
+    parser.add_argument("--builder-config", default=None,
+                        help="tfds builder config (default: <label set>_small for synth_au, 'default' for the real sets)")
     parser.add_argument("--fold", type=int, choices=(1, 2, 3), required=True, help="test part; train on the other two")
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default $ALGRNET_DATA_DIR or ./data/tfds)")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard summaries")

@@ -153,7 +153,6 @@ class LabelRows:
     lines: np.ndarray
 
 
-
 def _csv_rows(path: str, what: str) -> list[list[str]]:
     """All rows of a CSV file; a missing or empty file is a BadInputError naming it."""
     if not os.path.isfile(path):
@@ -163,6 +162,7 @@ def _csv_rows(path: str, what: str) -> list[list[str]]:
     if not rows:
         raise BadInputError(f"{path}: empty {what}")
     return rows
+
 
 def read_bp4d_labels(path: str, aus: Sequence[int]) -> LabelRows:
     """Reads a BP4D ``AU_OCC`` CSV: header row, first column the frame, one column per AU number.
