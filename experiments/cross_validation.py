@@ -144,6 +144,10 @@ def config_from_args(args: argparse.Namespace, name: str | None = None) -> Any:
         config.data.data_dir = args.data_dir
         if args.builder_config is not None:
             config.data.builder_config = args.builder_config
+        else:
+            from data_pipelines import builders
+
+            config.data.builder_config = builders.default_builder_config(args.dataset, config)
     return apply_overrides(config, args.set)
 
 

@@ -1,4 +1,5 @@
 """Experiment runners: paper configs, cross-validation aggregation, ablation tables, report, main job."""
+import argparse
 import json
 
 import numpy as np
@@ -137,3 +138,14 @@ def test_ablation_runner_cross_validates_each_variant_end_to_end(tmp_path):
     assert cv["aggregate"]["mean_f1"] == pytest.approx(np.mean(f1s))
     assert "| ours w/o full |" in (work / "ablation.md").read_text()
     assert json.loads((work / "ablation.json").read_text())["wo_full"]["mean_f1"] == pytest.approx(np.mean(f1s))
+
+
+def test_runner_configs_default_to_the_datasets_builder_config():
+    parser = argparse.ArgumentParser()
+    cross_validation.add_config_arguments(parser)
+    config = cross_validation.config_from_args(parser.parse_args(["--dataset", "bp4d"]))
+    assert (config.data.dataset, config.data.builder_config) == ("bp4d", "default")
+    config = cross_validation.config_from_args(parser.parse_args(["--label-set", "disfa"]))
+    assert (config.data.dataset, config.data.builder_config) == ("synth_au", "disfa_small")
+    config = cross_validation.config_from_args(parser.parse_args(["--builder-config", "bp4d_tiny"]))
+    assert config.data.builder_config == "bp4d_tiny"

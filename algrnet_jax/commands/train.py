@@ -84,8 +84,7 @@ def build_config(args: argparse.Namespace):
     else:
         from data_pipelines import builders
 
-        label_set = "paralysis" if config.model.task == "paralysis" else config.label_set
-        config.data.builder_config = builders.default_builder_config(args.dataset, label_set)
+        config.data.builder_config = builders.default_builder_config(args.dataset, config)
     config.data.fold = args.fold
     if args.data_dir is not None:
         config.data.data_dir = args.data_dir

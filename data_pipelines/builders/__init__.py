@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from data_pipelines.builders import common
 from data_pipelines.builders.common import default_data_dir
 
 # name -> "module:Class". Real datasets read release files from a manual dir.
@@ -32,11 +33,15 @@ def builder_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def default_builder_config(name: str, label_set: str = "bp4d") -> str:
-    """The builder config a run uses when none is named: ``{label_set}_small`` for synth_au (``paralysis_small``
-    for the paralysis label set), else the builder's default (``default``: layout detected from the manual dir)."""
+def default_builder_config(name: str, config: Any) -> str:
+    """The builder config a run of ``config`` (a model config) on dataset ``name`` uses when none is named.
+
+    synth_au: ``<label set>_small`` (``paralysis_small`` for the paralysis task); a real dataset: the builder's
+    default (``default``: layout detected from the manual dir).
+    """
     cls = builder_class(name)
     if name == "synth_au":
+        label_set = common.PARALYSIS if config.model.task == "paralysis" else config.label_set
         return f"{label_set}_small"
     return cls.DEFAULT_BUILDER_CONFIG_NAME or cls.BUILDER_CONFIGS[0].name
 
