@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from algrnet_jax.errors import EXIT_USER_ERROR, UserError
 
 # (words, module, one-line help). Nested words ("data", "build") become nested subcommands.
 COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
@@ -24,6 +27,8 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="algrnet", description="ALGRNet / JAA-Net facial action unit recognition in JAX.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks for user errors (also ALGRNET_DEBUG=1)")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command", required=True)}
     for words, module, help_text in COMMANDS:
         for depth in range(1, len(words)):
@@ -40,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args._module.run(args) or 0)
+    debug = args.debug or os.environ.get("ALGRNET_DEBUG", "") not in ("", "0")
+    try:
+        return int(args._module.run(args) or 0)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"algrnet: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":
