@@ -1,0 +1,231 @@
+"""The inference module: one eval-mode forward of a trained (or converted) checkpoint, with its inputs.
+
+``Predictor.from_checkpoint(path)`` loads ``(config, variables)`` (``training.checkpoint.load_for_inference``:
+a training work directory, a step directory or a ``convert-jaanet`` output) and owns
+
+- ``preprocess(aligned)``: host-side numpy, aligned faces uint8 ``[..., S, S, 3]`` RGB (S = 200, the
+  records' size) -> network input float32 ``[..., C, C, 3]`` in [-1, 1]; the same pixels as the eval
+  input pipeline (``data_pipelines.pipeline.eval_batches``: resize to ``aligned_size`` when it differs
+  from S with TF's antialiased bilinear filter, rounded to uint8, centre crop, ``v / 127.5 - 1``);
+- ``forward(images)``: the one jitted eval forward, device batch ``[B, C, C, 3]`` -> dict of device
+  arrays (the model outputs of docs/design.md, e.g. ``landmarks`` [B, 49, 2] crop pixels,
+  ``final_au_prob`` [B, n]); traced once per batch shape;
+- ``run(images)``: numpy in, numpy out, in fixed-size batches (the last one padded, so one trace);
+- the output names: ``class_names`` (``AU01``.. or the grades) and ``prob_key`` (the headline
+  probability output).
+
+Evaluation and the trainer can call ``forward`` on their device batches; ``algrnet run-arrays`` and
+``algrnet predict`` use ``run``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from algrnet_jax import au_sets
+
+RECORD_SIZE = 200   # side of the aligned faces in the records and of the alignment (SPEC section 2)
+
+# Model outputs (docs/design.md) in the order they are documented.
+OUTPUT_KEYS: tuple[str, ...] = (
+    "landmarks", "initial_au_maps", "refined_au_maps", "local_au_logprob", "au_logprob", "local_au_prob",
+    "au_prob", "final_au_prob", "offsets", "scales", "grade_logprob", "local_grade_logprob", "final_grade_prob")
+
+
+# ------------------------------------------------------------------------------ preprocessing
+
+
+@functools.lru_cache(maxsize=16)
+def resize_spans(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """TF's antialiased bilinear resize along one axis: span starts int ``[dst]``, weights float32 ``[dst, K]``.
+
+    As ``tf.image.resize(..., "bilinear", antialias=True)`` (scale_and_translate: triangle kernel widened
+    by the down-scaling factor, half-pixel centres, weights normalised per output pixel), computed in
+    float32 in the same order, so that the resized pixels are bit-identical.
+    """
+    f = np.float32
+    inv = f(1) / (f(dst) / f(src))
+    kscale = max(inv, f(1))
+    span = min(2 * int(np.ceil(kscale)) + 1, src)
+    starts = np.zeros(dst, np.int64)
+    weights = np.zeros((dst, span), np.float32)
+    for x in range(dst):
+        sample = (f(x) + f(0.5)) * inv
+        lo = int(np.clip(np.ceil(sample - kscale - f(0.5)), 0, src - 1))
+        hi = int(np.clip(np.floor(sample + kscale - f(0.5)), 0, src - 1)) + 1
+        k = [max(f(0), f(1) - abs((f(j) + f(0.5) - sample) * (f(1) / kscale))) for j in range(lo, hi)]
+        total = f(0)
+        for v in k:
+            total = f(total + v)
+        starts[x] = min(lo, src - span)
+        for j, v in zip(range(lo, hi), k):
+            weights[x, j - starts[x]] = f(v * (f(1) / total))
+    return starts, weights
+
+
+def _resize_axis(x: np.ndarray, src: int, dst: int, axis: int) -> np.ndarray:
+    """Resizes float32 ``x`` along ``axis``; weighted sums accumulated in span order (as TF)."""
+    starts, weights = resize_spans(src, dst)
+    x = np.moveaxis(x, axis, 0)
+    acc = np.zeros((dst,) + x.shape[1:], np.float32)
+    shape = (dst,) + (1,) * (x.ndim - 1)
+    for k in range(weights.shape[1]):
+        acc = acc + weights[:, k].reshape(shape) * x[starts + k]
+    return np.moveaxis(acc, 0, axis)
+
+
+def resize_aligned(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[..., S, S, 3]`` -> uint8 ``[..., size, size, 3]``, exactly as the input pipeline resizes."""
+    x = np.asarray(images)
+    src = x.shape[-2]
+    if src == size:
+        return x
+    y = _resize_axis(x.astype(np.float32), src, size, x.ndim - 3)   # rows first, then columns
+    y = _resize_axis(y, src, size, x.ndim - 2)
+    return np.clip(np.round(y), 0, 255).astype(np.uint8)
+
+
+def preprocess(aligned: np.ndarray, aligned_size: int, crop_size: int) -> np.ndarray:
+    """Aligned faces uint8 ``[..., S, S, 3]`` RGB -> float32 ``[..., C, C, 3]`` in [-1, 1] (eval pipeline)."""
+    x = np.asarray(aligned)
+    if x.dtype != np.uint8 or x.ndim < 3 or x.shape[-1] != 3 or x.shape[-3] != x.shape[-2]:
+        raise ValueError(f"expected aligned faces uint8 [..., S, S, 3], got {x.dtype} {x.shape}")
+    x = resize_aligned(x, aligned_size)
+    if crop_size > aligned_size:
+        raise ValueError(f"crop_size {crop_size} larger than aligned_size {aligned_size}")
+    o = (aligned_size - crop_size) // 2
+    crop = x[..., o:o + crop_size, o:o + crop_size, :]
+    return crop.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
+
+
+def crop_to_aligned(points: np.ndarray, aligned_size: int, crop_size: int,
+                    record_size: int = RECORD_SIZE) -> np.ndarray:
+    """Points ``[..., 2]`` in network-crop pixels -> pixels of the ``record_size`` aligned face.
+
+    Inverse of the eval pipeline's landmark maths (half-pixel-centre resize, then the centre-crop shift).
+    """
+    o = (aligned_size - crop_size) // 2
+    p = np.asarray(points, np.float64) + o
+    return (p + 0.5) * (record_size / aligned_size) - 0.5
+
+
+# ---------------------------------------------------------------------------------- predictor
+
+
+class Predictor:
+    """A model in eval mode with its config: preprocessing, one jitted forward, output names.
+
+    Attributes:
+      config: the checkpoint's ConfigDict; ``crop_size``, ``aligned_size`` and ``task`` come from it.
+      variables: ``{"params", "batch_stats"}`` on the default device.
+      batch_size: faces per forward in :meth:`run` (the last batch is padded to it).
+      source: the checkpoint path ("" when built from variables).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
+                 model: Any = None, batch_size: int = 16, source: str = ""):
+        from algrnet_jax.models.networks import create_model
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.config = config
+        self.model = model if model is not None else create_model(config)
+        self.variables = jax.device_put({"params": variables["params"],
+                                         "batch_stats": variables.get("batch_stats", {})})
+        self.batch_size = int(batch_size)
+        self.source = source
+        self._forwards: dict[tuple[str, ...] | None, Callable[..., Any]] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, batch_size: int = 16, model: Any = None) -> "Predictor":
+        """Loads a checkpoint (training work dir, step dir, or converted JAA-Net checkpoint)."""
+        from algrnet_jax.training.checkpoint import load_for_inference
+
+        config, variables = load_for_inference(path)
+        return cls(config, variables, model=model, batch_size=batch_size, source=os.fspath(path))
+
+    # -- names and sizes
+    @property
+    def crop_size(self) -> int:
+        return int(self.config.crop_size)
+
+    @property
+    def aligned_size(self) -> int:
+        return int(self.config.aligned_size)
+
+    @property
+    def task(self) -> str:
+        return str(self.config.model.task)
+
+    @property
+    def class_names(self) -> list[str]:
+        """``AU01``, ``AU02``, ... (config.aus order) or the paralysis grades."""
+        if self.task == "paralysis":
+            return list(au_sets.GRADES)
+        return [f"AU{int(a):02d}" for a in self.config.aus]
+
+    @property
+    def prob_key(self) -> str:
+        """The headline probability output: ``final_au_prob`` [B, n] or ``final_grade_prob`` [B, 4]."""
+        return "final_grade_prob" if self.task == "paralysis" else "final_au_prob"
+
+    # -- preprocessing
+    def preprocess(self, aligned: np.ndarray) -> np.ndarray:
+        """Aligned faces uint8 ``[..., 200, 200, 3]`` RGB -> network input float32 ``[..., C, C, 3]``."""
+        return preprocess(aligned, self.aligned_size, self.crop_size)
+
+    def landmarks_to_aligned(self, landmarks: np.ndarray) -> np.ndarray:
+        """Predicted landmarks ``[..., 49, 2]`` (crop pixels) -> 200x200 aligned-face pixels."""
+        return crop_to_aligned(landmarks, self.aligned_size, self.crop_size)
+
+    # -- forward
+    def _jitted(self, keys: tuple[str, ...] | None) -> Callable[..., Any]:
+        if keys not in self._forwards:
+            model = self.model
+
+            def forward(variables, images):
+                outputs = model.apply(variables, images, train=False)
+                return {k: v for k, v in outputs.items() if keys is None or k in keys}
+
+            self._forwards[keys] = jax.jit(forward)
+        return self._forwards[keys]
+
+    def forward(self, images: Any, keys: Sequence[str] | None = None) -> dict[str, jax.Array]:
+        """Device (or numpy) batch float32 ``[B, C, C, 3]`` in [-1, 1] -> dict of device arrays.
+
+        ``keys`` limits the outputs returned (fewer transfers); None returns every model output.
+        Compiled once per (batch shape, keys).
+        """
+        return self._jitted(None if keys is None else tuple(keys))(self.variables, images)
+
+    def run(self, images: np.ndarray, keys: Sequence[str] | None = None, batch_size: int | None = None,
+            fixed_shape: bool = False) -> dict[str, np.ndarray]:
+        """Numpy faces ``[N, C, C, 3]`` -> numpy outputs ``[N, ...]`` in batches of ``batch_size``.
+
+        Every batch has the same shape (the last one is zero-padded and the padding dropped), so the
+        forward is traced once per call size; ``fixed_shape`` pads even ``N < batch_size`` to a full
+        batch (one trace for calls of any size, as predict makes). ``N = 0`` returns an empty dict.
+        """
+        bs = int(batch_size or self.batch_size)
+        if bs < 1:
+            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        x = np.asarray(images, np.float32)
+        n = x.shape[0]
+        if n == 0:
+            return {}
+        if not fixed_shape:
+            bs = min(bs, n)
+        chunks: list[dict[str, np.ndarray]] = []
+        for start in range(0, n, bs):
+            part = x[start:start + bs]
+            real = part.shape[0]
+            if real < bs:
+                part = np.concatenate([part, np.zeros((bs - real,) + part.shape[1:], np.float32)])
+            out = jax.device_get(self.forward(part, keys))
+            chunks.append({k: np.asarray(v)[:real] for k, v in out.items()})
+        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
