@@ -10,6 +10,8 @@ L = (L_au_local + L_au_int) + lambda_align * L_align.
   distance of the batch.
 - Paralysis: L_au / L_au_local = class-weighted cross-entropy of ``grade_logprob`` / ``local_grade_logprob``
   (PyTorch's weighted mean: sum w_y * nll / sum w_y), ``au_weight`` then holds the [num_grades] class weights.
+Precision: ``total_loss`` computes in the outputs' dtype promoted to at least float32 (bfloat16 outputs ->
+float32 losses; float64 under ``jax_enable_x64`` -> float64), see ``training/precision.py``.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ def au_loss(logprob: jax.Array, labels: jax.Array, weight: jax.Array, valid: jax
     Returns:
       scalar.
     """
-    valid = valid.astype(jnp.float32)
-    y = jnp.clip(labels, 0, 1).astype(jnp.float32) * valid
+    valid = valid.astype(logprob.dtype)
+    y = jnp.clip(labels, 0, 1).astype(logprob.dtype) * valid
     count = jnp.sum(valid, axis=0)                                        # [n]
     denom = jnp.maximum(count, 1.0)
     bce = jnp.sum(_nll(logprob, labels) * valid, axis=0) / denom
@@ -74,9 +76,15 @@ def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
     Returns:
       (loss, {"loss", "loss_au", "loss_local_au", "loss_align"}).
     """
+    from algrnet_jax.training.precision import loss_dtype
+
+    keys = ("grade_logprob", "local_grade_logprob") if config.model.task == "paralysis" else (
+        "au_logprob", "local_au_logprob")
+    dtype = loss_dtype(*(outputs[k] for k in keys + ("landmarks",)))
+    outputs = {k: jnp.asarray(outputs[k], dtype) for k in keys + ("landmarks",)}
     labels = jnp.asarray(batch["labels"])
-    mask = jnp.asarray(batch.get("mask", jnp.ones(labels.shape[:1], jnp.float32)), jnp.float32)
-    au_weight = jnp.asarray(au_weight, jnp.float32)
+    mask = jnp.asarray(batch.get("mask", jnp.ones(labels.shape[:1], dtype)), dtype)
+    au_weight = jnp.asarray(au_weight, dtype)
     if config.model.task == "paralysis":
         loss_au = grade_loss(outputs["grade_logprob"], labels, au_weight, mask)
         loss_local = grade_loss(outputs["local_grade_logprob"], labels, au_weight, mask)
@@ -84,6 +92,7 @@ def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
         valid = (labels >= 0) & (mask[:, None] > 0)
         loss_au = au_loss(outputs["au_logprob"], labels, au_weight, valid)
         loss_local = au_loss(outputs["local_au_logprob"], labels, au_weight, valid)
-    loss_align = align_loss(outputs["landmarks"], batch["landmarks"], batch["interocular"], mask)
+    loss_align = align_loss(outputs["landmarks"], jnp.asarray(batch["landmarks"], dtype),
+                            jnp.asarray(batch["interocular"], dtype), mask)
     loss = loss_au + loss_local + config.train.lambda_align * loss_align
     return loss, {"loss": loss, "loss_au": loss_au, "loss_local_au": loss_local, "loss_align": loss_align}

@@ -19,7 +19,9 @@ Conv weights OIHW -> kernels HWIO; linear weights [out, in] -> kernels [in, out]
 ``running_mean``, ``running_var`` -> ``scale``, ``bias`` (params) and ``mean``, ``var`` (batch_stats).
 ``num_batches_tracked`` has no Flax counterpart (PyTorch uses it only when BN momentum is None) and is
 dropped. The NCHW flatten before dense layers and the [2, n] view of the AU logits are the model's.
-Any unused, missing or mis-shaped entry fails the conversion with a message listing them by name.
+Any unused, missing, mis-shaped or non-finite (NaN / Inf) entry fails the conversion with a message listing
+them by name. Values are cast to the config's ``model.param_dtype`` (float32, or float64 under
+``jax_enable_x64``: the float64 one-step check, ``algrnet check-step``) unless ``dtype`` is given.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from algrnet_jax.errors import UserError
 from algrnet_jax.interop.recipe import MODULES, StateDicts, pth_path
 
 _HLFEAT_CONVS = (0, 3, 7, 10, 14, 17)
@@ -41,7 +44,7 @@ _BN_FIELDS = (("weight", "params", "scale"), ("bias", "params", "bias"),
               ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var"))
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A release file is unreadable or its entries do not match the model; the message names them."""
 
 
@@ -184,11 +187,16 @@ def _check_config(config: Any) -> int:
     return len(config.aus)
 
 
-def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]], config: Any) -> dict[str, Any]:
+def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]], config: Any,
+                        dtype: Any = None) -> dict[str, Any]:
     """Six release state_dicts ({module: {key: array or tensor}}) -> Flax ``{"params", "batch_stats"}``.
 
-    Raises ConversionError listing every unused, missing or mis-shaped entry by name.
+    ``dtype``: numpy dtype of the result; None -> ``config.model.param_dtype`` (float32 by default).
+    Raises ConversionError listing every unused, missing, mis-shaped or non-finite entry by name.
     """
+    from algrnet_jax.training.precision import param_dtype
+
+    dtype = np.dtype(dtype if dtype is not None else param_dtype(config))
     n = _check_config(config)
     abstract = abstract_variables(config)
     entries = release_entries(n)
@@ -197,7 +205,7 @@ def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]], config: An
     unknown_modules = sorted(set(state_dicts) - set(MODULES))
     unused = sorted(k for k in given if k not in known)
     missing = [e.name for e in entries if e.kind != "counter" and e.name not in given]
-    misshaped = []
+    misshaped, nonfinite = [], []
     for e in entries:
         if e.kind == "counter" or e.name not in given:
             continue
@@ -209,10 +217,15 @@ def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]], config: An
         want = _torch_shape(e.kind, tuple(leaf.shape), e.index)
         if tuple(given[e.name].shape) != want:
             misshaped.append(f"{e.name}: shape {list(given[e.name].shape)}, expected {list(want)}")
+        elif not np.all(np.isfinite(given[e.name])):
+            v = given[e.name]
+            nonfinite.append(f"{e.name}: {int(np.isnan(v).sum())} NaN, {int(np.isinf(v).sum())} Inf "
+                             f"of {v.size} values")
     problems = []
     if unknown_modules:
         problems.append(f"unknown modules: {', '.join(unknown_modules)}")
-    for label, items in (("unused", unused), ("missing", missing), ("mis-shaped", misshaped)):
+    for label, items in (("unused", unused), ("missing", missing), ("mis-shaped", misshaped),
+                         ("non-finite (NaN / Inf: the checkpoint is corrupt or diverged)", nonfinite)):
         if items:
             shown = items if len(items) <= 40 else items[:40] + [f"... and {len(items) - 40} more"]
             problems.append(f"{len(items)} {label} entries:\n    " + "\n    ".join(shown))
@@ -220,13 +233,13 @@ def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]], config: An
         raise ConversionError(f"JAA-Net state_dicts do not match the jaanet model ({n} AUs, crop "
                               f"{config.crop_size}, unit {config.model.unit}):\n  " + "\n  ".join(problems))
 
-    out = {c: _nested_zeros(abstract[c]) for c in ("params", "batch_stats")}
+    out = {c: _nested_zeros(abstract[c], dtype) for c in ("params", "batch_stats")}
     filled: dict[tuple[str, ...], set] = {}
     for e in entries:
         if e.kind == "counter":
             continue
         dest = _get(out, e.collection, e.path)
-        value = _to_flax(e.kind, given[e.name].astype(np.float32))
+        value = _to_flax(e.kind, given[e.name].astype(dtype))
         if e.index is None:
             dest[...] = value
         else:
@@ -241,8 +254,8 @@ def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]], config: An
     return out
 
 
-def _nested_zeros(tree: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _nested_zeros(v) if isinstance(v, Mapping) else np.zeros(v.shape, np.float32)
+def _nested_zeros(tree: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
+    return {k: _nested_zeros(v, dtype) if isinstance(v, Mapping) else np.zeros(v.shape, dtype)
             for k, v in tree.items()}
 
 

@@ -9,7 +9,8 @@ released JAA-Net state_dicts and a seeded rule giving every value:
 - >= 2-D ``weight`` (conv / linear): N(0,1) * sqrt(1 / prod(shape[1:]))
 - ``align_net.align_output.1.weight`` is scaled by 0.01 and ``align_output.1.bias`` gets the
   recipe's ``mean_shape`` added, so the untrained network predicts a plausible face.
-- values are evaluated in float64, then cast to float32.
+- values are evaluated in float64, then cast to float32 (``dtype=np.float64`` keeps them unrounded: the
+  weights of the float64 one-step fixture ``jaanet_train_step64_bp4d``).
 
 ``save_pth`` (needs the optional torch extra) writes them as ``<module>_<epoch>.pth`` files, the layout of
 the JAA-Net release.
@@ -48,8 +49,8 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def rule_value(tag: str, module: str, key: str, shape: tuple[int, ...],
-               mean_shape: np.ndarray | None = None) -> np.ndarray:
-    """The value of one state_dict entry under the recipe's rule (float32, or int64 for counters)."""
+               mean_shape: np.ndarray | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """The value of one state_dict entry under the recipe's rule (``dtype``, or int64 for counters)."""
     if key.endswith("num_batches_tracked"):
         return np.zeros(shape, np.int64)
     rng = np.random.default_rng(zlib.crc32(f"{tag}:{module}.{key}".encode()))
@@ -71,15 +72,18 @@ def rule_value(tag: str, module: str, key: str, shape: tuple[int, ...],
         if mean_shape is None or mean_shape.shape != tuple(shape):
             raise ValueError(f"align_output.1.bias {shape} needs mean_shape of the same shape")
         v = v + mean_shape
-    return np.asarray(v, np.float64).astype(np.float32)
+    return np.asarray(v, np.float64).astype(dtype)
 
 
-def rebuild_state_dicts(recipe: Mapping[str, Any]) -> StateDicts:
-    """Returns {module: {key: array}} for all six modules, in the recipe's key order."""
+def rebuild_state_dicts(recipe: Mapping[str, Any], dtype: Any = np.float32) -> StateDicts:
+    """Returns {module: {key: array}} for all six modules, in the recipe's key order.
+
+    ``dtype``: float32 (the release's, values rounded from float64) or float64 (unrounded).
+    """
     mean_shape = np.asarray(recipe["mean_shape"], np.float64)
     out: StateDicts = {}
     for module in MODULES:
-        out[module] = {key: rule_value(recipe["tag"], module, key, tuple(shape), mean_shape)
+        out[module] = {key: rule_value(recipe["tag"], module, key, tuple(shape), mean_shape, dtype)
                        for key, shape in recipe["modules"][module]}
     return out
 

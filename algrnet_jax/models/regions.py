@@ -9,6 +9,9 @@ The map of one region with centres p1, p2 (crop pixels), scale e, map size M, cr
   value(h, w) = max(1 - (|h - c_y| + |w - c_x|) * 0.56 / (M * e), 0) for h in [clip(c_y - half), clip(c_y + half)]
   and w likewise (clip to [0, M - 1], exactly as the reference's loop bounds), 0 elsewhere; max over both centres.
 Rounding is straight-through (``round_ste``): values are exact, gradients flow to centres and scales.
+Precision: maps and centres are computed in the input's dtype promoted to at least float32 (bfloat16
+landmarks -> float32 maps, bit-exact with the reference; float64 under ``jax_enable_x64`` -> float64, as the
+reference run in float64).
 """
 from __future__ import annotations
 
@@ -34,6 +37,11 @@ def round_ste(x: jax.Array) -> jax.Array:
 def _round_ste_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     return jnp.round(x), dx
+
+
+def _dtype(*xs: jax.Array | float) -> jnp.dtype:
+    """The arithmetic dtype of region geometry: the inputs' float dtype, at least float32."""
+    return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
 
 
 def _ruler(landmarks: jax.Array) -> jax.Array:
@@ -92,19 +100,20 @@ PARALYSIS_REGIONS: tuple[MuscleRegion, ...] = (
 )
 
 
-def paralysis_rule_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """Returns (mean weights [12, 49] float32, dy_ruler [12] float32) of ``PARALYSIS_REGIONS``."""
-    weights = np.zeros((len(PARALYSIS_REGIONS), au_sets.NUM_LANDMARKS), np.float32)
+def paralysis_rule_arrays(dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (mean weights [12, 49], dy_ruler [12]) of ``PARALYSIS_REGIONS`` in ``dtype``."""
+    weights = np.zeros((len(PARALYSIS_REGIONS), au_sets.NUM_LANDMARKS), dtype)
     for r, region in enumerate(PARALYSIS_REGIONS):
         weights[r, list(region.indices)] = 1.0 / len(region.indices)
-    dy = np.array([region.dy_ruler for region in PARALYSIS_REGIONS], np.float32)
+    dy = np.array([region.dy_ruler for region in PARALYSIS_REGIONS], dtype)
     return weights, dy
 
 
 def paralysis_centres(landmarks: jax.Array) -> jax.Array:
     """The 12 muscle-region centres, each used as both centres of its map: [B, 49, 2] -> [B, 12, 2, 2]."""
-    weights, dy = paralysis_rule_arrays()
-    pts = jnp.einsum("rl,blc->brc", jnp.asarray(weights), landmarks)  # [B, 12, 2]
+    dtype = _dtype(landmarks)
+    weights, dy = paralysis_rule_arrays(dtype)
+    pts = jnp.einsum("rl,blc->brc", jnp.asarray(weights), landmarks.astype(dtype))  # [B, 12, 2]
     pts = pts.at[..., 1].add(_ruler_shift(landmarks, dy))
     return jnp.stack([pts, pts], axis=2)
 
@@ -116,24 +125,26 @@ def attention_maps(centres: jax.Array, scales: jax.Array | float, map_size: int,
       centres: [B, n, 2, 2] two (x, y) centres per region, crop pixels.
       scales: [B, n] region scales e (traced, learned), or one Python float (0.14 in JAA-Net). With a
         Python float, half-widths and map values are computed in float64 exactly as the reference does
-        (then stored as float32), so maps equal the reference bit for bit.
+        (then stored in the map dtype), so maps equal the reference bit for bit.
       map_size: M (crop/4 + 8 = 52 in the paper).
       crop_size: C (176 in the paper).
     Returns:
-      [B, n, M, M] float32 maps, differentiable in centres and (traced) scales.
+      [B, n, M, M] maps in the dtype of centres and scales promoted to at least float32 (float32, or
+      float64 under ``jax_enable_x64``), differentiable in centres and (traced) scales.
     """
-    centres = jnp.asarray(centres, jnp.float32)
     static = isinstance(scales, (int, float))
+    dtype = _dtype(centres) if static else _dtype(centres, scales)
+    centres = jnp.asarray(centres, dtype)
     if static:
         half = float(round((map_size - 1) / 2.0 * scales))
-        e = jnp.float32(scales)
+        e = jnp.asarray(scales, dtype)
     else:
-        e = jnp.broadcast_to(jnp.asarray(scales, jnp.float32), centres.shape[:2])[:, :, None, None, None]
+        e = jnp.broadcast_to(jnp.asarray(scales, dtype), centres.shape[:2])[:, :, None, None, None]
         half = round_ste((map_size - 1) / 2.0 * e)               # [B, n, 1, 1, 1]
-    c = round_ste(centres * np.float32(map_size / crop_size))     # [B, n, 2, 2]
+    c = round_ste(centres * np.asarray(map_size / crop_size, dtype))  # [B, n, 2, 2]
     cx = c[..., 0][..., None, None]                               # [B, n, 2, 1, 1]
     cy = c[..., 1][..., None, None]
-    grid = jnp.arange(map_size, dtype=jnp.float32)
+    grid = jnp.arange(map_size, dtype=dtype)
     h, w = grid[:, None], grid[None, :]
     hi = map_size - 1.0
     inside = ((h >= jnp.clip(cy - half, 0.0, hi)) & (h <= jnp.clip(cy + half, 0.0, hi))
@@ -141,7 +152,7 @@ def attention_maps(centres: jax.Array, scales: jax.Array | float, map_size: int,
     dist = jnp.abs(h - cy) + jnp.abs(w - cx)                      # integer valued
     value = 1.0 - dist * FILL_COEFF / (map_size * e)
     if static:  # exact float64 values from a table, gradients of the float32 formula
-        table = (1.0 - np.arange(2 * map_size + 1) * FILL_COEFF / (map_size * float(scales))).astype(np.float32)
+        table = (1.0 - np.arange(2 * map_size + 1) * FILL_COEFF / (map_size * float(scales))).astype(dtype)
         exact = jnp.asarray(table)[jnp.clip(dist, 0, 2 * map_size).astype(jnp.int32)]
         value = exact + (value - jax.lax.stop_gradient(value))
     value = jnp.where(inside, jnp.maximum(value, 0.0), 0.0)      # [B, n, 2, M, M]

@@ -15,6 +15,8 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from algrnet_jax.training import precision
+
 
 class TrainState(train_state.TrainState):
     """``flax`` TrainState plus ``batch_stats`` (BatchNorm running statistics) and ``rng`` (uint32 [2])."""
@@ -37,10 +39,13 @@ class TrainState(train_state.TrainState):
 
 
 def init_variables(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
-    """``model.init`` on a dummy batch [1, C, C, 3] (eval mode; BatchNorm statistics start at 0 / 1)."""
-    images = jnp.zeros([1, config.crop_size, config.crop_size, 3], jnp.float32)
+    """``model.init`` on a dummy batch [1, C, C, 3] of ``model.dtype`` (eval mode; BatchNorm statistics start
+    at 0 / 1); parameters and statistics in ``model.param_dtype`` (``training/precision.py``)."""
+    precision.check_precision(config)
+    images = jnp.zeros([1, config.crop_size, config.crop_size, 3], precision.compute_dtype(config))
     variables = model.init(rng, images, train=False)
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    return precision.cast_tree({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
+                               precision.param_dtype(config))
 
 
 def create_train_state(model: nn.Module, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,

@@ -2,22 +2,50 @@
 
 ``make_train_step(config, mesh)`` compiles it over a data-parallel mesh (``parallel.py``): the batch is
 sharded over the ``data`` axis, state and AU weights are replicated, and the state buffers are donated.
+
+Precision (``training/precision.py``): images are cast to ``model.dtype``; losses are at least float32;
+gradients, parameters, BatchNorm statistics and optimizer state keep ``model.param_dtype``.
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from algrnet_jax.training import parallel
+from algrnet_jax.training import parallel, precision
 from algrnet_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def loss_and_grads(state: TrainState, batch: Batch, au_weight: jax.Array, *, config: ml_collections.ConfigDict
+                   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], Any, Any]:
+    """Train-mode forward and backward of ``losses.total_loss`` (arguments as ``train_step``).
+
+    Returns:
+      (outputs of the model, loss terms in the loss dtype (at least float32), gradients (param dtype),
+      BatchNorm statistics updated from the batch, cast to the state's dtypes).
+    """
+    from algrnet_jax.losses import total_loss
+
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    images = jnp.asarray(batch["image"]).astype(precision.compute_dtype(config))
+
+    def loss_fn(params):
+        outputs, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
+                                           train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+        loss, metrics = total_loss(outputs, batch, au_weight, config)
+        return loss, (outputs, metrics, new_vars["batch_stats"])
+
+    (_, (outputs, metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return outputs, metrics, grads, precision.cast_like(batch_stats, state.batch_stats)
 
 
 def train_step(state: TrainState, batch: Batch, au_weight: jax.Array, *,
@@ -35,20 +63,9 @@ def train_step(state: TrainState, batch: Batch, au_weight: jax.Array, *,
       the new state (BatchNorm statistics updated from the batch) and scalar metrics: the loss terms of
       ``losses.total_loss`` plus ``grad_norm`` and ``param_norm``.
     """
-    from algrnet_jax.losses import total_loss
-
-    dropout_rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-        outputs, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                           train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
-        loss, metrics = total_loss(outputs, batch, au_weight, config)
-        return loss, (metrics, new_vars["batch_stats"])
-
-    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    _, metrics, grads, batch_stats = loss_and_grads(state, batch, au_weight, config=config)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    metrics["loss"] = loss.astype(jnp.float32)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["param_norm"] = optax.global_norm(new_state.params)
     return new_state, metrics
