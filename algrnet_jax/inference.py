@@ -117,6 +117,19 @@ def crop_to_aligned(points: np.ndarray, aligned_size: int, crop_size: int,
 # ---------------------------------------------------------------------------------- predictor
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_forward(model: Any, keys: tuple[str, ...] | None) -> Callable[..., Any]:
+    """The jitted eval forward of a (hashable) Flax model, keeping ``keys`` (None: every output).
+
+    Cached per (model, keys), so Predictors of the same config share compilations.
+    """
+    def forward(variables, images):
+        outputs = model.apply(variables, images, train=False)
+        return {k: v for k, v in outputs.items() if keys is None or k in keys}
+
+    return jax.jit(forward)
+
+
 class Predictor:
     """A model in eval mode with its config: preprocessing, one jitted forward, output names.
 
@@ -139,7 +152,6 @@ class Predictor:
                                          "batch_stats": variables.get("batch_stats", {})})
         self.batch_size = int(batch_size)
         self.source = source
-        self._forwards: dict[tuple[str, ...] | None, Callable[..., Any]] = {}
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, batch_size: int = 16, model: Any = None) -> "Predictor":
@@ -185,15 +197,7 @@ class Predictor:
 
     # -- forward
     def _jitted(self, keys: tuple[str, ...] | None) -> Callable[..., Any]:
-        if keys not in self._forwards:
-            model = self.model
-
-            def forward(variables, images):
-                outputs = model.apply(variables, images, train=False)
-                return {k: v for k, v in outputs.items() if keys is None or k in keys}
-
-            self._forwards[keys] = jax.jit(forward)
-        return self._forwards[keys]
+        return _jitted_forward(self.model, keys)
 
     def forward(self, images: Any, keys: Sequence[str] | None = None) -> dict[str, jax.Array]:
         """Device (or numpy) batch float32 ``[B, C, C, 3]`` in [-1, 1] -> dict of device arrays.

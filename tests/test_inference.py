@@ -90,3 +90,58 @@ def test_predictor_runs_padded_fixed_batches_with_one_trace(tiny_checkpoint):
     assert p.run(x[:0]) == {}
     dev = p.forward(jax.device_put(x[:3]))
     assert isinstance(dev["landmarks"], jax.Array) and dev["landmarks"].shape == (3, 49, 2)
+
+
+@pytest.fixture(scope="module")
+def jaanet_checkpoints(tmp_path_factory):
+    """A tiny JAA-Net checkpoint (the real network) and a copy with one NaN weight: (good, bad, crop)."""
+    from algrnet_jax.models.networks import create_model
+
+    config = configs.get_config("jaanet", "tiny")
+    shapes = jax.eval_shape(create_model(config).init, jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
+    # Cheap finite weights without the (slow, eager) init: small constants, unit running variances.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, s: np.full(s.shape, 1.0 if "var" in jax.tree_util.keystr(path) else 0.01, np.float32), shapes)
+    tmp = tmp_path_factory.mktemp("jaanet")
+    good = save_inference_checkpoint(tmp / "good", config, variables)
+    leaves, treedef = jax.tree.flatten(variables["params"])
+    leaves[0] = np.full_like(leaves[0], np.nan)
+    bad = save_inference_checkpoint(tmp / "bad", config, {"params": jax.tree.unflatten(treedef, leaves),
+                                                          "batch_stats": variables["batch_stats"]})
+    return good, bad, tmp
+
+
+def test_run_arrays_checks_range_finiteness_and_reports_the_real_file(jaanet_checkpoints, capsys):
+    from algrnet_jax import cli
+
+    good, bad, tmp = jaanet_checkpoints
+    faces = np.random.default_rng(0).uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)
+    np.save(tmp / "faces.npy", faces)
+    np.save(tmp / "raw.npy", (faces + 1) * 127.5)
+    (tmp / "outdir").mkdir()
+    assert cli.main(["run-arrays", "--checkpoint", good, "--input", str(tmp / "faces.npy"),
+                     "--out", str(tmp / "outdir")]) == 0
+    assert f"-> {tmp / 'outdir' / 'faces.npz'}:" in capsys.readouterr().out
+    assert np.load(tmp / "outdir" / "faces.npz")["landmarks"].shape == (3, 98)
+    assert cli.main(["run-arrays", "--checkpoint", good, "--input", str(tmp / "faces.npy"),
+                     "--out", str(tmp / "plain")]) == 0
+    assert f"-> {tmp / 'plain.npz'}:" in capsys.readouterr().out and (tmp / "plain.npz").is_file()
+    assert cli.main(["run-arrays", "--checkpoint", good, "--input", str(tmp / "raw.npy"),
+                     "--out", str(tmp / "raw.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "raw.npy: values span" in err and "unscaled 0..255" in err and "--no-range-check" in err
+    assert "Traceback" not in err and not (tmp / "raw.npz").exists()
+    assert cli.main(["run-arrays", "--checkpoint", good, "--input", str(tmp / "raw.npy"), "--no-range-check",
+                     "--out", str(tmp / "raw.npz")]) == 0
+    capsys.readouterr()
+    assert cli.main(["run-arrays", "--checkpoint", bad, "--input", str(tmp / "faces.npy"),
+                     "--out", str(tmp / "nan.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "NaN or infinite values in" in err and "bad" in err and not (tmp / "nan.npz").exists()
+    np.save(tmp / "empty.npy", faces[:0])
+    assert cli.main(["run-arrays", "--checkpoint", good, "--input", str(tmp / "empty.npy"),
+                     "--out", str(tmp / "e.npz")]) == 2
+    assert "holds no faces" in capsys.readouterr().err
+    assert cli.main(["run-arrays", "--checkpoint", str(tmp / "nowhere"), "--input", str(tmp / "faces.npy"),
+                     "--out", str(tmp / "e.npz")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err

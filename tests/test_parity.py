@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from algrnet_jax.errors import UserError
 from algrnet_jax.interop import recipe
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d"
@@ -120,7 +121,7 @@ def test_converted_checkpoint_reproduces_reference_eval_through_run_arrays(conve
     out_nhwc = dict(np.load(tmp / "out_nhwc.npz"))
     for k in EVAL_KEYS:
         np.testing.assert_allclose(out_nhwc[k], out[k], rtol=0, atol=1e-5, err_msg=k)
-    with pytest.raises(SystemExit, match="ambiguous|wants 176x176"):
+    with pytest.raises(UserError, match="ambiguous|wants 176x176"):
         np.save(tmp / "bad.npy", np.zeros((1, 3, 64, 64), np.float32))
         _run_command("run_arrays", ["--checkpoint", str(ckpt), "--input", str(tmp / "bad.npy"),
                                     "--out", str(tmp / "bad.npz")])

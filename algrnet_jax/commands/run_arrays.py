@@ -22,29 +22,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layout of --input: nchw [B,3,C,C], nhwc [B,C,C,3], or auto (from where the "
                              "3 channels are; default)")
     parser.add_argument("--batch-size", type=int, default=16, help="faces per forward pass (default 16)")
+    parser.add_argument("--no-range-check", action="store_true",
+                        help="run even when --input holds values outside [-1, 1] (e.g. unscaled 0..255 pixels)")
+
+
+def output_path(out: str, input_path: str) -> str:
+    """The file ``--out`` names: ``DIR/<input stem>.npz`` for an existing directory, else ``out`` with
+    ``.npz`` appended when missing (what ``np.savez`` writes)."""
+    if os.path.isdir(out):
+        return os.path.join(out, os.path.splitext(os.path.basename(input_path))[0] + ".npz")
+    return out if out.endswith(".npz") else out + ".npz"
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from algrnet_jax.interop.arrays import run_arrays, to_nhwc
-    from algrnet_jax.training.checkpoint import load_for_inference
+    from algrnet_jax.errors import UserError
+    from algrnet_jax.inference import Predictor
+    from algrnet_jax.interop.arrays import check_finite, check_range, run_arrays, to_nhwc
+    from algrnet_jax.training.checkpoint import CheckpointError
 
     if not os.path.isfile(args.input):
-        raise SystemExit(f"run-arrays: input file {args.input} does not exist")
+        raise UserError(f"run-arrays: input file {args.input} does not exist")
+    if args.batch_size < 1:
+        raise UserError(f"run-arrays: --batch-size must be >= 1, got {args.batch_size}")
     try:
         x = np.load(args.input, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise SystemExit(f"run-arrays: cannot read {args.input} as a .npy array ({e})") from e
-    config, variables = load_for_inference(args.checkpoint)
+        raise UserError(f"run-arrays: cannot read {args.input} as a .npy array ({e})") from e
     try:
-        images, layout = to_nhwc(x, int(config.crop_size), args.layout, name=args.input)
+        predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+    except CheckpointError as e:
+        raise UserError(f"run-arrays: {e}") from e
+    try:
+        images, layout = to_nhwc(x, predictor.crop_size, args.layout, name=args.input)
+        if images.shape[0] == 0:
+            raise ValueError(f"{args.input}: holds no faces (shape {x.shape})")
+        if not args.no_range_check:
+            check_range(images, args.input)
+        outputs = run_arrays(predictor, images, args.batch_size)
+        check_finite(outputs, args.checkpoint)
     except ValueError as e:
-        raise SystemExit(f"run-arrays: {e}") from e
-    outputs = run_arrays(config, variables, images, args.batch_size)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    np.savez(args.out, **outputs)
-    print(f"run-arrays: {images.shape[0]} faces ({layout.upper()}) through {config.name} -> {args.out}: "
+        raise UserError(f"run-arrays: {e}") from e
+    out = output_path(args.out, args.input)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.savez(out, **outputs)
+    print(f"run-arrays: {images.shape[0]} faces ({layout.upper()}) through {predictor.config.name} -> {out}: "
           + ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items()))
     return 0

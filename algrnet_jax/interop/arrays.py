@@ -18,7 +18,6 @@ plus, where the model has them, ``final_au_prob`` [B, n], ``offsets`` [B, n, 2],
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping
 
 import numpy as np
@@ -76,35 +75,26 @@ def torch_layout(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _jitted_forward(model: Any):
-    """One jitted eval forward per (hashable) model, keeping only the outputs run-arrays writes."""
-    import jax
-
-    keep = _TORCH_LAYOUT + _PASS_THROUGH
-
-    def forward(variables, images):
-        outputs = model.apply(variables, images, train=False)
-        return {k: outputs[k] for k in keep if k in outputs}
-
-    return jax.jit(forward)
+def check_range(x: np.ndarray, name: str = "input", tolerance: float = 1e-3) -> None:
+    """Raises ValueError unless every value of ``x`` lies in [-1, 1] (within ``tolerance``)."""
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo < -1.0 - tolerance or hi > 1.0 + tolerance:
+        hint = (" It looks like unscaled 0..255 pixels: scale them with v / 127.5 - 1." if hi > 2.0 else "")
+        raise ValueError(f"{name}: values span [{lo:.4g}, {hi:.4g}], but faces must be scaled to [-1, 1].{hint} "
+                         "Pass --no-range-check to run anyway.")
 
 
-def run_arrays(config: Any, variables: Any, images_nhwc: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Eval-mode forward over ``images_nhwc`` [N, C, C, 3] in fixed-size batches (last one padded, so it
-    is traced once); returns :func:`torch_layout` outputs for the N faces."""
-    from algrnet_jax.models.networks import create_model
+def check_finite(outputs: Mapping[str, np.ndarray], source: str) -> None:
+    """Raises ValueError naming the outputs that hold NaN or infinite values."""
+    bad = [k for k, v in outputs.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise ValueError(f"{source}: the model produced NaN or infinite values in {', '.join(bad)}; the "
+                         "checkpoint's weights are probably not finite (re-convert or retrain it)")
 
+
+def run_arrays(predictor: Any, images_nhwc: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Eval-mode forward of an :class:`algrnet_jax.inference.Predictor` over ``images_nhwc``
+    [N, C, C, 3] (fixed-size batches, the last one padded); returns :func:`torch_layout` outputs."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    forward = _jitted_forward(create_model(config))
-    n = images_nhwc.shape[0]
-    bs = min(batch_size, n)
-    chunks: list[dict[str, np.ndarray]] = []
-    for start in range(0, n, bs):
-        x = images_nhwc[start:start + bs]
-        real = x.shape[0]
-        if real < bs:
-            x = np.concatenate([x, np.zeros((bs - real,) + x.shape[1:], x.dtype)])
-        chunks.append({k: np.asarray(v)[:real] for k, v in forward(variables, x).items()})
-    return torch_layout({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
+    return torch_layout(predictor.run(images_nhwc, keys=_TORCH_LAYOUT + _PASS_THROUGH, batch_size=batch_size))
