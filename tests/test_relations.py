@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from algrnet_jax.models import relations
 from algrnet_jax.models.relations import ConvBiLSTM, ConvLSTMCell, SkipBiLSTM
 
 B, H, W, C, F = 2, 6, 6, 8, 8
@@ -210,3 +211,40 @@ def test_bad_input_shape():
         SkipBiLSTM(F).init(jax.random.key(0), jnp.zeros((B, H, W, C)))
     with pytest.raises(ValueError, match=r"ConvBiLSTM: expected"):
         ConvBiLSTM(F).init(jax.random.key(0), jnp.zeros((B, H, W, C)))
+
+
+def _skip_loss(direction):
+    """Loss of both skip-LSTM directions of SkipBiLSTM params, computed with ``direction(params, v, reverse)``."""
+    def loss(params, v):
+        out = (direction(params["forward"], v, False) + direction(params["backward"], v, True)) / 2
+        return jnp.sum(jnp.sin(out) * v[..., :F])
+    return loss
+
+
+def test_skip_direction_custom_vjp_equals_autodiff():
+    """The O(n)-memory backward pass gives the gradients of plain reverse-mode AD through the scan."""
+    v = _inputs(5, seed=10)
+    params = random_variables(SkipBiLSTM(F), v, seed=11)["params"]
+    plain = lambda p, v, reverse: relations._skip_forward(p, v, reverse)[0]   # noqa: E731 - autodiff through the scan
+    got = jax.jit(jax.grad(_skip_loss(relations.skip_direction), argnums=(0, 1)))(params, v)
+    want = jax.jit(jax.grad(_skip_loss(plain), argnums=(0, 1)))(params, v)
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6, err_msg=str(path))
+        assert np.abs(np.asarray(w)).max() > 0, path
+
+
+def _grad_temp_bytes(fn, n):
+    v = jnp.zeros((n, 2, 8, 8, 8))
+    params = jax.eval_shape(SkipBiLSTM(8).init, jax.random.key(0), v)["params"]
+    return jax.jit(jax.grad(_skip_loss(fn), argnums=(0, 1))).lower(params, v).compile().memory_analysis() \
+        .temp_size_in_bytes
+
+
+def test_skip_direction_backward_memory_linear_in_n():
+    """Temporaries of the gradient grow linearly with the number of AUs (autodiff of the scan: quadratically)."""
+    got = {n: _grad_temp_bytes(relations.skip_direction, n) for n in (12, 24)}
+    assert got[24] < 2 * got[12], got
+    plain = lambda p, v, reverse: relations._skip_forward(p, v, reverse)[0]   # noqa: E731
+    ad = {n: _grad_temp_bytes(plain, n) for n in (12, 24)}
+    assert ad[24] > 2.5 * ad[12], ad          # the metric sees the quadratic history of the buffer
+    assert got[24] < ad[24] / 2, (got, ad)

@@ -15,9 +15,12 @@ Skip-BiLSTM, forward direction (t = 1..n), paper eqs (6)-(10):
   step, so its size and compile time do not grow with n.
   Because a 1x1 conv and GAP are both linear, GAP(W_j(concat(h_j, v_t))) = W_j(concat(GAP(h_j), GAP(v_t)))
   exactly; the gates are computed on the means ([n, B, hidden + C] @ [n, hidden + C, hidden]).
-  Memory: reverse-mode AD keeps the buffer of every step, O(n^2 B H W F); measured (XLA CPU memory analysis,
-  grad of both directions, B = 8, 44x44x64, F = 64): temp 624 MiB at n = 4, 2562 MiB at n = 12, 7289 MiB at
-  n = 24, against 1274 MiB for the plain ConvBiLSTM at n = 12; program size and compile time do not change.
+  Memory: plain reverse-mode AD of that scan would keep the buffer of every step, O(n^2 B H W F) (measured,
+  XLA CPU, grad of both directions, B = 8, 44x44x64, F = 64: 2562 MiB at n = 12, 7289 MiB at n = 24). The
+  direction therefore has a custom VJP (``skip_direction``): its residuals are the n hidden and cell states
+  only, O(n B H W F), and the backward pass is a reverse scan that recomputes each step from them. At step t the
+  buffer holds exactly h_j for the sources j (zeros elsewhere) and the gates of every other j are masked to 0,
+  so the step can be recomputed from the final stack of hidden states: the same values and gradients.
 ConvBiLSTM ("w/ Bi"): h_t = Cell((c_{t-1}, h_{t-1}), v_t) in each direction, same output.
 
 Param trees (F = hidden, C = input channels; kernels HWIO, PyTorch OIHW -> transpose(2, 3, 1, 0)):
@@ -29,15 +32,16 @@ Param trees (F = hidden, C = input channels; kernels HWIO, PyTorch OIHW -> trans
 """
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from algrnet_jax.models.layers import Conv, torch_bias_init
+from algrnet_jax.models.layers import TORCH_KERNEL_INIT, Conv, matmul_conv, torch_bias_init
 
 Carry = tuple[jax.Array, jax.Array]                      # (c, h), each [B, H, W, F]
-SkipCarry = tuple[jax.Array, jax.Array, jax.Array]       # c [B, H, W, F], hs [n, B, H, W, F], hs_mean [n, B, F]
-SkipInputs = tuple[jax.Array, jax.Array, jax.Array]      # t [], v_t [B, H, W, C], GAP(v_t) [B, C]
 
 
 def _check_sequence(v: jax.Array, name: str) -> None:
@@ -57,6 +61,8 @@ class ConvLSTMCell(nn.Module):
     """ConvLSTM cell: carry (c, h) [B, H, W, F], input x [B, H, W, C] -> ((c', h'), h')."""
 
     features: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
@@ -64,90 +70,148 @@ class ConvLSTMCell(nn.Module):
         xh = jnp.concatenate([x, h], axis=-1)
         # Patches x matmul (same params as a native conv): XLA:CPU's filter gradient of a conv inside a scan is
         # ~25x slower than that of the equivalent batched matmul.
-        z = Conv(4 * self.features, 3, 1, matmul=True, name="conv")(xh)
-        i, f, o, g = jnp.split(z, 4, axis=-1)
-        c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
-        h = nn.sigmoid(o) * jnp.tanh(c)
+        z = Conv(4 * self.features, 3, 1, impl="matmul", dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="conv")(xh)
+        c, h = lstm_update(z, c)
         return (c, h), h
 
 
-class SourceGates(nn.Module):
-    """All n skip gates of one step: sigmoid(W_j(concat(GAP h_j, GAP v_t))) for j = 0..n-1.
+def lstm_update(z: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The LSTM update from the cell conv's output z [..., 4F] (chunks i, f, o, g) and c [..., F] -> (c', h')."""
+    i, f, o, g = jnp.split(z, 4, axis=-1)
+    c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+    return c, nn.sigmoid(o) * jnp.tanh(c)
 
-    h_mean [n, B, F] (spatial means of the buffered hidden states), v_mean [B, C] -> gates [n, B, F].
-    Params: kernel [n, 1, 1, F + C, F] (1x1 conv W_j per source j, HWIO), bias [n, F]; PyTorch Conv2d init.
+
+def skip_step(params: dict, c: jax.Array, hs: jax.Array, hs_mean: jax.Array, t: jax.Array, v: jax.Array,
+              reverse: bool) -> tuple[jax.Array, jax.Array]:
+    """One step t of a skip-LSTM direction: (c_t, h_t), each [B, H, W, F].
+
+    params: one direction's tree (``cell.conv`` and ``gates``); c: c_{t-1}; hs [n, B, H, W, F] hidden states of
+    the sources (any values at non-sources: their gates are masked to 0) and hs_mean [n, B, F] their spatial means;
+    t: AU index; v: v_t [B, H, W, C]; ``reverse``: sources j > t instead of j < t.
     """
+    gk, gb = params["gates"]["kernel"][:, 0, 0], params["gates"]["bias"]      # [n, F + C, F], [n, F]
+    v_mean = jnp.mean(v, axis=(1, 2))                                            # GAP(v_t) [B, C]
+    x = jnp.concatenate([hs_mean, jnp.broadcast_to(v_mean, (hs.shape[0],) + v_mean.shape)], axis=-1)
+    gates = nn.sigmoid(jnp.einsum("jbi,jio->jbo", x, gk) + gb[:, None, :])      # [n, B, F]
+    j = jnp.arange(hs.shape[0])
+    gates = jnp.where(((j > t) if reverse else (j < t))[:, None, None], gates, 0.0)
+    h_in = jnp.einsum("jbf,jbhwf->bhwf", gates, hs)                             # sum_j f_tj * h_j
+    ck, cb = params["cell"]["conv"]["kernel"], params["cell"]["conv"]["bias"]
+    # Patches x matmul (same params as a native conv): XLA:CPU's filter gradient of a conv inside a scan is
+    # ~25x slower than that of the equivalent batched matmul.
+    z = matmul_conv(jnp.concatenate([v, h_in], axis=-1)[None], ck[None], 1)[0] + cb
+    return lstm_update(z, c)
 
-    features: int
 
-    @nn.compact
-    def __call__(self, h_mean: jax.Array, v_mean: jax.Array) -> jax.Array:
-        n, fan_in = h_mean.shape[0], h_mean.shape[-1] + v_mean.shape[-1]
-        init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", batch_axis=(0,))
-        kernel = self.param("kernel", init, (n, 1, 1, fan_in, self.features), jnp.float32)
-        bias = self.param("bias", torch_bias_init(fan_in), (n, self.features), jnp.float32)
-        x = jnp.concatenate([h_mean, jnp.broadcast_to(v_mean, (n,) + v_mean.shape)], axis=-1)  # [n, B, F + C]
-        return nn.sigmoid(jnp.einsum("jbi,jio->jbo", x, kernel[:, 0, 0]) + bias[:, None, :])
+def _skip_forward(params: dict, v: jax.Array, reverse: bool) -> tuple[jax.Array, jax.Array]:
+    """One direction over v [n, B, H, W, C] -> (h [n, B, H, W, F], c [n, B, H, W, F]) for every t."""
+    n, f = v.shape[0], params["gates"]["bias"].shape[-1]
+    c0 = jnp.zeros(v.shape[1:-1] + (f,), v.dtype)
 
-
-class SkipStep(nn.Module):
-    """One step t of a skip-LSTM direction (scanned over t by ``nn.scan``).
-
-    carry: c [B, H, W, F], buffer of hidden states hs [n, B, H, W, F] and their means [n, B, F];
-    xs: t [] (AU index), v_t [B, H, W, C], GAP(v_t) [B, C]. Returns the new carry and h_t [B, H, W, F].
-    ``reverse``: backward direction (sources j > t instead of j < t).
-    """
-
-    features: int
-    reverse: bool = False
-
-    @nn.compact
-    def __call__(self, carry: SkipCarry, xs: SkipInputs) -> tuple[SkipCarry, jax.Array]:
+    def body(carry, xs):
         c, hs, hs_mean = carry
-        t, v, v_mean = xs
-        gates = SourceGates(self.features, name="gates")(hs_mean, v_mean)        # [n, B, F]
-        j = jnp.arange(hs.shape[0])
-        sources = (j > t) if self.reverse else (j < t)
-        gates = jnp.where(sources[:, None, None], gates, 0.0)
-        h_in = jnp.einsum("jbf,jbhwf->bhwf", gates, hs)                         # sum_j f_tj * h_j
-        (c, h), _ = ConvLSTMCell(self.features, name="cell")((c, h_in), v)
+        t, v_t = xs
+        c, h = skip_step(params, c, hs, hs_mean, t, v_t, reverse)
         hs = jax.lax.dynamic_update_index_in_dim(hs, h, t, axis=0)
         hs_mean = jax.lax.dynamic_update_index_in_dim(hs_mean, jnp.mean(h, axis=(1, 2)), t, axis=0)
-        return (c, hs, hs_mean), h
+        return (c, hs, hs_mean), (h, c)
+
+    carry = (c0, jnp.zeros((n,) + c0.shape, v.dtype), jnp.zeros((n, v.shape[1], f), v.dtype))
+    _, (h, c) = jax.lax.scan(body, carry, (jnp.arange(n), v), reverse=reverse)
+    return h, c
 
 
-def _scanned(cls: type[nn.Module], reverse: bool) -> type[nn.Module]:
-    """``cls`` scanned over the leading (AU) axis of its inputs and outputs; params shared over steps."""
-    return nn.scan(cls, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=0, out_axes=0, reverse=reverse)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def skip_direction(params: dict, v: jax.Array, reverse: bool) -> jax.Array:
+    """One skip-LSTM direction: v [n, B, H, W, C] -> h [n, B, H, W, F]; backward pass in O(n) memory."""
+    return _skip_forward(params, v, reverse)[0]
+
+
+def _skip_direction_fwd(params: dict, v: jax.Array, reverse: bool):
+    h, c = _skip_forward(params, v, reverse)
+    return h, (params, v, h, c)
+
+
+def _skip_direction_bwd(reverse: bool, residuals, h_bar: jax.Array):
+    params, v, h_all, c_all = residuals
+    h_mean = jnp.mean(h_all, axis=(2, 3))
+    zeros = jnp.zeros_like(c_all[:1])
+    # c_{t-1} in processing order (zeros before the first step).
+    c_prev = jnp.concatenate([c_all[1:], zeros]) if reverse else jnp.concatenate([zeros, c_all[:-1]])
+    spatial = h_all.shape[2] * h_all.shape[3]
+
+    def body(carry, xs):
+        dc, dh_all, dh_mean, dparams = carry
+        t, v_t, c_t1, g_t = xs
+        step = lambda p, c, hs, hm, vv: skip_step(p, c, hs, hm, t, vv, reverse)
+        _, vjp = jax.vjp(step, params, c_t1, h_all, h_mean, v_t)
+        # h_t is read later through the buffer (dh_all) and its mean (dh_mean), and is an output (g_t).
+        dh = g_t + dh_all[t] + (dh_mean[t] / spatial)[:, None, None, :]
+        dp, dc, dhs, dhm, dv = vjp((dc, dh))
+        return (dc, dh_all + dhs, dh_mean + dhm, jax.tree.map(jnp.add, dparams, dp)), dv
+
+    carry = (zeros[0], jnp.zeros_like(h_all), jnp.zeros_like(h_mean), jax.tree.map(jnp.zeros_like, params))
+    (_, _, _, dparams), dv = jax.lax.scan(body, carry, (jnp.arange(v.shape[0]), v, c_prev, h_bar),
+                                          reverse=not reverse)
+    return dparams, dv
+
+
+skip_direction.defvjp(_skip_direction_fwd, _skip_direction_bwd)
+
+
+def init_skip_direction(rng: jax.Array, n: int, channels: int, hidden: int, dtype=jnp.float32) -> dict:
+    """Parameters of one direction with PyTorch Conv2d init: cell.conv [3, 3, C + F, 4F] and the n 1x1 gates
+    W_j [n, 1, 1, F + C, F] (bias [n, F]), as in the module docstring."""
+    k1, k2, k3, k4 = jax.random.split(rng, 4)
+    cell_in, gate_in = 9 * (channels + hidden), hidden + channels
+    return {
+        "cell": {"conv": {
+            "kernel": TORCH_KERNEL_INIT(k1, (3, 3, channels + hidden, 4 * hidden), dtype),
+            "bias": torch_bias_init(cell_in)(k2, (4 * hidden,), dtype)}},
+        "gates": {
+            "kernel": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", batch_axis=(0,))(
+                k3, (n, 1, 1, gate_in, hidden), dtype),
+            "bias": torch_bias_init(gate_in)(k4, (n, hidden), dtype)},
+    }
 
 
 class SkipBiLSTM(nn.Module):
     """Skip-BiLSTM with scanned gates: v [n, B, H, W, C] -> (h_fwd + h_bwd) / 2 [n, B, H, W, hidden]."""
 
     hidden: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, v: jax.Array) -> jax.Array:
         _check_sequence(v, "SkipBiLSTM")
-        n = v.shape[0]
-        c0, _ = _zeros_carry(v, self.hidden)
-        carry = (c0, jnp.zeros((n,) + c0.shape, v.dtype), jnp.zeros((n, v.shape[1], self.hidden), v.dtype))
-        xs = (jnp.arange(n), v, jnp.mean(v, axis=(2, 3)))
-        outs = [_scanned(SkipStep, reverse)(self.hidden, reverse, name=name)(carry, xs)[1]
-                for name, reverse in (("forward", False), ("backward", True))]
+        init = functools.partial(init_skip_direction, n=v.shape[0], channels=v.shape[-1], hidden=self.hidden,
+                                 dtype=self.param_dtype)
+        dtype = self.dtype or jnp.result_type(v.dtype, self.param_dtype)
+        x, outs = v.astype(dtype), []
+        for name, reverse in (("forward", False), ("backward", True)):
+            params = jax.tree.map(lambda a: a.astype(dtype), self.param(name, init))
+            outs.append(skip_direction(params, x, reverse))
         return (outs[0] + outs[1]) / 2.0
 
 
 class ConvBiLSTM(nn.Module):
-    """Plain ConvBiLSTM ("w/ Bi"): v [n, B, H, W, C] -> (h_fwd + h_bwd) / 2 [n, B, H, W, hidden]."""
+    """Plain ConvBiLSTM ("w/ Bi"): v [n, B, H, W, C] -> (h_fwd + h_bwd) / 2 [n, B, H, W, hidden].
+
+    Each direction is ``nn.scan`` over AUs of one ``ConvLSTMCell`` (params shared over steps)."""
 
     hidden: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, v: jax.Array) -> jax.Array:
         _check_sequence(v, "ConvBiLSTM")
         carry = _zeros_carry(v, self.hidden)
-        outs = [_scanned(ConvLSTMCell, reverse)(self.hidden, name=name)(carry, v)[1]
+        scanned = {reverse: nn.scan(ConvLSTMCell, variable_broadcast="params", split_rngs={"params": False},
+                                    in_axes=0, out_axes=0, reverse=reverse) for reverse in (False, True)}
+        outs = [scanned[reverse](self.hidden, self.dtype, self.param_dtype, name=name)(carry, v)[1]
                 for name, reverse in (("forward", False), ("backward", True))]
         return (outs[0] + outs[1]) / 2.0
