@@ -44,6 +44,54 @@ def interocular(landmarks: np.ndarray) -> np.ndarray:
     return np.sqrt(((right - left) ** 2).sum(-1))
 
 
+def five_points(landmarks: np.ndarray) -> np.ndarray:
+    """The five alignment anchors ``[5, 2]`` of 49 landmarks ``[49, 2]``: left eye centre, right eye centre,
+    nose (landmark 14), left and right mouth corners (32, 38); left/right as seen in the image.
+
+    A face detector's five points (eye centres, nose tip, mouth corners: MTCNN's order) align with the
+    same :func:`alignment_matrix_from_points`.
+    """
+    lm = np.asarray(landmarks, np.float64)
+    if lm.shape != (au_sets.NUM_LANDMARKS, 2):
+        raise ValueError(f"landmarks must have shape (49, 2), got {lm.shape}")
+    left, right = eye_centres(lm)
+    return np.concatenate([left[None], right[None], lm[list(BOX_POINTS)]], 0)
+
+
+def alignment_matrix_from_points(points: np.ndarray, size: int = ALIGNED_SIZE,
+                                 enlarge: float = BOX_ENLARGE) -> np.ndarray:
+    """The 2x3 affine matrix of SPEC section 2 from the five anchors (see :func:`five_points`).
+
+    Args:
+      points: ``[5, 2]`` (left eye centre, right eye centre, nose, left and right mouth corner), raw
+        0-based pixel coordinates.
+      size: output side in pixels.
+      enlarge: box enlargement factor.
+    Returns:
+      float64 ``[2, 3]`` mapping raw coordinates to aligned ones.
+    """
+    pts = np.asarray(points, np.float64)
+    if pts.shape != (5, 2):
+        raise ValueError(f"alignment points must have shape (5, 2), got {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise ValueError("landmarks contain NaN or infinite values")
+    delta = pts[1] - pts[0]
+    dist = float(np.hypot(delta[0], delta[1]))
+    if dist <= 0.0:
+        raise ValueError("eye centres coincide; cannot align")
+    cos, sin = delta[0] / dist, delta[1] / dist
+    rot = np.array([[cos, sin, 0.0], [-sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    pts = pts @ rot[:2, :2].T
+    lo, hi = pts.min(0), pts.max(0)
+    cx, cy = (hi + lo) * 0.5
+    half = 0.5 * enlarge * float((hi - lo).max())
+    if half <= 0.0:
+        raise ValueError("degenerate landmark box; cannot align")
+    scale = (size - 1) / 2.0 / half
+    shift = np.array([[scale, 0.0, scale * (half - cx)], [0.0, scale, scale * (half - cy)], [0.0, 0.0, 1.0]])
+    return (shift @ rot)[:2]
+
+
 def alignment_matrix(landmarks: np.ndarray, size: int = ALIGNED_SIZE,
                      enlarge: float = BOX_ENLARGE) -> np.ndarray:
     """The 2x3 affine matrix mapping raw 0-based pixel coordinates to aligned ones.
@@ -56,27 +104,9 @@ def alignment_matrix(landmarks: np.ndarray, size: int = ALIGNED_SIZE,
       float64 ``[2, 3]``.
     """
     lm = np.asarray(landmarks, np.float64)
-    if lm.shape != (au_sets.NUM_LANDMARKS, 2):
-        raise ValueError(f"landmarks must have shape (49, 2), got {lm.shape}")
-    if not np.all(np.isfinite(lm)):
+    if lm.shape == (au_sets.NUM_LANDMARKS, 2) and not np.all(np.isfinite(lm)):
         raise ValueError("landmarks contain NaN or infinite values")
-    left, right = eye_centres(lm)
-    delta = right - left
-    dist = float(np.hypot(delta[0], delta[1]))
-    if dist <= 0.0:
-        raise ValueError("eye centres coincide; cannot align")
-    cos, sin = delta[0] / dist, delta[1] / dist
-    rot = np.array([[cos, sin, 0.0], [-sin, cos, 0.0], [0.0, 0.0, 1.0]])
-    pts = np.concatenate([left[None], right[None], lm[list(BOX_POINTS)]], 0)   # [5, 2]
-    pts = pts @ rot[:2, :2].T
-    lo, hi = pts.min(0), pts.max(0)
-    cx, cy = (hi + lo) * 0.5
-    half = 0.5 * enlarge * float((hi - lo).max())
-    if half <= 0.0:
-        raise ValueError("degenerate landmark box; cannot align")
-    scale = (size - 1) / 2.0 / half
-    shift = np.array([[scale, 0.0, scale * (half - cx)], [0.0, scale, scale * (half - cy)], [0.0, 0.0, 1.0]])
-    return (shift @ rot)[:2]
+    return alignment_matrix_from_points(five_points(lm), size, enlarge)
 
 
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -100,6 +130,11 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZ
       matrix float64 ``[2, 3]``).
     """
     matrix = alignment_matrix(landmarks, size, enlarge)
-    aligned = cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=BORDER_VALUE)
-    return aligned, apply_affine(matrix, landmarks).astype(np.float32), matrix
+    return warp(image, matrix, size), apply_affine(matrix, landmarks).astype(np.float32), matrix
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """Resamples ``image`` uint8 ``[H, W, 3]`` with a ``[2, 3]`` alignment matrix: ``[size, size, 3]``
+    (bilinear, constant grey border, as the JAA-Net release)."""
+    return cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=BORDER_VALUE)
