@@ -1,0 +1,283 @@
+"""Faces -> aligned crops -> the network -> per-face results, for photos and videos.
+
+Per face: align from five anchors (detector points, or five points of given landmarks) with the JAA-Net
+affine (``data_pipelines.alignment``), preprocess (``Predictor.preprocess``), run the network, map the
+predicted landmarks back to the original frame; pass 2 re-aligns from those landmarks and runs again
+(removing the detector's bias). Videos: detection on key frames (every ``keyframe_every`` frames, and
+whenever a tracked face's confidence falls below ``track_threshold``), in between each face is aligned
+from its landmarks of the previous frame and checked by MTCNN's last stage (O-Net) on its box; faces
+keep a ``face_id`` by IoU with the previous boxes. Faces of a frame run as one batch, padded to a
+power-of-two bucket (one compilation per bucket).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from algrnet_jax.predict.faces import Face, box_iou, landmarks_box
+from data_pipelines import alignment
+
+ALIGNED = alignment.ALIGNED_SIZE
+
+
+@dataclasses.dataclass
+class Options:
+    """What ``algrnet predict`` tunes. ``passes`` 1 or 2; ``keyframe_every`` frames between detections
+    (1: detect on every frame); ``track_threshold`` O-Net score under which a tracked face is re-detected;
+    ``threshold`` the occurrence threshold for ``AUxx_c``; ``max_faces`` per frame (0: all)."""
+
+    passes: int = 2
+    keyframe_every: int = 10
+    track_threshold: float = 0.5
+    threshold: float = 0.5
+    max_faces: int = 0
+    attention: bool = False
+    min_face_size: int = 40
+
+
+@dataclasses.dataclass
+class FaceResult:
+    """One face in one frame: ``landmarks`` [49, 2] original pixels, ``probs`` [n], ``box`` (x, y, w, h),
+    ``aligned`` uint8 [200, 200, 3] (the last pass's crop), ``maps`` [n, m, m] (with attention)."""
+
+    face_id: int
+    box: np.ndarray
+    confidence: float
+    landmarks: np.ndarray
+    probs: np.ndarray
+    aligned: np.ndarray
+    maps: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds spent per stage (the benchmark's split)."""
+
+    decode: float = 0.0
+    detect: float = 0.0
+    align: float = 0.0
+    network: float = 0.0
+    frames: int = 0
+
+    def add(self, other: "Timing") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def _bucket(n: int, cap: int) -> int:
+    b = 1
+    while b < n:
+        b *= 2
+    return max(min(b, cap), 1)
+
+
+def _invert(matrix: np.ndarray) -> np.ndarray:
+    m = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(m)[:2]
+
+
+class Engine:
+    """Runs a :class:`algrnet_jax.inference.Predictor` on faces of frames.
+
+    ``detector`` is created on first use (``faces.MTCNNDetector``) unless given (tests pass their own).
+    """
+
+    def __init__(self, predictor: Any, options: Options | None = None, detector: Any = None):
+        self.predictor = predictor
+        self.options = options or Options()
+        if self.options.passes not in (1, 2):
+            raise ValueError(f"passes must be 1 or 2, got {self.options.passes}")
+        self._detector = detector
+        self.timing = Timing()
+        self.keys = ("landmarks", predictor.prob_key) + (("refined_au_maps",) if self.options.attention else ())
+
+    @property
+    def detector(self) -> Any:
+        if self._detector is None:
+            from algrnet_jax.predict.faces import MTCNNDetector
+
+            self._detector = MTCNNDetector(min_face_size=self.options.min_face_size)
+        return self._detector
+
+    # -- the network on aligned crops
+    def run_aligned(self, aligned: np.ndarray) -> dict[str, np.ndarray]:
+        """Aligned faces uint8 [K, 200, 200, 3] -> outputs (``landmarks`` in aligned 200-pixel coordinates)."""
+        t = time.perf_counter()
+        k = aligned.shape[0]
+        bs = _bucket(k, self.predictor.batch_size)
+        out = self.predictor.run(self.predictor.preprocess(aligned), keys=self.keys, batch_size=bs, fixed_shape=True)
+        out["landmarks"] = self.predictor.landmarks_to_aligned(out["landmarks"])
+        self.timing.network += time.perf_counter() - t
+        return out
+
+    def _warp(self, rgb: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
+        t = time.perf_counter()
+        aligned = np.stack([alignment.warp(rgb, m, ALIGNED) for m in matrices])
+        self.timing.align += time.perf_counter() - t
+        return aligned
+
+    def _pass(self, rgb: np.ndarray, matrices: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """One pass: (landmarks in the frame [K, 49, 2], outputs, aligned crops)."""
+        aligned = self._warp(rgb, matrices)
+        out = self.run_aligned(aligned)
+        lm = np.stack([alignment.apply_affine(_invert(m), p) for m, p in zip(matrices, out["landmarks"])])
+        return lm, out, aligned
+
+    def refine(self, rgb: np.ndarray, matrices: list[np.ndarray], passes: int | None = None
+               ) -> list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+        """Runs ``passes`` passes from first alignments ``matrices``; pass k+1 aligns from pass k's landmarks.
+
+        Returns per pass (landmarks [K, 49, 2] frame pixels, outputs, aligned crops, matrices [K, 2, 3]).
+        """
+        results = []
+        for p in range(passes or self.options.passes):
+            if p > 0:
+                matrices = [self._matrix_or(lm, m) for lm, m in zip(results[-1][0], matrices)]
+            lm, out, aligned = self._pass(rgb, matrices)
+            results.append((lm, out, aligned, np.stack(matrices)))
+        return results
+
+    @staticmethod
+    def _matrix_or(landmarks: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        try:
+            return alignment.alignment_matrix(landmarks)
+        except ValueError:   # degenerate prediction: keep the previous alignment
+            return fallback
+
+    def _results(self, ids: list[int], boxes: list[np.ndarray], scores: list[float],
+                 final: tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]) -> list[FaceResult]:
+        lm, out, aligned, _ = final
+        maps = out.get("refined_au_maps")
+        return [FaceResult(i, np.asarray(b, np.float64), float(s), lm[j], out[self.predictor.prob_key][j],
+                           aligned[j], None if maps is None else maps[j])
+                for j, (i, b, s) in enumerate(zip(ids, boxes, scores))]
+
+    # -- images
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        t = time.perf_counter()
+        faces = self.detector.detect(rgb)
+        self.timing.detect += time.perf_counter() - t
+        if self.options.max_faces > 0:
+            faces = faces[:self.options.max_faces]
+        return faces
+
+    def image(self, rgb: np.ndarray, landmarks: list[np.ndarray] | None = None) -> list[FaceResult]:
+        """Faces of one photo (detected, or from given 49-point ``landmarks``), face_id = rank."""
+        if landmarks is not None:
+            faces = [Face(landmarks_box(lm), 1.0, alignment.five_points(lm)) for lm in landmarks]
+        else:
+            faces = self.detect(rgb)
+        if not faces:
+            return []
+        matrices = [alignment.alignment_matrix_from_points(f.points) for f in faces]
+        passes = self.refine(rgb, matrices)
+        return self._results(list(range(len(faces))), [f.box for f in faces], [f.score for f in faces], passes[-1])
+
+    def aligned_face(self, aligned: np.ndarray) -> list[FaceResult]:
+        """An already aligned 200x200 face: one result, landmarks in its own pixels."""
+        out = self.run_aligned(aligned[None])
+        box = np.array([0.0, 0.0, aligned.shape[1], aligned.shape[0]])
+        return self._results([0], [box], [1.0], (out["landmarks"], out, aligned[None], np.zeros((1, 2, 3))))
+
+    # -- videos
+    def video(self, frames: Iterator[tuple[int, float, np.ndarray]],
+              landmarks: dict[int, list[np.ndarray]] | None = None) -> Iterator[tuple[int, float, np.ndarray, list[FaceResult]]]:
+        """Tracks faces over ``(index, timestamp, rgb)`` frames; yields (index, timestamp, rgb, faces)."""
+        tracker = _Tracker(self)
+        it = iter(frames)
+        while True:
+            t = time.perf_counter()
+            item = next(it, None)
+            self.timing.decode += time.perf_counter() - t
+            if item is None:
+                return
+            idx, ts, rgb = item
+            self.timing.frames += 1
+            given = None if landmarks is None else landmarks.get(idx, [])
+            yield idx, ts, rgb, (self.image(rgb, given) if given is not None else tracker.step(idx, rgb))
+
+
+@dataclasses.dataclass
+class _Track:
+    face_id: int
+    landmarks: np.ndarray        # [49, 2] frame pixels
+    box: np.ndarray              # (x, y, w, h)
+    corners: np.ndarray          # [4, 2] the detection box in the aligned frame of its landmarks
+    last_seen: int
+
+
+class _Tracker:
+    """Key-frame detection + landmark tracking + IoU face ids (see module docstring)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.tracks: list[_Track] = []
+        self.lost: list[_Track] = []
+        self.next_id = 0
+        self.last_key = -10 ** 9
+
+    @staticmethod
+    def _box_from(corners: np.ndarray, landmarks: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        try:
+            m = alignment.alignment_matrix(landmarks)
+        except ValueError:
+            return fallback
+        return landmarks_box(alignment.apply_affine(_invert(m), corners))
+
+    def step(self, idx: int, rgb: np.ndarray) -> list[FaceResult]:
+        eng = self.engine
+        key = not self.tracks or idx - self.last_key >= eng.options.keyframe_every
+        if not key:
+            results = self._track(idx, rgb)
+            if results is not None:
+                return results
+        return self._detect(idx, rgb)
+
+    def _track(self, idx: int, rgb: np.ndarray) -> list[FaceResult] | None:
+        eng = self.engine
+        matrices = [eng._matrix_or(t.landmarks, np.eye(2, 3)) for t in self.tracks]
+        final = eng.refine(rgb, matrices, passes=1)[-1]
+        boxes = [self._box_from(t.corners, lm, t.box) for t, lm in zip(self.tracks, final[0])]
+        t0 = time.perf_counter()
+        scores = eng.detector.score_boxes(rgb, np.stack(boxes))
+        eng.timing.detect += time.perf_counter() - t0
+        if float(np.min(scores)) < eng.options.track_threshold:
+            return None
+        for t, lm, b in zip(self.tracks, final[0], boxes):
+            t.landmarks, t.box, t.last_seen = lm, b, idx
+        return eng._results([t.face_id for t in self.tracks], boxes, list(scores), final)
+
+    def _detect(self, idx: int, rgb: np.ndarray) -> list[FaceResult]:
+        eng = self.engine
+        self.last_key = idx
+        faces = eng.detect(rgb)
+        previous = self.tracks + [t for t in self.lost if idx - t.last_seen <= 10 * eng.options.keyframe_every]
+        if not faces:
+            self.lost, self.tracks = previous, []
+            return []
+        ids: list[int] = []
+        used: set[int] = set()
+        for f in faces:
+            best, best_iou = None, 0.3
+            for t in previous:
+                iou = box_iou(f.box, t.box)
+                if t.face_id not in used and iou > best_iou:
+                    best, best_iou = t.face_id, iou
+            if best is None:
+                best, self.next_id = self.next_id, self.next_id + 1
+            used.add(best)
+            ids.append(best)
+        matrices = [alignment.alignment_matrix_from_points(f.points) for f in faces]
+        final = eng.refine(rgb, matrices)[-1]
+        self.lost = [t for t in previous if t.face_id not in used]
+        self.tracks = []
+        for i, f, lm, m0 in zip(ids, faces, final[0], final[3]):
+            m = eng._matrix_or(lm, m0)
+            x, y, w, h = f.box
+            corners = alignment.apply_affine(m, np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]]))
+            self.tracks.append(_Track(i, lm, f.box, corners, idx))
+        return eng._results(ids, [f.box for f in faces], [f.score for f in faces], final)
