@@ -41,7 +41,8 @@ class Report:
 def read_landmarks(path: str) -> dict[str, list[np.ndarray]]:
     """``--landmarks FILE``: lines ``KEY x1 y1 ... xP yP`` (P = 49, 66 or 68; spaces or commas; ``#``
     comments), KEY an image's file name or a video's 0-based frame index; several lines with one KEY are
-    several faces. A line of only 2P numbers has the key ``""`` (every image input)."""
+    several faces. A line of only 2P numbers (an even count starting with a number) has the key ``""``
+    (used for every image input)."""
     if not os.path.isfile(path):
         raise UserError(f"--landmarks {path}: no such file")
     table: dict[str, list[np.ndarray]] = {}
@@ -51,7 +52,7 @@ def read_landmarks(path: str) -> dict[str, list[np.ndarray]]:
             if not tokens:
                 continue
             key = ""
-            if len(tokens) % 2 == 1:
+            if len(tokens) % 2 == 1 or not _is_number(tokens[0]):
                 key, tokens = tokens[0], tokens[1:]
             try:
                 values = np.asarray([float(t) for t in tokens])
@@ -63,6 +64,14 @@ def read_landmarks(path: str) -> dict[str, list[np.ndarray]]:
     if not table:
         raise UserError(f"--landmarks {path}: no landmark lines")
     return table
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _frame_landmarks(table: dict[str, list[np.ndarray]]) -> dict[int, list[np.ndarray]]:
