@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import pathlib
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from algrnet_jax import metrics
+from algrnet_jax.errors import UserError
 
 # Model outputs the evaluator reads (docs/design.md); anything else is dropped inside the jitted step.
 _EVAL_OUTPUTS = ("local_au_prob", "au_prob", "final_au_prob", "landmarks", "grade_logprob",
@@ -46,6 +48,10 @@ LANDMARK_COLUMNS = {"bp4d": "BP4D", "disfa": "DISFA", "fpara": "FPara"}
 
 Batch = Mapping[str, Any]
 ApplyFn = Callable[[Any, Any], Mapping[str, Any]]
+
+
+class EvalDataError(UserError, ValueError):
+    """The data to evaluate on is missing or does not fit the checkpoint; the message says what to do."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,20 +177,79 @@ def _au_summary(acc: metrics.AUMetrics) -> dict[str, Any]:
             "counts": acc.counts()}
 
 
+def check_eval_data(config: Any, split: str | None = None) -> str:
+    """Checks, before any work, that ``config.data`` names a built dataset with ``split`` (default the fold's
+    test part), non-empty, whose labels hold the config's AUs. Returns the dataset's label set.
+
+    Raises:
+      EvalDataError: naming the data dir, dataset, split or AUs, and what to do.
+    """
+    from data_pipelines import pipeline
+
+    d = config.data
+    try:
+        builder = pipeline.dataset_builder(config)
+    except FileNotFoundError as e:
+        raise EvalDataError(f"{e} (or pass --data-dir / --dataset / --builder-config)") from e
+    except ValueError as e:            # unknown dataset or builder config
+        raise EvalDataError(str(e)) from e
+    split = split or pipeline.split_for(config, False)
+    where = f"{d.dataset}/{builder.builder_config.name} in {builder.data_dir}"
+    try:
+        n = int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise EvalDataError(f"split {split!r} is not in {where} (its splits: "
+                            f"{', '.join(builder.info.splits) or 'none'}); choose --fold or --split among them") from e
+    if n == 0:
+        raise EvalDataError(f"split {split!r} of {where} is empty")
+    label_set = pipeline._label_set(builder)
+    try:
+        pipeline._label_columns(config, builder)
+    except ValueError as e:
+        raise EvalDataError(f"{where}: {e}; the checkpoint cannot be evaluated on these labels") from e
+    return label_set
+
+
 def evaluate_checkpoint(path: str | pathlib.Path, *, dataset: str | None = None,
                         builder_config: str | None = None, fold: int | None = None,
                         data_dir: str | None = None, split: str | None = None,
                         eval_batch_size: int | None = None) -> dict[str, Any]:
-    """Loads a checkpoint (``load_for_inference``) and evaluates it; None keeps the checkpoint's setting."""
+    """Loads a checkpoint (``load_for_inference``) and evaluates it; None keeps the checkpoint's setting.
+
+    The config and the data are checked before the model runs (``validate_config``, ``check_eval_data``).
+    The result records what the checkpoint was trained on (``trained_on``), the evaluated data's label set
+    (``data_label_set``, which picks the paper table) and ``warnings`` when the two differ.
+    """
+    from algrnet_jax.configs.validate import validate_config
     from algrnet_jax.training.checkpoint import load_for_inference
 
     config, variables = load_for_inference(str(path))
+    trained_on = {"dataset": config.data.dataset, "builder_config": config.data.builder_config,
+                  "label_set": config.label_set}
+    if dataset is not None and builder_config is None and dataset != config.data.dataset:
+        from data_pipelines import builders
+
+        try:                               # the other dataset's default config, not the checkpoint's
+            builder_config = builders.default_builder_config(dataset, config)
+        except ValueError as e:
+            raise EvalDataError(str(e)) from e
     for key, value in (("dataset", dataset), ("builder_config", builder_config), ("fold", fold),
                        ("data_dir", data_dir), ("eval_batch_size", eval_batch_size)):
         if value is not None:
             config.data[key] = value
+    validate_config(config, f"{path} (checkpoint config with the eval flags)")
+    data_label_set = check_eval_data(config, split)
     result = evaluate_variables(config, variables, split=split)
     result["checkpoint"] = str(path)
+    result["trained_on"] = trained_on
+    result["data_label_set"] = data_label_set
+    warnings = []
+    if data_label_set != trained_on["label_set"] or config.data.dataset != trained_on["dataset"]:
+        warnings.append(f"the checkpoint was trained on {trained_on['dataset']}/{trained_on['builder_config']} "
+                        f"(label set {trained_on['label_set']}) and is evaluated on {config.data.dataset}/"
+                        f"{config.data.builder_config} (label set {data_label_set}): the tables are those of the "
+                        "evaluated data")
+    result["warnings"] = warnings
     return result
 
 
@@ -269,7 +334,8 @@ def result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     landmark mean error and failure rate beside Table VII.
     """
     where = f"{result['dataset']}/{result['builder_config']} fold {result['fold']}, {result['frames']} frames"
-    common = {"dataset": result["dataset"], "label_set": result["label_set"]}
+    # The paper table of the data actually evaluated (a BP4D checkpoint run on DISFA is tabled beside DISFA's).
+    common = {"dataset": result["dataset"], "label_set": result.get("data_label_set") or result["label_set"]}
     if result["task"] == "paralysis":
         columns = list(result["grades"])
         ours = [f1_row(f"ours ({label})", columns, result["predictions"][key]["f1"], result["predictions"][key]["mean_f1"])
@@ -323,8 +389,9 @@ def print_tables(tables: Sequence[Mapping[str, Any]], console: Any = None) -> No
 
 
 def result_markdown(result: Mapping[str, Any]) -> str:
-    """All tables of one result as Markdown."""
-    return "\n".join(markdown_table(t) for t in result_tables(result))
+    """All tables of one result as Markdown (its warnings first)."""
+    warnings = "".join(f"**Warning:** {w}\n\n" for w in result.get("warnings") or ())
+    return warnings + "\n".join(markdown_table(t) for t in result_tables(result))
 
 
 def write_result(result: Mapping[str, Any], out_dir: str | pathlib.Path, stem: str = "eval") -> dict[str, pathlib.Path]:
@@ -340,5 +407,7 @@ def write_result(result: Mapping[str, Any], out_dir: str | pathlib.Path, stem: s
 def report_result(result: Mapping[str, Any], out_dir: str | pathlib.Path | None = None,
                   console: Any = None) -> dict[str, pathlib.Path]:
     """Prints the tables of a result and, with ``out_dir``, writes them as JSON and Markdown."""
+    for w in result.get("warnings") or ():
+        print(f"warning: {w}", file=sys.stderr)
     print_tables(result_tables(result), console)
     return write_result(result, out_dir) if out_dir is not None else {}

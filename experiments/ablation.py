@@ -43,10 +43,14 @@ def ablation_table(aggregates: Mapping[str, Mapping[str, Any]]) -> list[dict[str
 
 def run_ablation(args: argparse.Namespace, variants: Sequence[str]) -> dict[str, Any]:
     """Cross-validates each variant (config from ``args``) and writes ablation.json / ablation.md."""
+    from algrnet_jax.configs.validate import validate_config
+
     workdir = pathlib.Path(args.workdir)
+    configs = {name: validate_config(cross_validation.config_from_args(args, name=name), f"config {name}")
+               for name in variants}                       # every variant checked before the first trains
     aggregates = {}
     for name in variants:
-        config = cross_validation.config_from_args(args, name=name)
+        config = configs[name]
         aggregates[name] = cross_validation.run_cross_validation(config, workdir / name, folds=args.folds,
                                                                  resume=args.resume)
     tables = ablation_table(aggregates)
@@ -73,4 +77,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from algrnet_jax.errors import run_main
+
+    sys.exit(run_main(main, None, "ablation"))

@@ -103,6 +103,9 @@ def cv_tables(results: Sequence[Mapping[str, Any]], agg: Mapping[str, Any]) -> l
 def run_cross_validation(config: Any, workdir: str | pathlib.Path, *, folds: Sequence[int] = FOLDS,
                          resume: bool = False) -> dict[str, Any]:
     """Runs ``folds`` of ``config`` under ``workdir`` and writes cv.json / cv.md; returns the aggregate."""
+    from algrnet_jax.configs.validate import validate_config
+
+    validate_config(config)
     workdir = pathlib.Path(workdir)
     results = [run_fold(config, workdir / f"fold{k}", k, resume=resume) for k in folds]
     agg = aggregate(results)
@@ -164,4 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from algrnet_jax.errors import run_main
+
+    sys.exit(run_main(main, None, "cross_validation"))

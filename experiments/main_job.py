@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
     from algrnet_jax import evaluation
+    from algrnet_jax.configs.validate import validate_config
     from algrnet_jax.training.checkpoint import load_for_inference
     from algrnet_jax.training import parallel
     from algrnet_jax.training.loop import train
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = pathlib.Path(args.workdir)
     settings = QUICK if args.quick else MAIN_JOB
     config = job_config(settings, data_dir=args.data_dir, epochs=args.epochs, overrides=args.set)
+    validate_config(config)
     print(f"[config] {config.name} size={config.size} crop={config.crop_size} unit={config.model.unit} "
           f"AUs={tuple(config.aus)} epochs={config.train.num_epochs} batch={config.data.batch_size} "
           f"data={config.data.dataset}/{config.data.builder_config} test fold={config.data.fold}", flush=True)
@@ -198,4 +200,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from algrnet_jax.errors import run_main
+
+    sys.exit(run_main(main, None, "main_job"))

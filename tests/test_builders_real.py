@@ -226,7 +226,10 @@ def test_list_layout_errors_name_file_and_line(built, tmp_path):
         os.rename(m / "list" / f"BP4D_part1_{s}.txt", m / "list" / f"BP4D_part3x_{s}.txt")
     p2 = (m / "list" / "BP4D_part2_path.txt").read_text()
     (m / "list" / "BP4D_part3_path.txt").write_text(p2)            # part-2 subjects listed as part 3
-    _bad_build("bp4d", m, tmp_path, r"BP4D_part3_path.txt:1: subject '\w+' is in part 2, but the list is part 3")
+    _bad_build("bp4d", m, tmp_path, r"no list files \(<name>_part<k>_path.txt\) for part1 \(present: part2, part3\)"
+                                    r".*--parts 2,3")
+    _bad_build("bp4d", m, tmp_path, r"BP4D_part3_path.txt:1: subject '\w+' is in part 2, but the list is part 3",
+               parts=(2, 3))
 
 
 def test_release_build_resumes_from_finished_subjects(built, tmp_path, monkeypatch):
@@ -306,5 +309,5 @@ def test_data_build_command_on_a_release_dir(built, tmp_path, capsys):
     csv = m / "fpara.csv"
     lines = csv.read_text().splitlines()
     csv.write_text("\n".join([lines[0], lines[1].rsplit(",", 1)[0] + ",9", *lines[2:]]) + "\n")
-    assert cli.main(["data", "build", "fpara", "--manual-dir", str(m), "--data-dir", str(tmp_path / "e")]) == 1
+    assert cli.main(["data", "build", "fpara", "--manual-dir", str(m), "--data-dir", str(tmp_path / "e")]) == 2
     assert "fpara.csv:2: House-Brackmann score" in capsys.readouterr().err

@@ -71,6 +71,9 @@ def test_clear_errors(tmp_path):
         for f in files:
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match=r"c/variables/.*: corrupt checkpoint file"):
+        ckpt.load_for_inference(path)
+    os.remove(os.path.join(path, ckpt.MANIFEST))   # without its manifest: orbax's error, naming the item
     with pytest.raises(ckpt.CheckpointError, match=r"c: cannot read checkpoint item 'variables'"):
         ckpt.load_for_inference(path)
     with open(os.path.join(path, "meta", "metadata"), "w") as fh:

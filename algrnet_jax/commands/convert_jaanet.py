@@ -19,12 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from algrnet_jax.errors import UserError
+    from algrnet_jax.training.checkpoint import check_inference_target
+
+    check_inference_target(args.out)          # before the (slow) conversion: never overwrite other data
+    if not os.path.isdir(args.torch_dir):
+        raise UserError(f"--torch-dir {args.torch_dir}: not a directory (the released <module>_<epoch>.pth files)")
     from algrnet_jax.interop.convert import ConversionError, convert_release, count_parameters
 
     try:
         config, variables = convert_release(args.torch_dir, args.epoch, args.au_num, args.out)
     except ConversionError as e:
-        raise SystemExit(f"convert-jaanet: {e}") from e
+        raise UserError(str(e)) from e
     print(f"convert-jaanet: {args.torch_dir} epoch {args.epoch} -> {args.out} "
           f"(jaanet, {config.label_set}, {len(config.aus)} AUs, {count_parameters(variables):,} parameters)")
     return 0

@@ -22,12 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pathlib
-
     from algrnet_jax import evaluation
 
-    if not pathlib.Path(args.checkpoint).exists():
-        raise SystemExit(f"algrnet eval: checkpoint {args.checkpoint!r} does not exist")
+    # Every user error (no checkpoint, corrupt checkpoint, data not built, no such split, AUs the data lacks,
+    # bad config values) is a UserError: one message, exit 2 (``algrnet --debug`` for the traceback).
     result = evaluation.evaluate_checkpoint(
         args.checkpoint, dataset=args.dataset, builder_config=args.builder_config, fold=args.fold,
         data_dir=args.data_dir, split=args.split, eval_batch_size=args.batch_size)

@@ -92,16 +92,18 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from algrnet_jax.configs.validate import validate_config
+    from algrnet_jax.errors import UserError
+
     try:
         config = build_config(args)
     except ValueError as e:
-        print(f"algrnet train: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
+    validate_config(config, "config (named config, flags and --set overrides)")
     if args.distributed:
         from algrnet_jax.training.parallel import initialize_distributed
 
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    from algrnet_jax.training.checkpoint import CheckpointError
     from algrnet_jax.training.loop import NonFiniteLossError, train
 
     try:
@@ -110,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"algrnet train: {e}", file=sys.stderr)
         return 1
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"algrnet train: {e}", file=sys.stderr)
-        return 2
+    except UserError:
+        raise
+    except (FileNotFoundError, ValueError) as e:   # the data layer: dataset not built, labels do not fit, ...
+        raise UserError(str(e)) from e
     summary = {k: result[k] for k in ("step", "epoch", "best_mean_f1", "best_checkpoint", "last_checkpoint",
                                       "interrupted", "resumed_from_step", "workdir")}
     if result.get("metrics"):

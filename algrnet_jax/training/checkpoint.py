@@ -16,9 +16,13 @@ directory of step checkpoints (latest), or one checkpoint directory, e.g. one wr
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
+import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,14 +31,104 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from algrnet_jax.errors import UserError
+
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
+MANIFEST = "algrnet_checksums.json"
 _ITEMS = ("variables", "train", "meta")
+log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or unreadable; the message names the path."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint is missing, incomplete, corrupt or unreadable; the message names the path."""
+
+
+class DiskFullError(UserError, OSError):
+    """A checkpoint could not be written for lack of disk space; the message names the directory."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or anything in its cause/context chain) is "no space left on device"."""
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "no space left on device" in str(e).lower() or "disk quota exceeded" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+# ------------------------------------------------------------------------------------- checksums
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# Top-level files orbax rewrites when it commits (after the manifest): bookkeeping, not checkpoint data.
+_UNSEALED_FILES = (MANIFEST, "_CHECKPOINT_METADATA", "commit_success.txt")
+
+
+def _files(ckpt: str) -> list[str]:
+    out = []
+    for root, _, names in os.walk(ckpt):
+        out += [os.path.relpath(os.path.join(root, n), ckpt) for n in names
+                if not (root == ckpt and n in _UNSEALED_FILES) and ".tmp" not in n]
+    return sorted(out)
+
+
+def write_manifest(ckpt: str) -> str:
+    """Writes ``<ckpt>/algrnet_checksums.json``: size and SHA-256 of every file of a finished checkpoint.
+
+    Written to a temporary name and renamed, so a manifest is either complete or absent.
+    """
+    files = {rel: {"size": os.path.getsize(os.path.join(ckpt, rel)), "sha256": _sha256(os.path.join(ckpt, rel))}
+             for rel in _files(ckpt)}
+    path = os.path.join(ckpt, MANIFEST)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"algorithm": "sha256", "files": files}, f, indent=0)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def verify_manifest(ckpt: str) -> bool:
+    """Checks every file of ``ckpt`` against its checksum manifest.
+
+    Returns False when the checkpoint has no manifest (written before manifests existed, or killed between
+    the commit and the manifest), True when every file matches.
+    Raises:
+      CheckpointError: naming the first file that is missing, of another size or of another SHA-256.
+    """
+    path = os.path.join(ckpt, MANIFEST)
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable checksum manifest ({e})") from e
+    for rel, want in sorted(files.items()):
+        p = os.path.join(ckpt, rel)
+        if not os.path.isfile(p):
+            raise CheckpointError(f"{p}: file of the checkpoint is missing (listed in {MANIFEST})")
+        size = os.path.getsize(p)
+        if size != want["size"]:
+            raise CheckpointError(f"{p}: corrupt checkpoint file ({size} bytes, {want['size']} when written)")
+        if _sha256(p) != want["sha256"]:
+            raise CheckpointError(f"{p}: corrupt checkpoint file (SHA-256 differs from the one recorded when "
+                                  f"it was written, in {MANIFEST})")
+    return True
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -94,7 +188,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------------------ reading / writing
 
-def _read_meta(ckpt: str) -> dict[str, Any]:
+def read_meta(ckpt: str) -> dict[str, Any]:
+    """The ``meta`` item (JSON) of one checkpoint directory: kind, config, data position, ..."""
     meta_dir = os.path.join(ckpt, "meta")
     try:
         meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
@@ -116,6 +211,37 @@ class _ItemMetadataFilter(logging.Filter):
 logging.getLogger("absl").addFilter(_ItemMetadataFilter())
 
 
+class _DiskFullFilter(logging.Filter):
+    """Drops orbax's log records (with their tracebacks, hundreds of lines) about a full disk: the failed save
+    also raises, and the trainer turns that into one message (``DiskFullError``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+            return False
+        text = record.getMessage().lower()
+        return not ("no space left on device" in text or "disk quota exceeded" in text)
+
+
+logging.getLogger("absl").addFilter(_DiskFullFilter())
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """After a failed async save, tensorstore completes futures of orbax's already closed event loops and
+    Python reports each "RuntimeError: Event loop is closed" as unraisable (a traceback apiece). They carry
+    nothing: the save's own error is raised to the trainer. This drops exactly those (others pass through)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_algrnet", False):
+        return
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._algrnet = True
+    sys.unraisablehook = hook
+
+
 def _restore_tree_numpy(item_dir: str) -> Any:
     """Restores a saved pytree as host numpy arrays, whatever devices/sharding it was saved with."""
     ckptr = ocp.PyTreeCheckpointer()
@@ -135,7 +261,8 @@ def load_for_inference(path: str | os.PathLike) -> tuple[ml_collections.ConfigDi
       variables: ``{"params": ..., "batch_stats": ...}`` of numpy arrays, ready for ``model.apply``.
     """
     ckpt = resolve_checkpoint(path)
-    meta = _read_meta(ckpt)
+    verify_manifest(ckpt)
+    meta = read_meta(ckpt)
     try:
         variables = _restore_tree_numpy(os.path.join(ckpt, "variables"))
     except Exception as e:
@@ -146,6 +273,23 @@ def load_for_inference(path: str | os.PathLike) -> tuple[ml_collections.ConfigDi
     return config_from_dict(meta["config"]), variables
 
 
+def check_inference_target(path: str | os.PathLike) -> str:
+    """The absolute path if an inference checkpoint may be written there (new, empty, or an inference
+    checkpoint to replace); raises CheckpointError for any other existing file or directory."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isfile(path):
+        raise CheckpointError(f"{path}: is a file; give a directory for the checkpoint")
+    if os.path.exists(path) and os.listdir(path):
+        try:
+            kind = read_meta(path).get("kind") if _is_checkpoint(path) else None
+        except CheckpointError:
+            kind = None
+        if kind != "inference":
+            raise CheckpointError(f"{path}: exists and is not an inference checkpoint; refusing to overwrite it "
+                                  "(choose a new or empty directory)")
+    return path
+
+
 def save_inference_checkpoint(path: str | os.PathLike, config: ml_collections.ConfigDict,
                               variables: Mapping[str, Any], **extra_meta: Any) -> str:
     """Writes ``variables`` ({"params", "batch_stats"}) and the config to one checkpoint directory.
@@ -153,10 +297,7 @@ def save_inference_checkpoint(path: str | os.PathLike, config: ml_collections.Co
     Overwrites an existing inference checkpoint at ``path``; refuses any other existing directory.
     Returns the absolute path.
     """
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and os.listdir(path):
-        if not (_is_checkpoint(path) and _read_meta(path).get("kind") == "inference"):
-            raise CheckpointError(f"{path}: exists and is not an inference checkpoint; refusing to overwrite")
+    path = check_inference_target(path)
     if "params" not in variables:
         raise ValueError("variables must hold 'params' (and 'batch_stats')")
     tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
@@ -165,6 +306,7 @@ def save_inference_checkpoint(path: str | os.PathLike, config: ml_collections.Co
     ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     ckptr.save(path, ocp.args.Composite(variables=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
                force=True)
+    write_manifest(path)
     return path
 
 
@@ -179,16 +321,44 @@ class TrainCheckpointer:
 
     def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
         self.workdir = os.path.abspath(os.fspath(workdir))
+        _ignore_closed_loop_callbacks()
+        # Step whose checksum manifest is still to be written, per manager; orbax runs one save at a time.
+        self._unsealed: dict[str, int | None] = {CHECKPOINTS_DIR: None, BEST_DIR: None}
+        self._seal_lock = threading.Lock()
+
         def manager(sub: str, max_to_keep: int) -> ocp.CheckpointManager:
             # Distinct barrier prefixes: both managers save the same step at an epoch end, and multi-host
             # barriers are named after the step.
             opts = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
                 enable_async_checkpointing=async_save,
+                async_options=ocp.AsyncOptions(post_finalization_callback=lambda: self._seal(sub)),
                 multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=sub))
             return ocp.CheckpointManager(os.path.join(self.workdir, sub), options=opts, item_names=_ITEMS)
         self.latest = manager(CHECKPOINTS_DIR, max(1, int(keep)))
         self.best = manager(BEST_DIR, 1)
+
+    def _seal(self, sub: str) -> None:
+        """Writes the checksum manifest of the save of ``sub`` that orbax has just finalised (process 0).
+
+        Orbax calls this after the items are finalised but before it renames the temporary directory
+        ``<step>.orbax-checkpoint-tmp-*`` to ``<step>``, so the manifest is part of the atomic commit: every
+        committed checkpoint has one. Without a temporary directory (synchronous save) the final one is used.
+        """
+        with self._seal_lock:
+            step, self._unsealed[sub] = self._unsealed[sub], None
+        if step is None or jax.process_index() != 0:
+            return
+        final = os.path.join(self.workdir, sub, str(step))
+        tmp = [os.path.join(self.workdir, sub, n) for n in os.listdir(os.path.join(self.workdir, sub))
+               if n.startswith(f"{step}.orbax-checkpoint-tmp")]
+        target = tmp[0] if len(tmp) == 1 else final
+        if os.path.isdir(target):
+            try:
+                write_manifest(target)
+            except OSError as e:  # disk full: the save itself fails and is reported by the trainer
+                if not is_disk_full(e):
+                    log.warning("%s: could not write the checksum manifest (%s)", final, e)
 
     @staticmethod
     def _args(variables: Any, train: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
@@ -202,12 +372,16 @@ class TrainCheckpointer:
         # A pending best checkpoint commits before any later step checkpoint, so resuming from step k
         # never finds a best checkpoint older than k missing.
         self.best.wait_until_finished()
+        self.latest.wait_until_finished()
+        self._unsealed[CHECKPOINTS_DIR] = step
         return self.latest.save(step, args=self._args(variables, train, meta), force=True)
 
     def save_best(self, step: int, variables: Any, train: Any, meta: Mapping[str, Any]) -> bool:
         """Replaces ``best/`` by step ``step``."""
         if step in self.best.all_steps():
             return False
+        self.best.wait_until_finished()
+        self._unsealed[BEST_DIR] = step
         return self.best.save(step, args=self._args(variables, train, meta), force=True)
 
     def has_best(self, step: int) -> bool:
@@ -224,8 +398,9 @@ class TrainCheckpointer:
                 fall_back: bool = False) -> tuple[Any, Any, dict[str, Any]]:
         """Restores ``(variables, train, meta)`` into the given abstract trees (shapes, dtypes, shardings).
 
-        Tries ``step`` (default: the latest). A checkpoint that cannot be read raises CheckpointError
-        naming it, unless ``fall_back`` is set, in which case older checkpoints are tried in turn.
+        Tries ``step`` (default: the latest). Its files are first checked against the checksum manifest.
+        A checkpoint that is corrupt or cannot be read raises CheckpointError naming it, unless ``fall_back``
+        is set, in which case older checkpoints are tried in turn.
         """
         steps = sorted(self.latest.all_steps(), reverse=True)
         if step is not None:
@@ -236,6 +411,7 @@ class TrainCheckpointer:
         for s in steps:
             ckpt = os.path.join(self.workdir, CHECKPOINTS_DIR, str(s))
             try:
+                verify_manifest(ckpt)
                 restored = self.latest.restore(s, args=ocp.args.Composite(
                     variables=ocp.args.StandardRestore(abstract_variables),
                     train=ocp.args.StandardRestore(abstract_train),
@@ -245,10 +421,11 @@ class TrainCheckpointer:
                 return restored["variables"], restored["train"], dict(restored["meta"])
             except Exception as e:
                 unreadable.append(ckpt)
-                errors.append(f"{ckpt}: {type(e).__name__}: {e}")
+                why = str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}"
+                errors.append(f"{ckpt}: {why}")
                 if not fall_back:
                     raise CheckpointError(
-                        f"{ckpt}: cannot read checkpoint ({type(e).__name__}: {e}); "
+                        f"{ckpt}: cannot read checkpoint ({why}); "
                         "pass --resume-from-previous to fall back to the previous checkpoint") from e
         raise CheckpointError("no readable checkpoint:\n  " + "\n  ".join(errors))
 
@@ -269,9 +446,11 @@ class TrainCheckpointer:
         self.latest.reload()
 
     def wait(self) -> None:
-        """Blocks until pending async saves are committed."""
+        """Blocks until pending async saves are committed (and their checksum manifests written)."""
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
+        for sub in (CHECKPOINTS_DIR, BEST_DIR):   # synchronous saves may finish without the callback
+            self._seal(sub)
 
     def close(self) -> None:
         self.latest.close()

@@ -32,6 +32,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from algrnet_jax.errors import UserError
+from algrnet_jax.locking import DirLock
 from algrnet_jax.training import checkpoint as ckpt_lib
 from algrnet_jax.training import optim, parallel, state as state_lib, steps
 from algrnet_jax.training.metric_writers import MetricWriter
@@ -41,10 +43,15 @@ RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.log_every_ste
                      "train.keep_checkpoints", "data.data_dir", "data.prefetch", "data.eval_batch_size",
                      "data.skip_bad")
 StepCallback = Callable[[int, dict[str, float]], None]
+LOCK_FILE = ".lock"
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class ResumeError(UserError, ValueError):
+    """The work directory cannot be (re)used with this config: other config, or a run without --resume."""
 
 
 @dataclasses.dataclass
@@ -65,13 +72,38 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
-    """Raises ValueError listing the config keys that differ from the run being resumed."""
+    """Raises ResumeError listing the config keys that differ from the run being resumed."""
     a, b = _flat(saved), _flat(ckpt_lib.config_to_dict(config))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         lines = "\n".join(f"  {k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff)
-        raise ValueError(f"{where}: the config differs from the run being resumed (an exact resume needs the "
-                         f"same config; only {', '.join(RESUMABLE_CHANGES)} may change):\n{lines}")
+        raise ResumeError(f"{where}: the config differs from the run being resumed in {len(diff)} field(s) (an "
+                          f"exact resume needs the same config; only {', '.join(RESUMABLE_CHANGES)} may change):\n"
+                          f"{lines}\nrun with the checkpoint's values, or choose a new --workdir")
+
+
+def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Compares ``config`` with the config of the newest checkpoint in ``workdir`` before any work.
+
+    Only the small JSON ``meta`` item is read. A checkpoint whose ``meta`` is unreadable is left to the
+    restore (which names it and can fall back to an older one).
+    """
+    steps_ = ckpt_lib._step_dirs(os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR))
+    if not steps_:
+        return
+    latest = os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR, str(steps_[-1]))
+    try:
+        saved = ckpt_lib.read_meta(latest)
+    except ckpt_lib.CheckpointError:
+        return
+    check_resumable(saved["config"], config, latest)
+
+
+def _disk_full(error: BaseException, workdir: str) -> ckpt_lib.DiskFullError:
+    good = last_good_path(workdir)
+    return ckpt_lib.DiskFullError(
+        f"{workdir}: no space left on the device while writing a checkpoint ({type(error).__name__}). "
+        f"The last complete checkpoint is {good or 'none'}; free some space and rerun with --resume.")
 
 
 class _SigtermFlag:
@@ -150,10 +182,40 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
       ``{"step", "epoch", "metrics" (last evaluation), "best_mean_f1", "best_checkpoint",
       "last_checkpoint", "interrupted", "resumed_from_step", "workdir"}``.
     """
-    from data_pipelines import pipeline
+    from algrnet_jax.configs.validate import validate_config
+    from data_pipelines import builders
 
+    validate_config(config)
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
+    # One writer per work directory (process 0 of a multi-host run speaks for all of them). The OS drops the
+    # lock when the process dies, SIGKILL included, so a killed run can be resumed at once.
+    lock = DirLock(os.path.join(workdir, LOCK_FILE), f"work directory {workdir}",
+                   "wait for that run to end (or stop it), or choose another --workdir")
+    if jax.process_index() == 0:
+        lock.acquire()
+    try:
+        if not resume and ckpt_lib._step_dirs(os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR)):
+            raise ResumeError(f"{workdir}: holds checkpoints already; pass --resume to continue that run "
+                              "or choose a new --workdir")
+        if resume:
+            _check_saved_config(workdir, config)
+        # The checkpoint stores where the data is, resolved: eval works from any working directory.
+        config.data.data_dir = os.path.abspath(config.data.data_dir or builders.default_data_dir())
+        return _train(config, workdir, resume_from_previous=resume_from_previous, evaluate=evaluate,
+                      progress=progress, tensorboard=tensorboard, callbacks=callbacks, batches_fn=batches_fn,
+                      model=model)
+    finally:
+        lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, *, resume_from_previous: bool,
+           evaluate: bool | Callable[[ml_collections.ConfigDict, Any], dict], progress: bool, tensorboard: bool,
+           callbacks: Sequence[StepCallback], batches_fn: Callable[..., Iterable[dict[str, Any]]] | None,
+           model: nn.Module | None) -> dict[str, Any]:
+    """``train`` once the work directory is locked and the config checked."""
+    from data_pipelines import pipeline
+
     is_main = jax.process_index() == 0
     tc = config.train
     config_path = os.path.join(workdir, "config.json")
@@ -178,9 +240,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
 
         model = create_model(config)
     tx = optim.make_optimizer(tc, steps_per_epoch)
-    if not resume and ckpt_lib._step_dirs(os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR)):
-        raise ValueError(f"{workdir}: holds checkpoints already; pass --resume to continue that run "
-                         "or choose a new --workdir")
     init = jax.jit(lambda rng: state_lib.create_train_state(model, config, tx, rng),
                    out_shardings=parallel.replicated(mesh))
     state = init(jax.random.PRNGKey(int(tc.seed)))
@@ -213,8 +272,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
         with open(config_path, "w") as f:
             json.dump(ckpt_lib.config_to_dict(config), f, indent=2)
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=tensorboard)
-    if resumed_from is not None:
-        writer.truncate_after(resumed_from)
+    # Lines logged after the checkpoint we resume from (or, with none, by a run killed before its first
+    # save) would repeat steps: drop them.
+    writer.truncate_after(resumed_from or 0)
 
     evaluate_fn = (_make_evaluate(model) if evaluate is True else evaluate) if evaluate else None
     train_step = steps.make_train_step(config, mesh)
@@ -228,7 +288,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
                 "metrics": metrics}
 
     def save(position: _Position, metrics: dict | None = None) -> None:
-        manager.save(step, state.variables(), state.train_items(), meta(position, metrics))
+        try:
+            manager.save(step, state.variables(), state.train_items(), meta(position, metrics))
+        except Exception as e:
+            if ckpt_lib.is_disk_full(e):
+                raise _disk_full(e, workdir) from e
+            raise
 
     def last_good() -> str:
         manager.wait()
@@ -334,10 +399,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
                 writer.flush()
     finally:
         bar.close()
-        manager.wait()
-        best_path = manager.best_path()
-        manager.close()
-        writer.close()
+        try:
+            manager.wait()
+        except Exception as e:
+            if ckpt_lib.is_disk_full(e):
+                raise _disk_full(e, workdir) from e
+            raise
+        finally:
+            best_path = manager.best_path()
+            manager.close()
+            writer.close()
     return {"step": step, "epoch": pos.epoch, "batch_in_epoch": pos.batch, "metrics": last_eval,
             "best_mean_f1": best_f1 if math.isfinite(best_f1) else None, "best_checkpoint": best_path,
             "last_checkpoint": last_good_path(workdir), "interrupted": interrupted,

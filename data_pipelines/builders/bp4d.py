@@ -89,19 +89,17 @@ class Bp4d(readers.ReleaseBuilder):
         for task, csv_path in self._sequences(manual_dir)[subject]:
             labels = readers.read_bp4d_labels(csv_path, aus)
             lm_path = os.path.join(manual_dir, LANDMARK_DIR, f"{subject}_{task}.txt")
-            landmarks = readers.read_landmark_rows(lm_path)
+            landmarks = readers.read_landmark_rows(lm_path, strict=False)   # bad rows: per-frame errors
             folder = os.path.join(manual_dir, subject, task)
             for frame, lab, line in zip(labels.frames.tolist(), labels.labels, labels.lines.tolist()):
                 where = f"{csv_path}:{line}"
                 image = readers.frame_image(folder, frame, FRAME_PAD)
-                row = landmarks.get(frame)
                 if image is None:
                     load = readers.raise_bad(f"{where}: frame {frame} is labelled but its image "
                                              f"{os.path.join(folder, f'{frame:0{FRAME_PAD}d}.jpg')} is missing")
-                elif row is None:
-                    load = readers.raise_bad(f"{lm_path}: no landmark row for frame {frame} (labelled at {where})")
                 else:
-                    load = lambda image=image, row=row: readers.align_raw(image, row.points, image)
+                    load = lambda image=image, frame=frame, where=where: readers.align_raw(
+                        image, landmarks.row_for(frame, where).points, image)
                 yield common.Frame(key=f"{subject}/{task}/{frame}", subject=subject, sequence=task, frame=frame,
                                    fold=part, labels=lab, source=image or where, load=load)
 

@@ -29,11 +29,16 @@ A real-data builder in a few lines::
 from __future__ import annotations
 
 import dataclasses
+import glob
 import inspect
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -42,6 +47,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from algrnet_jax import au_sets
+from algrnet_jax.errors import UserError
+from algrnet_jax.locking import DirLock
 from data_pipelines import alignment
 
 log = logging.getLogger(__name__)
@@ -54,10 +61,16 @@ PARALYSIS = "paralysis"
 LABEL_SETS: tuple[str, ...] = (*au_sets.AU_SETS, PARALYSIS)
 BAD_FRAMES_FILE = "bad_frames.json"
 SKIP_BAD_ENV = "ALGRNET_SKIP_BAD"
+STAGING_DIR = ".algrnet_staging"    # under the data dir: build lock, rebuilds in progress, replaced data
+SKIP_BAD_HINT = "pass --skip-bad to skip such frames (they are then listed in bad_frames.json)"
 
 
-class BadInputError(ValueError):
-    """A frame of a release cannot be used; the message names the file / record and the problem."""
+class BadInputError(UserError, ValueError):
+    """Release files that cannot be used; the message names the file (and line) and the problem."""
+
+
+class BadFrameError(BadInputError):
+    """One frame cannot be used (skippable with ``skip_bad``); the message says so."""
 
 
 # ----------------------------------------------------------------------------------- splits, dirs
@@ -142,12 +155,48 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         data = f.read()
     if not data:
         raise BadInputError(f"{path}: image file is empty")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+    is_jpeg = data[:2] == b"\xff\xd8"
+    if is_jpeg and b"\xff\xd9" not in data[-64:]:
         raise BadInputError(f"{path}: corrupt image (truncated JPEG: no end-of-image marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if is_jpeg:
+        image, warning = decode_jpeg_strict(data)
+        if warning:
+            raise BadInputError(f"{path}: corrupt image (the JPEG decoder reports: {warning})")
+    else:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise BadInputError(f"{path}: corrupt image (cannot be decoded)")
     return np.ascontiguousarray(image[..., ::-1])
+
+
+# libjpeg's warnings for damaged data ("Corrupt JPEG data: ...", "Premature end of JPEG file", ...).
+_JPEG_WARNING = re.compile(r"^.*(corrupt jpeg|premature end|jpeg datastream|invalid jpeg|bogus|"
+                           r"unsupported marker|huffman|warning).*$", re.IGNORECASE | re.MULTILINE)
+
+
+def decode_jpeg_strict(data: bytes) -> tuple[np.ndarray | None, str]:
+    """Decodes JPEG bytes with OpenCV; returns (BGR image or None, the decoder's warning or "").
+
+    libjpeg decodes damaged data (e.g. a zeroed second half) into a grey-filled image and only prints a
+    warning to the C stderr. The warning is captured by pointing file descriptor 2 at a temporary file
+    for the call; anything else written there meanwhile is passed on to stderr.
+    """
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    warnings = [m.group(0).strip() for m in _JPEG_WARNING.finditer(text)]
+    rest = _JPEG_WARNING.sub("", text).strip()
+    if rest:
+        print(rest, file=sys.stderr)
+    return image, "; ".join(warnings)
 
 
 def check_image(image: Any, source: str, size: int | None = None) -> np.ndarray:
@@ -336,13 +385,25 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     Subclasses implement ``_frames(part, dl_manager) -> Iterator[Frame]`` for part 1..3 (frames
     whose ``fold`` is that part). Pass ``skip_bad=True`` (or set ``$ALGRNET_SKIP_BAD=1``, e.g. for
-    ``tfds build``) to skip bad frames instead of failing on the first one.
+    ``tfds build``) to skip bad frames instead of failing on the first one, and ``parts=(1,)`` to build
+    only some parts (a subset, e.g. when the release files of the others are absent).
+
+    ``download_and_prepare`` holds a lock per dataset config while it builds (a second build of the same
+    config fails at once naming the first one's PID), first cleans what a killed build left (tfds'
+    ``incomplete.*`` directories), and rebuilds over an existing dataset (``overwrite``) into a staging
+    directory that replaces the old data only once the new build is complete: until then, and if the
+    rebuild fails or is killed, the old dataset stays as it was.
     """
 
-    def __init__(self, *, skip_bad: bool | None = None, **kwargs):
+    def __init__(self, *, skip_bad: bool | None = None, parts: Sequence[int] | None = None, **kwargs):
         if skip_bad is None:
             skip_bad = os.environ.get(SKIP_BAD_ENV, "").lower() in ("1", "true", "yes")
         self.skip_bad = bool(skip_bad)
+        self.parts = tuple(range(1, NUM_PARTS + 1)) if not parts else tuple(sorted({int(p) for p in parts}))
+        bad = [p for p in self.parts if not 1 <= p <= NUM_PARTS]
+        if bad:
+            raise BadInputError(f"parts {bad}: a part is 1..{NUM_PARTS}")
+        self.cache_hits = 0      # subjects replayed from the resume cache (release builds)
         super().__init__(**kwargs)
 
     @tfds.core.utils.classproperty
@@ -378,7 +439,15 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         md["aus"] = list(label_set_aus(self.label_set))
         md["label_counts"] = {}
         md["bad_frames"] = {}
-        return {part_name(k): self._generate_examples(k, dl_manager) for k in range(1, NUM_PARTS + 1)}
+        md["parts"] = list(self.parts)
+        self._check_parts(dl_manager)
+        return {part_name(k): self._generate_examples(k, dl_manager) for k in self.parts}
+
+    def _check_parts(self, dl_manager: tfds.download.DownloadManager) -> None:
+        """Raises BadInputError naming the requested parts that the release files have no frames for.
+
+        The base class finds out only when a part yields nothing; subclasses that can tell up front do so.
+        """
 
     def _generate_examples(self, part: int, dl_manager) -> Iterator[tuple[str, dict[str, Any]]]:
         name = part_name(part)
@@ -389,7 +458,7 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 example = make_example(frame, self.label_set)
             except BadInputError as e:
                 if not self.skip_bad:
-                    raise
+                    raise BadFrameError(f"{e}\n({SKIP_BAD_HINT})") from e
                 log.warning("skipping bad frame: %s", e)
                 bad.append({"key": frame.key, "source": frame.source, "subject": str(frame.subject),
                             "sequence": str(frame.sequence), "frame": int(frame.frame), "error": str(e)})
@@ -398,7 +467,78 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 raise BadInputError(f"{frame.source}: frame of fold {frame.fold} generated for {name}")
             counter.add(example["labels"])
             yield frame.key, example
+        if counter.num_examples == 0:
+            why = f"all {len(bad)} of its frames are bad (see the warnings above)" if bad else "no frames found"
+            raise BadInputError(f"{self.name}/{self.builder_config.name}: {name} is empty ({why}); "
+                                f"{empty_parts_hint([part], self.parts)}")
         self.info.metadata["label_counts"][name] = counter.as_json()
         self.info.metadata["bad_frames"][name] = bad
         if bad:
             log.warning("%s/%s: skipped %d bad frames (listed in %s)", self.name, name, len(bad), BAD_FRAMES_FILE)
+
+    # ---- building: one build per config, stale leftovers cleaned, atomic rebuild
+    def _staging(self) -> tuple[str, str, str]:
+        """(version dir, config dir, staging dir of this config under ``<data_dir>/.algrnet_staging``)."""
+        version_dir = os.fspath(self.data_dir)
+        config_dir = os.path.dirname(version_dir)
+        root = os.fspath(self.data_dir_root)
+        return version_dir, config_dir, os.path.join(root, STAGING_DIR, os.path.relpath(config_dir, root))
+
+    def download_and_prepare(self, *, download_dir: Any = None,
+                             download_config: tfds.download.DownloadConfig | None = None, **kwargs: Any) -> None:
+        download_config = download_config or tfds.download.DownloadConfig()
+        version_dir, config_dir, staging = self._staging()
+        full_name = f"{self.name}/{self.builder_config.name}"
+        with DirLock(os.path.join(staging, "build.lock"), f"dataset {full_name} in {self.data_dir_root}",
+                     "another build of it is running; wait for it to end (or stop it)"):
+            self._clean_stale(version_dir, config_dir, staging)
+            exists = os.path.isfile(os.path.join(version_dir, "dataset_info.json"))
+            if not (exists and download_config.download_mode.overwrite_dataset):
+                super().download_and_prepare(download_dir=download_dir, download_config=download_config, **kwargs)
+                return
+            # Rebuild beside the old data (same file system), then swap.
+            # <staging>/new/<config>/<version>: what tfds writes beside a version dir stays inside new/.
+            new_dir = os.path.join(staging, "new", os.path.basename(config_dir), os.path.basename(version_dir))
+            fresh = dataclasses.replace(download_config,
+                                        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+            real = self._data_dir
+            self._data_dir = new_dir
+            try:
+                super().download_and_prepare(
+                    download_dir=download_dir or os.path.join(os.fspath(self.data_dir_root), "downloads"),
+                    download_config=fresh, **kwargs)
+            finally:
+                self._data_dir = real
+            replaced = os.path.join(staging, "replaced")
+            os.rename(version_dir, replaced)        # a kill between these two renames is undone by the
+            os.rename(new_dir, version_dir)         # next build's _clean_stale (old data put back)
+            shutil.rmtree(replaced)
+            shutil.rmtree(os.path.join(staging, "new"), ignore_errors=True)
+            self.info.update_data_dir(version_dir)
+
+    def _clean_stale(self, version_dir: str, config_dir: str, staging: str) -> None:
+        """Removes what a killed build left (under the build lock, so no build is using it)."""
+        replaced = os.path.join(staging, "replaced")
+        if os.path.isdir(replaced):
+            if os.path.isdir(version_dir):
+                shutil.rmtree(replaced)
+            else:                                   # killed mid-swap: the old dataset goes back in place
+                os.rename(replaced, version_dir)
+                self.info.read_from_directory(version_dir)
+                log.warning("%s: restored the dataset an interrupted rebuild had moved aside", version_dir)
+        stale = sorted(glob.glob(os.path.join(config_dir, "incomplete.*")))
+        stale += [d for d in (os.path.join(staging, "new"),) if os.path.exists(d)]
+        for d in stale:
+            shutil.rmtree(d, ignore_errors=True)
+        if stale:
+            log.warning("removed %d unfinished build director%s left by an interrupted build: %s", len(stale),
+                        "y" if len(stale) == 1 else "ies", ", ".join(stale))
+
+
+def empty_parts_hint(empty: Sequence[int], requested: Sequence[int]) -> str:
+    """What to do when some requested parts have no frames: build the others with ``--parts``."""
+    present = [p for p in requested if p not in empty]
+    if not present:
+        return "check the manual dir against the manual download instructions"
+    return (f"add the missing release files, or build only the parts present with --parts "
+            f"{','.join(map(str, present))} (a subset: training needs the two parts other than the test part)")

@@ -88,7 +88,7 @@ class Disfa(readers.ReleaseBuilder):
         part = readers.load_folds("DISFA")[subject]
         labels = readers.read_disfa_labels(os.path.join(manual_dir, LABEL_DIR), subject, au_sets.AU_SETS["disfa"])
         lm_path = os.path.join(manual_dir, LANDMARK_DIR, f"{subject}.txt")
-        landmarks = readers.read_landmark_rows(lm_path, readers.DISFA_NUM_POINTS)
+        landmarks = readers.read_landmark_rows(lm_path, readers.DISFA_NUM_POINTS, strict=False)
         sequence = readers.disfa_sequence(subject)
         wanted = {int(f) - LABEL_FRAME_OFFSET: (lab, f"{labels.path}:{line}")
                   for f, lab, line in zip(labels.frames.tolist(), labels.labels, labels.lines.tolist())}
@@ -105,10 +105,8 @@ class Disfa(readers.ReleaseBuilder):
                                 fold=part, labels=lab, source=source, load=load)
 
         def load_for(i: int, image, source: str):
-            row = landmarks.get(i)
-            if row is None:
-                return readers.raise_bad(f"{lm_path}: no landmark row for frame {i} (labelled at {wanted[i][1]})")
-            return lambda: readers.align_raw(image, readers.disfa_49(row.points), source)
+            return lambda: readers.align_raw(
+                image, readers.disfa_49(landmarks.row_for(i, wanted[i][1]).points), source)
 
         if video is None:
             for i in sorted(wanted):

@@ -82,7 +82,9 @@ class Fpara(readers.ReleaseBuilder):
             lm_path = os.path.join(manual_dir, LANDMARK_DIR, f"{stem}.txt")
             if not os.path.isfile(lm_path):
                 raise common.BadInputError(f"{lm_path}: landmark file of video {v.video!r} ({csv_path}:{v.line}) not found")
-            rows = readers.read_landmark_rows(lm_path)
+            rows = readers.read_landmark_rows(lm_path, strict=False)   # NaN / short rows: per-frame errors
+            if rows.bad_lines:                                         # frames are the rows: all must be known
+                raise common.BadInputError(next(iter(rows.bad_lines.values())))
             folder = os.path.join(manual_dir, FRAME_DIR, stem)
             video = os.path.join(manual_dir, VIDEO_DIR, v.video)
 
@@ -97,7 +99,8 @@ class Fpara(readers.ReleaseBuilder):
                         yield frame(i, readers.raise_bad(f"{rows[i].path}:{rows[i].line}: frame {i} has landmarks but "
                                                          f"no image in {folder}"), f"{rows[i].path}:{rows[i].line}")
                     else:
-                        yield frame(i, lambda image=image, row=rows[i]: readers.align_raw(image, row.points, image), image)
+                        yield frame(i, lambda image=image, i=i: readers.align_raw(
+                            image, rows.row_for(i, f"{csv_path}:{v.line}").points, image), image)
                 continue
             if not os.path.isfile(video):
                 raise common.BadInputError(f"{csv_path}:{v.line}: video {v.video!r}: neither {video} nor frame "
@@ -107,8 +110,8 @@ class Fpara(readers.ReleaseBuilder):
                 count = i + 1
                 if i in rows:
                     source = f"{video} frame {i}"
-                    yield frame(i, lambda image=image, row=rows[i], source=source:
-                                readers.align_raw(image, row.points, source), source)
+                    yield frame(i, lambda image=image, i=i, source=source: readers.align_raw(
+                        image, rows.row_for(i, f"{csv_path}:{v.line}").points, source), source)
             for i in sorted(k for k in rows if k >= count):
                 yield frame(i, readers.raise_bad(f"{rows[i].path}:{rows[i].line}: frame {i} has landmarks but {video} "
                                                  f"has only {count} frames"), f"{rows[i].path}:{rows[i].line}")

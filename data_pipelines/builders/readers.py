@@ -26,6 +26,7 @@ import glob
 import json
 import os
 import pickle
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from algrnet_jax import au_sets
 from data_pipelines.builders import common
 
 BadInputError = common.BadInputError
+log = logging.getLogger(__name__)
 
 BP4D_NOT_CODED = 9
 DISFA_OCCURRENCE_THRESHOLD = 2
@@ -75,10 +77,12 @@ def _split(line: str) -> list[str]:
     return [t for t in re.split(r"[,\s]+", line.strip()) if t]
 
 
-def numeric_rows(path: str, width: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields ``(line number, float64 values)`` of a whitespace/comma separated numeric file.
+def numeric_lines(path: str, width: int | None = None) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Yields ``(line number, float64 values or None, problem or None)`` of a numeric text file, leniently.
 
-    Blank lines and ``#`` comments are skipped. ``width``: required number of values per row.
+    Like :func:`numeric_rows`, but a bad row (not numbers, wrong width, NaN/inf) is yielded with its
+    problem (``"<path>:<line>: ..."``) instead of raised; values are kept when they parse (so a caller can
+    still read the row's frame number). A missing file raises BadInputError.
     """
     if not os.path.isfile(path):
         raise BadInputError(f"{path}: file not found")
@@ -91,12 +95,26 @@ def numeric_rows(path: str, width: int | None = None) -> Iterator[tuple[int, np.
             try:
                 values = np.array([float(t) for t in tokens], np.float64)
             except ValueError:
-                raise BadInputError(f"{path}:{i}: not a row of numbers: {line.strip()[:80]!r}") from None
+                yield i, None, f"{path}:{i}: not a row of numbers: {line.strip()[:80]!r}"
+                continue
             if width is not None and values.size != width:
-                raise BadInputError(f"{path}:{i}: expected {width} numbers, got {values.size}")
-            if not np.isfinite(values).all():
-                raise BadInputError(f"{path}:{i}: NaN or infinite value")
-            yield i, values
+                yield i, values, f"{path}:{i}: expected {width} numbers, got {values.size}"
+            elif not np.isfinite(values).all():
+                yield i, values, f"{path}:{i}: NaN or infinite value"
+            else:
+                yield i, values, None
+
+
+def numeric_rows(path: str, width: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(line number, float64 values)`` of a whitespace/comma separated numeric file.
+
+    Blank lines and ``#`` comments are skipped. ``width``: required number of values per row. The first
+    bad row raises BadInputError naming file and line.
+    """
+    for i, values, problem in numeric_lines(path, width):
+        if problem:
+            raise BadInputError(problem)
+        yield i, values
 
 
 def _frame_number(value: float, path: str, line: int) -> int:
@@ -110,28 +128,72 @@ def _frame_number(value: float, path: str, line: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class LandmarkRow:
+    """One row of a landmark file; ``error`` set (and ``points`` possibly None) when the row is bad."""
+
     path: str
     line: int
-    points: np.ndarray   # [P, 2] 1-based raw pixel coordinates
+    points: np.ndarray | None   # [P, 2] 1-based raw pixel coordinates
+    error: str | None = None
 
 
-def read_landmark_rows(path: str, num_points: int = au_sets.NUM_LANDMARKS) -> dict[int, LandmarkRow]:
+class LandmarkRows(dict):
+    """``frame -> LandmarkRow`` of one landmark file, read leniently (:func:`read_landmark_rows` with
+    ``strict=False``): bad rows, lines without a frame number and a missing file are kept as problems
+    that :meth:`row_for` raises for the frames they concern, so each is a skippable per-frame error."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.file_error: str | None = None
+        self.bad_lines: dict[int, str] = {}
+
+    def row_for(self, frame: int, where: str) -> LandmarkRow:
+        """The good row of ``frame`` (labelled at ``where``); raises BadInputError saying what is wrong."""
+        if self.file_error:
+            raise BadInputError(f"{self.file_error} (needed for frame {frame}, labelled at {where})")
+        row = self.get(frame)
+        if row is None:
+            unread = "; lines without a readable frame number: " + ", ".join(map(str, self.bad_lines)) \
+                if self.bad_lines else ""
+            raise BadInputError(f"{self.path}: no landmark row for frame {frame} (labelled at {where}){unread}")
+        if row.error:
+            raise BadInputError(row.error)
+        return row
+
+
+def read_landmark_rows(path: str, num_points: int = au_sets.NUM_LANDMARKS, *,
+                       strict: bool = True) -> LandmarkRows:
     """Reads a per-sequence landmark file: rows ``frame x1 y1 ... xP yP``.
 
     Returns:
       ``frame -> LandmarkRow`` (points ``[P, 2]``, 1-based raw pixel coordinates).
     Raises:
-      BadInputError: missing file, a row of the wrong length, a repeated frame (file and line).
+      BadInputError: a missing file, a row of the wrong length or with NaN/inf, a repeated frame (file and
+        line). With ``strict=False`` only a repeated frame raises; the other problems are kept in the
+        returned :class:`LandmarkRows` and raised per frame by ``row_for`` (face trackers write NaN rows
+        for frames where they lost the face: those frames are skippable, the others usable).
     """
-    rows: dict[int, LandmarkRow] = {}
-    for line, values in numeric_rows(path):
-        if values.size != 1 + 2 * num_points:
-            raise BadInputError(f"{path}:{line}: expected the frame number and {num_points} (x, y) points "
-                                f"({1 + 2 * num_points} numbers), got {values.size}")
-        frame = _frame_number(values[0], path, line)
+    rows = LandmarkRows(path)
+    if not strict and not os.path.isfile(path):
+        rows.file_error = f"{path}: landmark file not found"
+        return rows
+    for line, values, problem in numeric_lines(path):
+        if problem is None and values.size != 1 + 2 * num_points:
+            problem = (f"{path}:{line}: expected the frame number and {num_points} (x, y) points "
+                       f"({1 + 2 * num_points} numbers), got {values.size}")
+        if problem and strict:
+            raise BadInputError(problem)
+        if values is None or not values.size or not np.isfinite(values[0]) or values[0] != int(values[0]) \
+                or values[0] < 0:
+            rows.bad_lines[line] = problem or f"{path}:{line}: no frame number"
+            if strict:
+                _frame_number(values[0], path, line)
+            continue
+        frame = int(values[0])
         if frame in rows:
             raise BadInputError(f"{path}:{line}: frame {frame} repeated (first on line {rows[frame].line})")
-        rows[frame] = LandmarkRow(path, line, values[1:].reshape(num_points, 2))
+        points = None if problem else values[1:].reshape(num_points, 2)
+        rows[frame] = LandmarkRow(path, line, points, problem)
     return rows
 
 
@@ -415,6 +477,7 @@ class ListRow:
     interocular: float
     labels: np.ndarray
     source: str
+    error: str | None = None     # a bad landmark row (NaN, wrong width): the frame is skippable
 
 
 def find_list_prefixes(root: str) -> list[tuple[str, int | None]]:
@@ -433,13 +496,24 @@ def find_list_prefixes(root: str) -> list[tuple[str, int | None]]:
     return [(p, None) for p in prefixes]
 
 
-def _list_values(path: str, rows: int, width: int | None, what: str) -> tuple[np.ndarray, np.ndarray]:
-    data = list(numeric_rows(path, width))
+def _list_values(path: str, rows: int, width: int | None, what: str,
+                 problems: dict[int, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a list file (one per frame). With ``problems`` given, bad rows (NaN, wrong width) are
+    recorded there by row index (and filled with NaN) instead of raised: per-frame, skippable."""
+    data = list(numeric_lines(path, width))
     if len(data) != rows:
         raise BadInputError(f"{path}: {len(data)} rows, but the path list has {rows} frames ({what} "
                             f"must have one row per frame, in the same order)")
+    out = np.full((rows, width or 1), np.nan)
+    for k, (_, values, problem) in enumerate(data):
+        if problem:
+            if problems is None:
+                raise BadInputError(problem)
+            problems[k] = problem
+        else:
+            out[k] = values
     lines = np.array([d[0] for d in data], np.int64)
-    return lines, np.stack([d[1] for d in data]).reshape(rows, -1) if data else np.zeros((0, width or 0))
+    return lines, out.reshape(rows, -1) if data else np.zeros((0, width or 0))
 
 
 def read_list(prefix: str, num_labels: int, label_suffix: str = "AUoccur",
@@ -460,7 +534,8 @@ def read_list(prefix: str, num_labels: int, label_suffix: str = "AUoccur",
     with open(path_file) as f:
         entries = [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
     n = len(entries)
-    _, land = _list_values(prefix + "_land.txt", n, 2 * au_sets.NUM_LANDMARKS, "landmarks")
+    bad_land: dict[int, str] = {}
+    _, land = _list_values(prefix + "_land.txt", n, 2 * au_sets.NUM_LANDMARKS, "landmarks", bad_land)
     bio_lines, bio = _list_values(prefix + "_biocular.txt", n, 1, "biocular")
     _, labels = _list_values(f"{prefix}_{label_suffix}.txt", n, num_labels, "labels")
     weights = None
@@ -480,15 +555,15 @@ def read_list(prefix: str, num_labels: int, label_suffix: str = "AUoccur",
             raise BadInputError(f"{prefix}_biocular.txt:{bio_lines[k]}: squared inter-ocular distance must be "
                                 f"positive, got {bio[k, 0]}")
         lm = land[k].reshape(au_sets.NUM_LANDMARKS, 2)
-        d_lm = float(alignment.interocular(lm))
         d_o = float(np.sqrt(bio[k, 0]))
+        d_lm = d_o if k in bad_land else float(alignment.interocular(lm))
         if abs(d_o - d_lm) > 0.1 * d_lm and abs(bio[k, 0] - d_lm) <= 0.1 * d_lm:
             raise BadInputError(f"{prefix}_biocular.txt:{bio_lines[k]}: {bio[k, 0]} looks like the inter-ocular "
                                 f"distance itself; the list layout stores it SQUARED")
         image_file = rel if os.path.isabs(rel) else next(
             (os.path.join(r, rel) for r in (base, *image_roots) if os.path.isfile(os.path.join(r, rel))),
             os.path.join(base, rel))
-        rows.append(ListRow(rel, image_file, lm, d_o, labels[k], source))
+        rows.append(ListRow(rel, image_file, lm, d_o, labels[k], source, bad_land.get(k)))
     return rows, weights
 
 
@@ -536,9 +611,21 @@ def detect_layout(manual_dir: str, release_marker: str, dataset: str) -> str:
 
 
 def fingerprint(paths: Sequence[str]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of each existing path (folders: their own entry, i.e. files added/removed)."""
+    """(path, size, mtime_ns) of each input file; a folder contributes every file in it.
+
+    The files themselves, not the folder's own entry: an image rewritten in place changes its own size or
+    mtime but not its folder's, and must invalidate the cache. Missing paths are ``(path, -1, -1)``.
+    """
     out = []
     for p in sorted(set(paths)):
+        if os.path.isdir(p):
+            with os.scandir(p) as it:
+                entries = sorted((e for e in it if e.is_file()), key=lambda e: e.name)
+            out.append((p, -2, len(entries)))
+            for e in entries:
+                st = e.stat()
+                out.append((e.path, st.st_size, st.st_mtime_ns))
+            continue
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -552,14 +639,14 @@ class SubjectCache:
     """A per-subject cache of aligned frames that makes a crashed build resume where it stopped.
 
     ``frames(subject, inputs, make)`` replays a finished subject from ``<dir>/<subject>.pkl`` when its
-    input fingerprint (sizes and mtimes of ``inputs``) is unchanged; otherwise it yields the frames of
+    input fingerprint (size and mtime of every input file, folders file by file) is unchanged; otherwise it yields the frames of
     ``make()`` and records, as each frame is consumed, its aligned image (lossless PNG, so the records
     written are byte-identical), landmarks and metadata, or the error its loading raised. The file is
     renamed into place only after the subject's last frame has been consumed, so a crash leaves no
     partial cache. Only one subject is in memory at a time (one frame, in fact).
     """
 
-    VERSION = 1
+    VERSION = 2
 
     def __init__(self, directory: str | None):
         self.directory = directory
@@ -717,6 +804,7 @@ class ReleaseBuilder(common.AlgrnetBuilder, skip_registration=True):
 
     def __init__(self, *, cache: bool = True, **kwargs):
         self.use_cache = bool(cache)
+        self.cache_dir: str | None = None     # set when a subject was replayed from the cache
         super().__init__(**kwargs)
 
     # ---- layout
@@ -753,8 +841,32 @@ class ReleaseBuilder(common.AlgrnetBuilder, skip_registration=True):
         bar = tqdm_utils.tqdm(subjects, desc=f"{self.name} part{part}", unit=" subject", leave=False)
         for subject in bar:
             bar.set_postfix_str(subject.name)
+            hits = cache.hits
             yield from cache.frames(subject.name, subject.inputs,
                                     lambda s=subject.name: self._subject_frames(s, manual))
+            if cache.hits > hits:
+                self.cache_hits += 1
+                self.cache_dir = cache.directory
+                log.info("%s: replayed from the resume cache %s (its input files are unchanged)",
+                         subject.name, cache.directory)
+
+    def _check_parts(self, dl_manager) -> None:
+        manual = os.fspath(dl_manager.manual_dir)
+        if not os.path.isdir(manual):
+            raise BadInputError(f"{manual}: manual dir not found. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        if self.layout(manual) == "list":
+            prefixes = find_list_prefixes(manual)
+            if not prefixes or any(part is None for _, part in prefixes):
+                return                          # parts come from the subjects: checked as each part is built
+            present, what = {part for _, part in prefixes}, "list files (<name>_part<k>_path.txt)"
+        else:
+            present, what = {s.part for s in self._release_subjects(manual)}, "subjects"
+        empty = [p for p in self.parts if p not in present]
+        if empty:
+            raise BadInputError(
+                f"{manual}: no {what} for {', '.join(common.part_name(p) for p in empty)} (present: "
+                f"{', '.join(common.part_name(p) for p in sorted(present)) or 'none'}); "
+                f"{common.empty_parts_hint(empty, self.parts)}")
 
     def _download_and_prepare(self, dl_manager, download_config):
         super()._download_and_prepare(dl_manager, download_config)
@@ -819,7 +931,8 @@ class ReleaseBuilder(common.AlgrnetBuilder, skip_registration=True):
                     key=key, subject=subject, sequence=sequence, frame=frame, fold=fold,
                     labels=self._list_labels(row.labels, row.source), source=row.source,
                     interocular=row.interocular,
-                    load=functools.partial(load_aligned, row.image_file, row.landmarks, row.source))
+                    load=raise_bad(f"{row.error} (frame {key}, {row.source})") if row.error else
+                    functools.partial(load_aligned, row.image_file, row.landmarks, row.source))
 
 
 def folds_json_list_folds(dataset: str) -> Callable[[str, str], int]:
