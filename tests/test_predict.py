@@ -253,3 +253,15 @@ def test_cli_predict_exit_codes_and_landmarks_file(predictor, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "bad.txt:1: expected 49, 66 or 68 (x, y) points" in err and "Traceback" not in err
     assert rgb.shape == (512, 512, 3)
+
+
+def test_overlay_and_attention_pictures(tmp_path):
+    rng = np.random.default_rng(0)
+    aligned = rng.integers(0, 255, (200, 200, 3)).astype(np.uint8)
+    face = predict.engine.FaceResult(3, np.array([20.0, 30.0, 80.0, 90.0]), 0.9, rng.uniform(30, 100, (49, 2)),
+                                     np.array([0.2, 0.7, 0.5]), aligned, rng.uniform(0, 1, (3, 44, 44)))
+    canvas = np.zeros((240, 320, 3), np.uint8)
+    drawn = outputs.draw(canvas, [face], ["AU01", "AU04", "AU12"], 0.5)
+    assert drawn.shape == canvas.shape and drawn.any() and not canvas.any()
+    outputs.attention_figure(str(tmp_path / "a.png"), face, ["AU01", "AU04", "AU12"], 176)
+    assert cv2.imread(str(tmp_path / "a.png")) is not None

@@ -159,7 +159,7 @@ def _one(engine: Engine, src: media.Source, csv_path: str | None, header: list[s
                 outputs.save_image(path, outputs.draw(rgb, faces, names, thr))
                 report.written.append(path)
             if csv_path and options.attention and task != "paralysis":
-                for f in faces:
+                for f in (f for f in faces if f.maps is not None):
                     path = csv_path[:-4] + f".attention_{f.face_id}.png"
                     outputs.attention_figure(path, f, names, pred.crop_size)
                     report.written.append(path)

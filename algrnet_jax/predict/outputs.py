@@ -69,13 +69,29 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-class CsvWriter:
-    """Streams rows to ``path`` (via a temporary file, renamed by ``close(ok=True)``)."""
+class _Partial:
+    """A file written under ``tmp`` and renamed to ``path`` by ``close(ok=True)`` (removed otherwise)."""
+
+    def __init__(self, path: str, tmp: str):
+        self.path, self.tmp = path, tmp
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def close(self, ok: bool) -> None:
+        self._release()
+        if ok:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+class CsvWriter(_Partial):
+    """Streams rows to ``path`` (via ``path.partial``, renamed by ``close(ok=True)``)."""
 
     def __init__(self, path: str, header: list[str]):
-        self.path = path
-        self.tmp = f"{path}.partial"
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        super().__init__(path, f"{path}.partial")
         self._f = open(self.tmp, "w", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=header, restval="")
         self._w.writeheader()
@@ -83,12 +99,8 @@ class CsvWriter:
     def write(self, row: dict[str, Any]) -> None:
         self._w.writerow(row)
 
-    def close(self, ok: bool) -> None:
+    def _release(self) -> None:
         self._f.close()
-        if ok:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
 
 
 def summary(rows: list[dict[str, Any]], class_names: Sequence[str], task: str, fps: float | None) -> dict[str, Any]:
@@ -206,20 +218,15 @@ def time_plot(path: str, rows: list[dict[str, Any]], class_names: Sequence[str],
     plt.close(fig)
 
 
-class VideoOverlay:
+class VideoOverlay(_Partial):
     """Annotated mp4 (mp4v), written to a temporary name and renamed by ``close(ok=True)``."""
 
     def __init__(self, path: str, fps: float, size: tuple[int, int]):
-        self.path, self.tmp = path, f"{path}.partial.mp4"
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        super().__init__(path, f"{path}.partial.mp4")
         self._w = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
 
     def write(self, rgb: np.ndarray) -> None:
         self._w.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
-    def close(self, ok: bool) -> None:
+    def _release(self) -> None:
         self._w.release()
-        if ok:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
