@@ -105,12 +105,18 @@ def load_fixture(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
 
 
 def fixture_config(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
-    """The float64 ``jaanet`` config of a fixture: AU count from the recipe, crop from the input."""
+    """The float64 ``jaanet`` config of a fixture: AU count and unit width (first conv: 4u filters) from the
+    recipe, crop from the input."""
     from algrnet_jax.configs import get_config
     from algrnet_jax.interop.convert import label_set_for
 
     config = get_config("jaanet", size="paper", label_set=label_set_for(int(rec["au_num"])))
     config.crop_size = int(arrays["input"].shape[-1])
+    first = dict((k, v) for k, v in rec["modules"].get("region_learning", [])).get("multiscale_feat.0.conv.weight")
+    if not first or first[0] % 4:
+        raise UserError(f"{RECIPE_FILE}: region_learning.multiscale_feat.0.conv.weight is missing or its shape "
+                        f"{first} is not [4u, 3, 3, 3]")
+    config.model.unit = int(first[0]) // 4
     config.model.dtype = config.model.param_dtype = "float64"
     return config
 

@@ -110,11 +110,13 @@ def generate_au_maps(landmarks: np.ndarray, aus: Sequence[int], crop_size: int, 
     """The release's attention maps, vectorised over batch and AU (host numpy, float64 maths).
 
     Args:
-      landmarks: [B, 98] float32 (x1, y1, x2, y2, ...) in crop pixels.
+      landmarks: [B, 98] float32 or float64 (x1, y1, x2, y2, ...) in crop pixels.
     Returns:
-      [B, n, map_size, map_size] float32.
+      [B, n, map_size, map_size] in the landmarks' dtype (at least float32; float64 as the release run in
+      float64).
     """
-    lm = np.asarray(landmarks, np.float32).reshape(landmarks.shape[0], -1, 2)  # [B, 49, 2]
+    dtype = np.promote_types(np.asarray(landmarks).dtype, np.float32)
+    lm = np.asarray(landmarks, dtype).reshape(landmarks.shape[0], -1, 2)      # [B, 49, 2]
     idx, dy = au_sets.centre_rule_arrays(tuple(aus))                          # [n, 2], [n]
     ruler = np.abs(lm[:, au_sets.RULER_INDICES[0], 0] - lm[:, au_sets.RULER_INDICES[1], 0])  # [B]
     # The release writes y + ruler/k (k = 2, 3, 1); evaluate the same quotient in float64.
@@ -139,7 +141,7 @@ def generate_au_maps(landmarks: np.ndarray, aus: Sequence[int], crop_size: int, 
     inside = (h >= e(lo_y)) & (h <= e(hi_y)) & (w >= e(lo_x)) & (w <= e(hi_x))
     value = 1.0 - (np.abs(h - e(cy)) + np.abs(w - e(cx))) * fill_coeff / (map_size * spatial_ratio)
     maps = np.where(inside, value, 0.0).max(axis=2)
-    return np.maximum(maps, 0.0).astype(np.float32)
+    return np.maximum(maps, 0.0).astype(dtype)
 
 
 class AlignNet(nn.Module):
