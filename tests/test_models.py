@@ -18,7 +18,7 @@ import pytest
 from algrnet_jax import losses
 from algrnet_jax.configs import MODEL_NAMES, get_config
 from algrnet_jax.models import networks
-from algrnet_jax.models.layers import BatchNorm, Conv, max_pool2
+from algrnet_jax.models.layers import BatchNorm, Conv, max_pool2, resolve_conv_impl
 from algrnet_jax.models.stem import CellBlock, from_cells, to_cells
 
 RECIPE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d" / "recipe.json"
@@ -352,17 +352,35 @@ def test_batchnorm_matches_torch():
     np.testing.assert_allclose(y, y_t, atol=1e-5)
 
 
-def test_stacked_and_matmul_convs_equal_native_convs():
+@pytest.mark.parametrize("impl", ["unrolled", "grouped", "matmul"])
+def test_conv_copies_implementations_equal_native_convs(impl):
+    """Every per-copy implementation: the same params, outputs and gradients as one native conv per copy."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((3, 2, 7, 6, 5)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((3, 2, 7, 6, 4)), jnp.float32)
     for padding in (1, "VALID"):
-        stacked = Conv(4, 3, padding, copies=3)
+        stacked = Conv(4, 3, padding, copies=3, impl=impl)
         v = stacked.init(jax.random.key(0, impl="rbg"), x)
-        y = stacked.apply(v, x)
+        y, vjp = jax.vjp(lambda v, x: stacked.apply(v, x), v, x)
+        dv, dx = vjp(g[..., :y.shape[2], :y.shape[3], :])
         for k in range(3):
             one = {"params": jax.tree.map(lambda a: a[k], v["params"])}
-            np.testing.assert_allclose(y[k], Conv(4, 3, padding).apply(one, x[k]), atol=1e-5)
-            np.testing.assert_allclose(y[k], Conv(4, 3, padding, matmul=True).apply(one, x[k]), atol=1e-5)
+            native = lambda p, xk: Conv(4, 3, padding).apply(p, xk)   # noqa: E731
+            y_k, vjp_k = jax.vjp(native, one, x[k])
+            np.testing.assert_allclose(y[k], y_k, atol=1e-5)
+            np.testing.assert_allclose(y[k], Conv(4, 3, padding, impl="matmul").apply(one, x[k]), atol=1e-5)
+            dp_k, dx_k = vjp_k(g[k, :, :y.shape[2], :y.shape[3]])
+            np.testing.assert_allclose(dx[k], dx_k, atol=1e-4)
+            for leaf in ("kernel", "bias"):
+                np.testing.assert_allclose(dv["params"][leaf][k], dp_k["params"][leaf], atol=1e-4)
+
+
+def test_conv_impl_auto_per_backend():
+    assert resolve_conv_impl("auto", "copies", backend="cpu") == "unrolled"
+    assert resolve_conv_impl("auto", "copies", backend="gpu") == "grouped"
+    assert resolve_conv_impl("matmul", "cells", backend="gpu") == "matmul"
+    with pytest.raises(ValueError, match="model.conv_impl must be one of"):
+        resolve_conv_impl("fast")
 
 
 def test_max_pool_routes_ties_like_torch():

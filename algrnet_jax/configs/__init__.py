@@ -76,6 +76,7 @@ def get_config(name: str = "algrnet", size: str = "paper", label_set: str = "bp4
     c.model.fusion_refine = fusion_refine
     c.model.num_grades = len(au_sets.GRADES)
     c.model.num_regions = 12             # paralysis muscle regions
+    c.model.conv_impl = "auto"           # per-copy convs: auto | unrolled | grouped | matmul (models/layers.py)
     c.model.dtype = "float32"            # computation: float32 | bfloat16 | float64 (training/precision.py)
     c.model.param_dtype = "float32"      # params, BN statistics, optimizer state: float32 | float64
 

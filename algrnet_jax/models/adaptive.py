@@ -15,6 +15,8 @@ Param tree (kernels [in, out] = PyTorch weight.T):
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,8 @@ class AdaptiveRegions(nn.Module):
     num_aus: int
     init_scale: float = 0.14
     hidden: int = 64
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -36,9 +40,10 @@ class AdaptiveRegions(nn.Module):
         if self.init_scale <= 0:
             raise ValueError(f"AdaptiveRegions: init_scale must be positive, got {self.init_scale}")
         n, d = self.num_aus, feat.shape[-1]
-        zero = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
-        x = nn.relu(dense(self.hidden, d, name="offset_hidden")(feat))
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        zero = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros, **dt)
+        x = nn.relu(dense(self.hidden, d, name="offset_hidden", **dt)(feat))
         offsets = nn.Dense(2 * n, name="offset_out", **zero)(x).reshape(feat.shape[0], n, 2)
-        x = nn.relu(dense(self.hidden, d, name="scale_hidden")(feat))
+        x = nn.relu(dense(self.hidden, d, name="scale_hidden", **dt)(feat))
         scales = self.init_scale * jnp.exp(nn.Dense(n, name="scale_out", **zero)(x))
         return offsets, scales

@@ -11,6 +11,8 @@ Param tree (leading n axis on every entry; kernels HWIO, PyTorch OIHW -> transpo
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,8 @@ class FusionRefineAU(nn.Module):
     """Fusion & refining of one AU: l [B, h, w, F], g [B, h, w, F] -> r [B, h, w, F]."""
 
     features: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, l: jax.Array, g: jax.Array) -> jax.Array:
@@ -39,10 +43,10 @@ class FusionRefineAU(nn.Module):
             raise ValueError("FusionRefine: expected local features [n, B, h, w, F] and a global feature "
                              f"[B, h, w, F] with equal B, h, w, F; got per-AU {l.shape} and global {g.shape}")
         f = self.features
-        alpha = nn.sigmoid(conv(f, g.shape[-1], kernel=1, padding=0, name="gate_g")(g)
-                           + conv(f, l.shape[-1], kernel=1, padding=0, name="gate_l")(l))
-        g_hat = l2_normalize(conv(f, g.shape[-1], kernel=1, padding=0, name="conv_g")(g))
-        l_hat = l2_normalize(conv(f, l.shape[-1], kernel=1, padding=0, name="conv_l")(l))
+        c1 = dict(kernel=1, padding=0, dtype=self.dtype, param_dtype=self.param_dtype)
+        alpha = nn.sigmoid(conv(f, g.shape[-1], name="gate_g", **c1)(g) + conv(f, l.shape[-1], name="gate_l", **c1)(l))
+        g_hat = l2_normalize(conv(f, g.shape[-1], name="conv_g", **c1)(g))
+        l_hat = l2_normalize(conv(f, l.shape[-1], name="conv_l", **c1)(l))
         return alpha * g_hat + (1.0 - alpha) * l_hat
 
 

@@ -12,6 +12,8 @@ DenseHead(copies=n) [local_au_net.local_aus_output.<au>]: the DenseHead tree wit
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,13 +30,16 @@ class DenseHead(nn.Module):
     hidden: int
     outputs: int
     copies: int = 0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if x.ndim == (5 if self.copies else 4):
             x = flatten_nchw(x)
-        x = Dense(self.hidden, copies=self.copies, name="dense1")(x)
-        return Dense(self.outputs, copies=self.copies, name="dense2")(x)
+        x = Dense(self.hidden, copies=self.copies, name="dense1", **dt)(x)
+        return Dense(self.outputs, copies=self.copies, name="dense2", **dt)(x)
 
 
 class RefineNet(nn.Module):
@@ -46,10 +51,15 @@ class RefineNet(nn.Module):
     unit: int = 8
     train: bool = False
     copies: int = 0
+    conv_impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = dict(padding="VALID", copies=self.copies, impl=self.conv_impl, **dt)
         for k in range(1, 4):
-            x = Conv(8 * self.unit, padding="VALID", copies=self.copies, name=f"conv{k}")(x)
-            x = nn.relu(BatchNorm(self.train, copies=self.copies, name=f"bn{k}")(x))
-        return nn.sigmoid(Conv(1, padding="VALID", copies=self.copies, name="conv4")(x))
+            x = Conv(8 * self.unit, name=f"conv{k}", **conv)(x)
+            x = nn.relu(BatchNorm(self.train, copies=self.copies, name=f"bn{k}", **dt)(x))
+        return nn.sigmoid(Conv(1, name="conv4", **conv)(x))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,31 +27,64 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
     return init
 
 
-def conv(features: int, in_features: int, kernel: int = 3, padding: int | str = 1,
-         name: str | None = None) -> nn.Conv:
+def conv(features: int, in_features: int, kernel: int = 3, padding: int | str = 1, name: str | None = None,
+         **dtypes: Any) -> nn.Conv:
     """A square conv (stride 1) initialised like torch.nn.Conv2d; ``padding`` as in PyTorch or "VALID".
 
-    XLA's native convolution. Inside ``scan``/``vmap`` prefer ``Conv(features, kernel, padding, matmul=True)``
+    XLA's native convolution. Inside ``scan``/``vmap`` prefer ``Conv(features, kernel, padding, impl="matmul")``
     (same params and values): XLA:CPU's native convolution has a very slow filter gradient there (a ConvLSTM
-    scan, n = 12, batch 2, 44x44x128 -> 256: 44 s -> 2 s per backward).
+    scan, n = 12, batch 2, 44x44x128 -> 256: 44 s -> 2 s per backward). ``dtypes``: ``dtype``, ``param_dtype``.
     """
     return nn.Conv(features, (kernel, kernel), padding=padding, kernel_init=TORCH_KERNEL_INIT,
-                   bias_init=torch_bias_init(in_features * kernel * kernel), name=name)
+                   bias_init=torch_bias_init(in_features * kernel * kernel), name=name, **dtypes)
 
 
-def dense(features: int, in_features: int, name: str | None = None) -> nn.Dense:
-    """A dense layer initialised like torch.nn.Linear (kernel = weight.T)."""
-    return nn.Dense(features, kernel_init=TORCH_KERNEL_INIT, bias_init=torch_bias_init(in_features), name=name)
+def dense(features: int, in_features: int, name: str | None = None, **dtypes: Any) -> nn.Dense:
+    """A dense layer initialised like torch.nn.Linear (kernel = weight.T); ``dtypes``: ``dtype``, ``param_dtype``."""
+    return nn.Dense(features, kernel_init=TORCH_KERNEL_INIT, bias_init=torch_bias_init(in_features), name=name,
+                    **dtypes)
+
+
+# How the k independent convolutions of a per-copy layer (per-AU branches, attention refinement, region cells)
+# are computed. Parameters and values are the same for all; ``auto`` picks per backend and layer kind.
+CONV_IMPLS = ("auto", "unrolled", "grouped", "matmul")
+
+
+def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = None) -> str:
+    """The implementation ``auto`` stands for on a backend, for a layer ``kind``: "copies" (per-AU / per-region
+    layers, few large convs) or "cells" (region-layer cells, many small convs). Explicit choices pass through.
+
+    Measured (experiments/bench_train.py layer table): on CPU, k unrolled native convolutions beat the patches x
+    matmul form (no 3x3 patch copies, XNNPACK convs that XLA can run side by side); the grouped convolution of
+    ``vmap(conv)`` has a very slow filter gradient on XLA:CPU. On GPU, cuDNN runs grouped convolutions natively.
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    if backend == "cpu":
+        return CPU_AUTO[kind]
+    return "grouped"
+
+
+# What ``auto`` means on CPU per layer kind (chosen by the layer benchmark, see resolve_conv_impl).
+CPU_AUTO = {"copies": "unrolled", "cells": "unrolled"}
+
+
+def native_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """XLA's convolution, stride 1: x [B, H, W, c], kernel [kh, kw, c, f] HWIO -> [B, H', W', f]."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((padding, padding), (padding, padding)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 @functools.partial(jax.checkpoint, static_argnums=(2,))
-def stacked_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """k independent convs at once: x [k, B, H, W, c], kernel [k, kh, kw, c, f] -> [k, B, H', W', f].
+def matmul_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """k independent convs as patches x batched matmul: x [k, B, H, W, c], kernel [k, kh, kw, c, f] -> [k, B, H', W', f].
 
-    Written as patches (kh*kw shifted slices) times a batched matmul: XLA:CPU runs the grouped convolution that
-    ``vmap(conv)`` produces, and a conv inside a scan, with a very slow filter gradient; batched matmuls are fast
-    in both directions. Rematerialised: the backward pass rebuilds the patches from x instead of keeping them
-    (inside the ConvLSTM scan they would be saved per step: ALGRNet paper-size step 9.11 -> 7.69 GiB).
+    The form to use where a conv sits inside ``scan`` (the ConvLSTM cell): XLA:CPU's native convolution has a very
+    slow filter gradient inside loops, batched matmuls are fast in both directions. Rematerialised: the backward
+    pass rebuilds the kh*kw shifted copies from x instead of keeping them (inside a scan they would be saved per step).
     """
     k, kh, kw, c, f = kernel.shape
     if padding:
@@ -63,20 +97,48 @@ def stacked_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     return jnp.einsum("kbhwi,kio->kbhwo", patches, kernel.reshape(k, kh * kw * c, f))
 
 
+def unrolled_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """k independent native convs, unrolled in the program: x [k, B, H, W, c], kernel [k, kh, kw, c, f] -> [k, B, H', W', f].
+
+    No patch copies; the k convolutions are independent operations that XLA:CPU can run concurrently.
+    """
+    return jnp.stack([native_conv(x[i], kernel[i], padding) for i in range(kernel.shape[0])])
+
+
+def grouped_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """k independent convs as ONE grouped convolution (``feature_group_count`` = k, what ``vmap(conv)`` gives):
+    x [k, B, H, W, c], kernel [k, kh, kw, c, f] -> [k, B, H', W', f]. Fast on GPU (cuDNN); slow to differentiate on CPU.
+    """
+    k, kh, kw, c, f = kernel.shape
+    _, b, h, w, _ = x.shape
+    xg = x.transpose(1, 2, 3, 0, 4).reshape(b, h, w, k * c)                  # channels (k, c)
+    kg = kernel.transpose(1, 2, 3, 0, 4).reshape(kh, kw, c, k * f)           # outputs (k, f)
+    y = jax.lax.conv_general_dilated(xg, kg, (1, 1), ((padding, padding), (padding, padding)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=k)
+    return y.reshape(b, y.shape[1], y.shape[2], k, f).transpose(3, 0, 1, 2, 4)
+
+
+COPIES_CONV = {"unrolled": unrolled_conv, "grouped": grouped_conv, "matmul": matmul_conv}
+
+
 class Conv(nn.Module):
     """Square conv, stride 1, PyTorch init; with ``copies`` > 0, that many independent convs (params [copies, ...]).
 
-    Without copies it is XLA's native convolution (fastest outside loops) unless ``matmul``.
-
     x [B, H, W, c] (or [copies, B, H, W, c]) -> [B, H', W', features] (or [copies, ...]); ``padding`` an int
     (PyTorch's) or "VALID". Params: kernel [(copies,) k, k, c, features] HWIO, bias [(copies,) features].
+    ``impl`` (``CONV_IMPLS``) says how copies are computed (without copies: XLA's native convolution, or
+    "matmul" for a conv inside ``scan``); ``kind`` is the layer kind ``auto`` resolves for (``resolve_conv_impl``).
+    ``dtype``: computation dtype (None: that of the input and params); ``param_dtype``: the parameters'.
     """
 
     features: int
     kernel_size: int = 3
     padding: int | str = 1
     copies: int = 0
-    matmul: bool = False   # patches x matmul even without copies (for convs inside scan / vmap)
+    impl: str = "auto"
+    kind: str = "copies"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -85,18 +147,18 @@ class Conv(nn.Module):
         batch_axis = (0,) if self.copies else ()
         kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform",
                                                                        batch_axis=batch_axis),
-                            lead + (k, k, c, self.features), jnp.float32)
-        bias = self.param("bias", torch_bias_init(c * k * k), lead + (self.features,), jnp.float32)
+                            lead + (k, k, c, self.features), self.param_dtype)
+        bias = self.param("bias", torch_bias_init(c * k * k), lead + (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         pad = 0 if self.padding == "VALID" else int(self.padding)
+        impl = resolve_conv_impl(self.impl, self.kind)
         if self.copies:
             if x.ndim != 5 or x.shape[0] != self.copies:
                 raise ValueError(f"Conv with copies={self.copies}: expected [copies, B, H, W, C], got {x.shape}")
-            return stacked_conv(x, kernel, pad) + bias[:, None, None, None, :]
-        if self.matmul:
-            return stacked_conv(x[None], kernel[None], pad)[0] + bias
-        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias
+            return COPIES_CONV[impl](x, kernel, pad) + bias[:, None, None, None, :]
+        if impl == "matmul":
+            return matmul_conv(x[None], kernel[None], pad)[0] + bias
+        return native_conv(x, kernel, pad) + bias
 
 
 class Dense(nn.Module):
@@ -104,6 +166,8 @@ class Dense(nn.Module):
 
     features: int
     copies: int = 0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -111,8 +175,9 @@ class Dense(nn.Module):
         lead = (self.copies,) if self.copies else ()
         kernel = self.param("kernel", nn.initializers.variance_scaling(
             1.0 / 3.0, "fan_in", "uniform", batch_axis=(0,) if self.copies else ()), lead + (d, self.features),
-            jnp.float32)
-        bias = self.param("bias", torch_bias_init(d), lead + (self.features,), jnp.float32)
+            self.param_dtype)
+        bias = self.param("bias", torch_bias_init(d), lead + (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if self.copies:
             return jnp.einsum("kbd,kdf->kbf", x, kernel) + bias[:, None, :]
         return x @ kernel + bias
@@ -151,14 +216,18 @@ class BatchNorm(nn.Module):
     momentum: float = 0.1
     epsilon: float = 1e-5
     copies: int = 0    # > 0: that many independent BatchNorms on [copies, ...] (params [copies, C])
+    dtype: Any = None  # output dtype (None: the input's); statistics are computed in at least float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = ((self.copies,) if self.copies else ()) + (x.shape[-1],)
-        scale = self.param("scale", nn.initializers.ones, shape, jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, jnp.float32))
+        scale = self.param("scale", nn.initializers.ones, shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, shape, self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, self.param_dtype))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, self.param_dtype))
+        out_dtype = self.dtype or x.dtype
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         axes = tuple(range(1 if self.copies else 0, x.ndim - 1))
         if self.copies and (x.ndim < 2 or x.shape[0] != self.copies):
             raise ValueError(f"BatchNorm with copies={self.copies}: expected [copies, ..., C], got {x.shape}")
@@ -174,4 +243,5 @@ class BatchNorm(nn.Module):
                                 + self.momentum * var_s * (n / max(n - 1, 1)))
         else:
             mean, var = ra_mean.value[expand], ra_var.value[expand]
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale[expand] + bias[expand]
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale[expand] + bias[expand]
+        return y.astype(out_dtype)

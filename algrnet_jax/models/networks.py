@@ -43,6 +43,8 @@ Conv kernels are HWIO (PyTorch OIHW -> transpose(2, 3, 1, 0)); dense kernels are
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -53,11 +55,14 @@ from algrnet_jax.models import regions
 from algrnet_jax.models.adaptive import AdaptiveRegions
 from algrnet_jax.models.fusion import FusionRefine
 from algrnet_jax.models.heads import DenseHead, RefineNet
-from algrnet_jax.models.layers import flatten_nchw
+from algrnet_jax.models.layers import CONV_IMPLS, flatten_nchw
 from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
 from algrnet_jax.models.stem import HLFeat, RegionLearning
 
 RELATIONS = ("skip_bilstm", "bilstm", "none")
+# config.model.dtype -> the modules' computation dtype (float32: None, i.e. that of the float32 params).
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+PARAM_DTYPES = ("float32", "float64")
 
 
 class ALGRNet(nn.Module):
@@ -76,6 +81,9 @@ class ALGRNet(nn.Module):
     task: str = "au"                 # "au" | "paralysis"
     num_grades: int = 4
     num_regions: int = 12            # paralysis regions
+    conv_impl: str = "auto"          # per-copy convolutions: layers.CONV_IMPLS (auto: per backend and layer)
+    dtype: Any = None                # computation dtype (None: float32 params -> float32); bfloat16 = mixed
+    param_dtype: Any = jnp.float32   # parameters and BatchNorm statistics
 
     @property
     def num_branches(self) -> int:
@@ -88,9 +96,15 @@ class ALGRNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         b, u, n = images.shape[0], self.unit, self.num_branches
-        region = RegionLearning(u, train, name="region_learning")(images)
-        align = HLFeat(u, train, name="align_feat")(region)
-        landmarks = DenseHead(64 * u, 2 * au_sets.NUM_LANDMARKS, name="align_output")(align)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(conv_impl=self.conv_impl, **dt)
+        # Geometry (landmarks, region offsets and scales, maps) and the logits stay in at least float32.
+        geo = dict(dtype=jnp.promote_types(self.dtype or jnp.float32, jnp.float32), param_dtype=self.param_dtype)
+        if self.dtype is not None:
+            images = images.astype(self.dtype)
+        region = RegionLearning(u, train, name="region_learning", **kw)(images)
+        align = HLFeat(u, train, name="align_feat", **kw)(region)
+        landmarks = DenseHead(64 * u, 2 * au_sets.NUM_LANDMARKS, name="align_output", **geo)(align)
         landmarks = landmarks.reshape(b, au_sets.NUM_LANDMARKS, 2)
         out = {"landmarks": landmarks}
 
@@ -100,35 +114,36 @@ class ALGRNet(nn.Module):
         else:
             centres = regions.au_centres(fixed, self.aus)
         if self.adaptive:
-            offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive")(flatten_nchw(align))
+            offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive", **geo)(flatten_nchw(align))
             maps = regions.attention_maps(centres + offsets[:, :, None, :], scales, self.map_size, self.crop_size)
             out.update(offsets=offsets, scales=scales)
         else:
             maps = jax.lax.stop_gradient(
                 regions.attention_maps(centres, float(self.map_scale), self.map_size, self.crop_size))
-        refined = RefineNet(u, train, copies=n, name="attention_refine")(maps.transpose(1, 0, 2, 3)[..., None])
+        refined = RefineNet(u, train, copies=n, name="attention_refine", **kw)(maps.transpose(1, 0, 2, 3)[..., None])
         out["initial_au_maps"] = maps
         out["refined_au_maps"] = refined[..., 0].transpose(1, 0, 2, 3)
 
-        v = region[None] * refined                                   # [n, B, h, w, 8u]
+        v = region[None] * refined.astype(region.dtype)              # [n, B, h, w, 8u]
         s = v + self._relations()(v) if self.relation != "none" else v
-        local = HLFeat(u, train, copies=n, name="local_au_feat")(s)     # [n, B, 5, 5, 20u]
-        glob = HLFeat(u, train, name="global_au_feat")(region)        # [B, 5, 5, 20u]
+        local = HLFeat(u, train, copies=n, name="local_au_feat", **kw)(s)     # [n, B, 5, 5, 20u]
+        glob = HLFeat(u, train, name="global_au_feat", **kw)(region)        # [B, 5, 5, 20u]
         if self.fusion_refine:
-            local = FusionRefine(local.shape[-1], name="fusion_refine")(local, glob)
+            local = FusionRefine(local.shape[-1], name="fusion_refine", **dt)(local, glob)
         classes = self.num_grades if self.task == "paralysis" else 2
-        local_logits = DenseHead(8 * u, classes, copies=n, name="local_au_output")(local)  # [n, B, classes]
+        local_logits = DenseHead(8 * u, classes, copies=n, name="local_au_output", **dt)(local)  # [n, B, classes]
+        local_logits = local_logits.astype(geo["dtype"])
         concat = jnp.concatenate([align, glob, jax.lax.stop_gradient(jnp.mean(local, axis=0))], axis=-1)
 
         if self.task == "paralysis":
-            logits = DenseHead(64 * u, classes, name="au_output")(concat)
+            logits = DenseHead(64 * u, classes, name="au_output", **geo)(concat)
             grade = jax.nn.log_softmax(logits)
             local_grade = jax.nn.log_softmax(jnp.mean(local_logits, axis=0))
             out.update(grade_logprob=grade, local_grade_logprob=local_grade,
                        final_grade_prob=(jnp.exp(grade) + jnp.exp(local_grade)) / 2.0)
             return out
 
-        logits = DenseHead(64 * u, 2 * n, name="au_output")(concat)    # PyTorch layout [B, 2, n]
+        logits = DenseHead(64 * u, 2 * n, name="au_output", **geo)(concat)    # PyTorch layout [B, 2, n]
         au_logprob = jax.nn.log_softmax(logits.reshape(b, 2, n).transpose(0, 2, 1), axis=-1)
         local_logprob = jax.nn.log_softmax(local_logits.transpose(1, 0, 2), axis=-1)
         au_prob, local_prob = jnp.exp(au_logprob[..., 1]), jnp.exp(local_logprob[..., 1])
@@ -141,7 +156,7 @@ class ALGRNet(nn.Module):
         if self.relation not in RELATIONS:
             raise ValueError(f"model.relation must be one of {RELATIONS}, got {self.relation!r}")
         cls = SkipBiLSTM if self.relation == "skip_bilstm" else ConvBiLSTM
-        return cls(self.lstm_hidden, name="relations")
+        return cls(self.lstm_hidden, self.dtype, self.param_dtype, name="relations")
 
 
 def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
@@ -163,7 +178,16 @@ def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
                          "the number of muscle regions in regions.PARALYSIS_REGIONS")
     if m.arch == "jaanet" and (m.adaptive or m.relation != "none" or m.fusion_refine):
         raise ValueError("arch 'jaanet' has no adaptive regions, relations or fusion & refining")
+    conv_impl = m.get("conv_impl", "auto")
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"config.model.conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+    dtype, param_dtype = m.get("dtype", "float32"), m.get("param_dtype", "float32")
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
+    if param_dtype not in PARAM_DTYPES:
+        raise ValueError(f"config.model.param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
     return ALGRNet(aus=tuple(config.aus), crop_size=config.crop_size, unit=m.unit, lstm_hidden=m.lstm_hidden,
                    map_margin=m.map_margin, map_scale=m.map_scale, adaptive=m.adaptive, relation=m.relation,
                    fusion_refine=m.fusion_refine, final_mean=m.arch != "jaanet", task=m.task,
-                   num_grades=m.num_grades, num_regions=m.num_regions)
+                   num_grades=m.num_grades, num_regions=m.num_regions, conv_impl=conv_impl,
+                   dtype=COMPUTE_DTYPES[dtype], param_dtype=jnp.dtype(param_dtype))

@@ -19,6 +19,8 @@ HLFeat  [feat_extract]
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,11 +34,15 @@ class CellBlock(nn.Module):
     features: int
     cells: int
     train: bool = False
+    conv_impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.relu(BatchNorm(self.train, copies=self.cells, name="bn")(x))
-        return Conv(self.features, copies=self.cells, name="conv")(x)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.relu(BatchNorm(self.train, copies=self.cells, name="bn", **dt)(x))
+        return Conv(self.features, copies=self.cells, impl=self.conv_impl, kind="cells", name="conv", **dt)(x)
 
 
 def to_cells(x: jax.Array, grid: int) -> jax.Array:
@@ -55,9 +61,11 @@ def from_cells(y: jax.Array, grid: int) -> jax.Array:
     return y.reshape(grid, grid, b, h, w, c).transpose(2, 0, 3, 1, 4, 5).reshape(b, grid * h, grid * w, c)
 
 
-def cell_convs(x: jax.Array, grid: int, features: int, train: bool, name: str) -> jax.Array:
-    """A grid x grid split of x [B, H, W, c], each cell its own BN -> ReLU -> conv3x3 (padding inside the cell)."""
-    return from_cells(CellBlock(features, grid * grid, train, name=name)(to_cells(x, grid)), grid)
+def cell_convs(x: jax.Array, grid: int, features: int, train: bool, name: str, **kwargs: Any) -> jax.Array:
+    """A grid x grid split of x [B, H, W, c], each cell its own BN -> ReLU -> conv3x3 (padding inside the cell).
+
+    ``kwargs``: CellBlock's conv_impl, dtype, param_dtype."""
+    return from_cells(CellBlock(features, grid * grid, train, name=name, **kwargs)(to_cells(x, grid)), grid)
 
 
 class RegionLayer(nn.Module):
@@ -69,16 +77,20 @@ class RegionLayer(nn.Module):
 
     features: int
     train: bool = False
+    conv_impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.features
-        x = Conv(c, name="conv")(x)
-        b1 = cell_convs(x, 8, c // 2, self.train, "branch1")
-        b2 = cell_convs(b1, 4, c // 4, self.train, "branch2")
-        b3 = cell_convs(b2, 2, c // 4, self.train, "branch3")
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = Conv(c, name="conv", **dt)(x)
+        b1 = cell_convs(x, 8, c // 2, self.train, "branch1", conv_impl=self.conv_impl, **dt)
+        b2 = cell_convs(b1, 4, c // 4, self.train, "branch2", conv_impl=self.conv_impl, **dt)
+        b3 = cell_convs(b2, 2, c // 4, self.train, "branch3", conv_impl=self.conv_impl, **dt)
         out = x + jnp.concatenate([b1, b2, b3], axis=-1)
-        return nn.relu(BatchNorm(self.train, name="bn")(out))
+        return nn.relu(BatchNorm(self.train, name="bn", **dt)(out))
 
 
 class RegionLearning(nn.Module):
@@ -86,11 +98,15 @@ class RegionLearning(nn.Module):
 
     unit: int = 8
     train: bool = False
+    conv_impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = max_pool2(RegionLayer(4 * self.unit, self.train, name="layer1")(x))
-        return max_pool2(RegionLayer(8 * self.unit, self.train, name="layer2")(x))
+        kw = dict(conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = max_pool2(RegionLayer(4 * self.unit, self.train, name="layer1", **kw)(x))
+        return max_pool2(RegionLayer(8 * self.unit, self.train, name="layer2", **kw)(x))
 
 
 class HLFeat(nn.Module):
@@ -103,14 +119,18 @@ class HLFeat(nn.Module):
     unit: int = 8
     train: bool = False
     copies: int = 0
+    conv_impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         k = 0
         for width in (12 * self.unit, 16 * self.unit, 20 * self.unit):
             for _ in range(2):
                 k += 1
-                x = Conv(width, copies=self.copies, name=f"conv{k}")(x)
-                x = nn.relu(BatchNorm(self.train, copies=self.copies, name=f"bn{k}")(x))
+                x = Conv(width, copies=self.copies, impl=self.conv_impl, name=f"conv{k}", **dt)(x)
+                x = nn.relu(BatchNorm(self.train, copies=self.copies, name=f"bn{k}", **dt)(x))
             x = max_pool2(x)
         return x
