@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landmarks", metavar="FILE",
                         help="your landmarks instead of detection: lines 'KEY x1 y1 ... xP yP', P = 49, 66 or 68, "
                              "KEY = image file name or video frame index")
-    parser.add_argument("--aligned", action="store_true", help="inputs are already aligned 200x200 faces")
+    parser.add_argument("--aligned", action="store_true", help="image inputs are already aligned 200x200 faces (no detection)")
     parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose CSV exists (resume)")
     parser.add_argument("--batch-size", type=int, default=16, help="largest batch of faces per forward (default 16)")
 

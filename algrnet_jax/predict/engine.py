@@ -208,6 +208,7 @@ class _Track:
     box: np.ndarray              # (x, y, w, h)
     corners: np.ndarray          # [4, 2] the detection box in the aligned frame of its landmarks
     last_seen: int
+    matrix: np.ndarray           # [2, 3] its last alignment (fallback when landmarks degenerate)
 
 
 class _Tracker:
@@ -239,7 +240,7 @@ class _Tracker:
 
     def _track(self, idx: int, rgb: np.ndarray) -> list[FaceResult] | None:
         eng = self.engine
-        matrices = [eng._matrix_or(t.landmarks, np.eye(2, 3)) for t in self.tracks]
+        matrices = [eng._matrix_or(t.landmarks, t.matrix) for t in self.tracks]
         final = eng.refine(rgb, matrices, passes=1)[-1]
         boxes = [self._box_from(t.corners, lm, t.box) for t, lm in zip(self.tracks, final[0])]
         t0 = time.perf_counter()
@@ -247,8 +248,8 @@ class _Tracker:
         eng.timing.detect += time.perf_counter() - t0
         if float(np.min(scores)) < eng.options.track_threshold:
             return None
-        for t, lm, b in zip(self.tracks, final[0], boxes):
-            t.landmarks, t.box, t.last_seen = lm, b, idx
+        for t, lm, b, m in zip(self.tracks, final[0], boxes, final[3]):
+            t.landmarks, t.box, t.last_seen, t.matrix = lm, b, idx, m
         return eng._results([t.face_id for t in self.tracks], boxes, list(scores), final)
 
     def _detect(self, idx: int, rgb: np.ndarray) -> list[FaceResult]:
@@ -279,5 +280,5 @@ class _Tracker:
             m = eng._matrix_or(lm, m0)
             x, y, w, h = f.box
             corners = alignment.apply_affine(m, np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]]))
-            self.tracks.append(_Track(i, lm, f.box, corners, idx))
+            self.tracks.append(_Track(i, lm, f.box, corners, idx, m))
         return eng._results(ids, [f.box for f in faces], [f.score for f in faces], final)
