@@ -161,6 +161,30 @@ def refine_errors(checkpoint: str, detector, n: int) -> dict:
             **{f"{k}_mean_error_pct": (float(np.mean(v)) if v else None) for k, v in errs.items()}}
 
 
+def overlay_picture(checkpoint: str, detector, path: str) -> None:
+    """The README picture: ``algrnet predict``'s overlay of a trained checkpoint on the test photo
+    (tests/fixtures/astronaut.jpg) beside a frame of pasted synthetic faces, side by side."""
+    from algrnet_jax.predict import outputs
+
+    p = inference.Predictor.from_checkpoint(checkpoint, batch_size=4)
+    engine = predict.Engine(p, predict.Options(), detector)
+    photo = media.read_image(str(pathlib.Path(__file__).parents[1] / "tests" / "fixtures" / "astronaut.jpg"))
+    rng = np.random.default_rng(5)
+    synth = np.full((512, 512, 3), 120, np.uint8)
+    for k, ex in enumerate(synth_faces(2, seed=21)):
+        face = cv2.resize(ex["image"], (230, 230), interpolation=cv2.INTER_AREA)
+        x, y = 20 + 250 * k, 120 + int(rng.integers(0, 100))
+        synth[y:y + 230, x:x + 230] = face
+    panels = [outputs.draw(img, engine.image(img), p.class_names, 0.5) for img in (photo, synth)]
+    cv2.imwrite(path, cv2.cvtColor(np.concatenate(panels, 1), cv2.COLOR_RGB2BGR))
+
+
+def _print_refinement(r: dict) -> None:
+    print(f"landmark error (% d_o), {r['model']} {r['size']}, {r['detected']}/{r['faces']} faces detected: "
+          f"pass 1 {r['pass1_mean_error_pct']:.2f}, pass 2 {r['pass2_mean_error_pct']:.2f}, "
+          f"ground-truth alignment {r['ground_truth_alignment_mean_error_pct']:.2f}")
+
+
 _T0 = time.perf_counter()
 
 
@@ -179,11 +203,25 @@ def main() -> None:
     ap.add_argument("--refine-faces", type=int, default=20)
     ap.add_argument("--detect-threshold", type=float, default=0.6,
                     help="MTCNN O-Net threshold (synthetic faces score 0.75-0.99; default 0.6)")
+    ap.add_argument("--refine-only", action="store_true",
+                    help="only the refinement errors (and --picture), merged into an existing --out JSON")
+    ap.add_argument("--picture", help="with --refine-checkpoint: write the README overlay picture here")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
 
     load_before = os.getloadavg()
     detector = faces_lib.MTCNNDetector(threshold=args.detect_threshold)
+    if args.refine_only:
+        if not args.refine_checkpoint:
+            ap.error("--refine-only needs --refine-checkpoint")
+        result = json.loads(pathlib.Path(args.out).read_text()) if os.path.exists(args.out) else {}
+        result["refinement"] = refine_errors(args.refine_checkpoint, detector, args.refine_faces)
+        if args.picture:
+            overlay_picture(args.refine_checkpoint, detector, args.picture)
+        _print_refinement(result["refinement"])
+        pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"-> {args.out}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         video = os.path.join(tmp, "bench.avi")
         write_video(video, max(args.frames, args.every_frame_frames) + 3 + args.keyframe_every)
@@ -205,6 +243,8 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.refine_checkpoint:
         result["refinement"] = refine_errors(args.refine_checkpoint, detector, args.refine_faces)
+        if args.picture:
+            overlay_picture(args.refine_checkpoint, detector, args.picture)
     print(f"predict benchmark, {args.size} ALGRNet, 640x360 video ({os.cpu_count()} CPUs, load "
           f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f})")
     print(f"{'run':<12} {'frames':>6} {'fps':>6} {'decode':>8} {'detect':>8} {'align':>8} {'network':>8}  (ms/frame)")
@@ -215,10 +255,7 @@ def main() -> None:
     print("network alone, ms per face (batch 1): " + ", ".join(
         f"{k} {v:.1f}" if v is not None else f"{k} n/a" for k, v in nets.items()))
     if "refinement" in result:
-        r = result["refinement"]
-        print(f"landmark error (% d_o), {r['model']} {r['size']}, {r['detected']}/{r['faces']} faces detected: "
-              f"pass 1 {r['pass1_mean_error_pct']:.2f}, pass 2 {r['pass2_mean_error_pct']:.2f}, "
-              f"ground-truth alignment {r['ground_truth_alignment_mean_error_pct']:.2f}")
+        _print_refinement(result["refinement"])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
