@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"predict: {note}", file=sys.stderr)
     t = report.timing
     csvs = [p for p in report.written if p.endswith(".csv")]
-    rate = f", {t.frames / max(t.decode + t.detect + t.align + t.network, 1e-9):.1f} frames/s" if t.frames else ""
+    rate = f", {t.frames / max(t.decode + t.detect + t.align + t.network, 1e-9):.2f} frames/s incl. compilation" if t.frames else ""
     print(f"predict: {len(csvs)} input(s) -> {args.out} ({t.frames} frames{rate})"
           + (f"; {len(report.skipped)} skipped (CSV exists)" if report.skipped else ""))
     if report.failures:
