@@ -59,7 +59,8 @@ def write_video(path: str, frames: int, fps: float = 30.0, size: tuple[int, int]
     ex = synth_faces(1, seed=3)[0]
     w, h = size
     rng = np.random.default_rng(0)
-    bg = cv2.resize(rng.integers(60, 200, (h // 20, w // 20, 3)).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    bg = cv2.resize(rng.integers(60, 200, (h // 20, w // 20, 3)).astype(np.uint8), (w, h),
+                    interpolation=cv2.INTER_CUBIC)
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
     for i in range(frames):
         side = int(150 + 10 * np.sin(i / 15))
@@ -123,7 +124,8 @@ def network_ms(crops: np.ndarray, size: str, repeats: int) -> dict:
         return out
     torch.set_num_threads(2)
     config = configs.get_config("jaanet", size)
-    model = torch_jaanet.TorchJAANet(aus=tuple(config.aus), crop_size=config.crop_size, unit_dim=config.model.unit).eval()
+    model = torch_jaanet.TorchJAANet(aus=tuple(config.aus), crop_size=config.crop_size,
+                                     unit_dim=config.model.unit).eval()
     x = torch.from_numpy(np.ascontiguousarray(inference.preprocess(crops, config.aligned_size, config.crop_size)
                                               .transpose(0, 3, 1, 2)))
     times = []
@@ -236,7 +238,8 @@ def main() -> None:
             for f in detector.detect(rgb)[:1]:
                 crops.append(alignment.warp(rgb, alignment.alignment_matrix_from_points(f.points)))
         nets = network_ms(np.stack(crops), args.size, args.repeats)
-    result = {"size": args.size, "video": "640x360 synthetic single face, 30 fps", "keyframe_every": args.keyframe_every,
+    result = {"size": args.size, "video": "640x360 synthetic single face, 30 fps",
+              "keyframe_every": args.keyframe_every,
               "runs": runs, "network_ms_per_face_batch1": nets,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                           "loadavg_before": load_before, "loadavg_after": os.getloadavg()},

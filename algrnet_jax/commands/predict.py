@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landmarks", metavar="FILE",
                         help="your landmarks instead of detection: lines 'KEY x1 y1 ... xP yP', P = 49, 66 or 68, "
                              "KEY = image file name or video frame index")
-    parser.add_argument("--aligned", action="store_true", help="image inputs are already aligned 200x200 faces (no detection)")
+    parser.add_argument("--aligned", action="store_true",
+                        help="image inputs are already aligned 200x200 faces (no detection)")
     parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose CSV exists (resume)")
     parser.add_argument("--batch-size", type=int, default=16, help="largest batch of faces per forward (default 16)")
 
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"predict: {note}", file=sys.stderr)
     t = report.timing
     csvs = [p for p in report.written if p.endswith(".csv")]
-    rate = f", {t.frames / max(t.decode + t.detect + t.align + t.network, 1e-9):.2f} frames/s incl. compilation" if t.frames else ""
+    seconds = max(t.decode + t.detect + t.align + t.network, 1e-9)
+    rate = f", {t.frames / seconds:.2f} frames/s incl. compilation" if t.frames else ""
     print(f"predict: {len(csvs)} input(s) -> {args.out} ({t.frames} frames{rate})"
           + (f"; {len(report.skipped)} skipped (CSV exists)" if report.skipped else ""))
     if report.failures:

@@ -120,7 +120,8 @@ class Engine:
         self.timing.align += time.perf_counter() - t
         return aligned
 
-    def _pass(self, rgb: np.ndarray, matrices: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    def _pass(self, rgb: np.ndarray,
+              matrices: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         """One pass: (landmarks in the frame [K, 49, 2], outputs, aligned crops)."""
         aligned = self._warp(rgb, matrices)
         out = self.run_aligned(aligned)
@@ -185,7 +186,8 @@ class Engine:
 
     # -- videos
     def video(self, frames: Iterator[tuple[int, float, np.ndarray]],
-              landmarks: dict[int, list[np.ndarray]] | None = None) -> Iterator[tuple[int, float, np.ndarray, list[FaceResult]]]:
+              landmarks: dict[int, list[np.ndarray]] | None = None
+              ) -> Iterator[tuple[int, float, np.ndarray, list[FaceResult]]]:
         """Tracks faces over ``(index, timestamp, rgb)`` frames; yields (index, timestamp, rgb, faces)."""
         tracker = _Tracker(self)
         it = iter(frames)

@@ -66,7 +66,8 @@ def discover(inputs: Sequence[str | os.PathLike | np.ndarray]) -> tuple[list[Sou
         elif os.path.isfile(path):
             k = kind_of(path)
             if k is None:
-                failures.append(f"{path}: not an image or video (known extensions: {', '.join(IMAGE_EXTS + VIDEO_EXTS)})")
+                known = ", ".join(IMAGE_EXTS + VIDEO_EXTS)
+                failures.append(f"{path}: not an image or video (known extensions: {known})")
             else:
                 sources.append(Source(k, os.path.basename(path), path))
         else:

@@ -149,7 +149,8 @@ def draw(rgb: np.ndarray, faces: Sequence[FaceResult], class_names: Sequence[str
         bx = min(x + bw + 6, w - bar_w - int(45 * scale))
         for k, (c, p) in enumerate(zip(class_names, face.probs)):
             by = y + k * row
-            cv2.putText(img, c, (bx, by + row - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * scale, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(img, c, (bx, by + row - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * scale, (255, 255, 255), 1,
+                        cv2.LINE_AA)
             x0 = bx + int(42 * scale)
             cv2.rectangle(img, (x0, by + 2), (x0 + bar_w, by + row - 2), (90, 90, 90), 1)
             fill = (230, 60, 60) if p >= threshold else (160, 160, 160)
