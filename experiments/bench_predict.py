@@ -73,10 +73,22 @@ def write_video(path: str, frames: int, fps: float = 30.0, size: tuple[int, int]
 
 
 def random_predictor(name: str, size: str) -> inference.Predictor:
+    """A Predictor with random weights drawn on the host (no compiled init): N(0, 0.02) kernels, unit
+    scales and variances, zero biases and means."""
     config = configs.get_config(name, size)
     c = config.crop_size
-    variables = jax.jit(create_model(config).init)(jax.random.PRNGKey(0), np.zeros((1, c, c, 3), np.float32))
-    return inference.Predictor(config, variables, batch_size=8)
+    shapes = jax.eval_shape(create_model(config).init, jax.random.PRNGKey(0), np.zeros((1, c, c, 3), np.float32))
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        key = jax.tree_util.keystr(path)
+        if "scale" in key or "var" in key:
+            return np.ones(leaf.shape, np.float32)
+        if "bias" in key or "mean" in key:
+            return np.zeros(leaf.shape, np.float32)
+        return rng.normal(0, 0.02, leaf.shape).astype(np.float32)
+
+    return inference.Predictor(config, jax.tree_util.tree_map_with_path(draw, shapes), batch_size=8)
 
 
 def time_video(predictor: inference.Predictor, video: str, detector, keyframe_every: int, frames: int) -> dict:
