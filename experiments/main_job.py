@@ -85,7 +85,9 @@ def _prepare_workdir(train_dir: pathlib.Path, resume: bool) -> None:
     if resume or not train_dir.exists():
         return
     if not (train_dir / "config.json").exists():
-        raise SystemExit(f"{train_dir} exists but is not a training directory of this job; choose another --workdir")
+        from algrnet_jax.errors import UserError
+
+        raise UserError(f"{train_dir} exists but is not a training directory of this job; choose another --workdir")
     print(f"[train] removing the previous run in {train_dir} (use --resume to continue it)")
     shutil.rmtree(train_dir)
 
