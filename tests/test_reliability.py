@@ -152,7 +152,8 @@ def test_two_builds_of_one_dataset_config_do_not_run_together(bp4d_release, tmp_
     manual, _ = bp4d_release
     staging = tmp_path / common.STAGING_DIR / "bp4d" / "default"
     with DirLock(staging / "build.lock", "test holder"):
-        with pytest.raises(LockedError, match=rf"dataset bp4d/default .* in use by another process \(pid {os.getpid()}"):
+        with pytest.raises(LockedError, match=rf"dataset bp4d/default .* in use by another process "
+                                              rf"\(pid {os.getpid()}"):
             _build("bp4d", manual, tmp_path)
 
 
@@ -307,7 +308,8 @@ BAD_VALUES = [
     ("crop_size", 0), ("aligned_size", -1), ("label_set", "ck+"), ("model.arch", "resnet"), ("model.task", "x"),
     ("model.unit", 0), ("model.lstm_hidden", 0), ("model.map_margin", -1), ("model.map_scale", 1.5),
     ("model.adaptive", 1), ("model.relation", "lstm"), ("model.fusion_refine", "yes"), ("model.num_grades", 3),
-    ("model.num_regions", 0), ("model.dtype", "int8"), ("model.param_dtype", "bfloat16"), ("data.dataset", "ck"), ("data.builder_config", 3),
+    ("model.num_regions", 0), ("model.dtype", "int8"), ("model.param_dtype", "bfloat16"), ("data.dataset", "ck"),
+    ("data.builder_config", 3),
     ("data.data_dir", None), ("data.fold", 4), ("data.batch_size", 0), ("data.eval_batch_size", 0),
     ("data.shuffle_seed", -1), ("data.shuffle_buffer", 0), ("data.prefetch", -1), ("data.skip_bad", "no"),
     ("train.num_epochs", -1), ("train.lr", 0.0), ("train.lr_decay", 1.5), ("train.lr_decay_every_epochs", 0),

@@ -639,11 +639,11 @@ class SubjectCache:
     """A per-subject cache of aligned frames that makes a crashed build resume where it stopped.
 
     ``frames(subject, inputs, make)`` replays a finished subject from ``<dir>/<subject>.pkl`` when its
-    input fingerprint (size and mtime of every input file, folders file by file) is unchanged; otherwise it yields the frames of
-    ``make()`` and records, as each frame is consumed, its aligned image (lossless PNG, so the records
-    written are byte-identical), landmarks and metadata, or the error its loading raised. The file is
-    renamed into place only after the subject's last frame has been consumed, so a crash leaves no
-    partial cache. Only one subject is in memory at a time (one frame, in fact).
+    input fingerprint (size and mtime of every input file, folders file by file) is unchanged; otherwise it
+    yields the frames of ``make()`` and records, as each frame is consumed, its aligned image (lossless PNG,
+    so the records written are byte-identical), landmarks and metadata, or the error its loading raised.
+    The file is renamed into place only after the subject's last frame has been consumed, so a crash leaves
+    no partial cache. Only one subject is in memory at a time (one frame, in fact).
     """
 
     VERSION = 2
