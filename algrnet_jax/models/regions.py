@@ -68,7 +68,7 @@ def au_centres(landmarks: jax.Array, aus: Sequence[int]) -> jax.Array:
       [B, n, 2 centres, 2 (x, y)].
     """
     idx, dy = au_sets.centre_rule_arrays(tuple(aus))
-    pts = landmarks[:, idx, :]                                   # [B, n, 2, 2]
+    pts = landmarks[:, idx, :].astype(_dtype(landmarks))        # [B, n, 2, 2]
     return pts.at[..., 1].add(_ruler_shift(landmarks, dy)[:, :, None])
 
 

@@ -1,0 +1,115 @@
+"""Precision policy (``training/precision.py``): float32 default, bfloat16 mixed, float64 end to end.
+
+Fast: config checks, loss and map dtypes, and the train step's state dtypes on the stand-in network
+(``tiny_au_model``). Slow (real networks; XLA compiles each for minutes on the 2-core machine): bfloat16
+forward of every config against float32, and bfloat16 training on synthetic faces against float32.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from algrnet_jax import losses
+from algrnet_jax.configs import get_config
+from algrnet_jax.errors import UserError
+from algrnet_jax.models import regions
+from algrnet_jax.training import optim, precision, steps
+from algrnet_jax.training import state as state_lib
+from tiny_au_model import tiny_model
+
+
+def _config(dtype: str, param_dtype: str = "float32"):
+    c = get_config("jaanet", "tiny")
+    c.model.dtype, c.model.param_dtype = dtype, param_dtype
+    return c
+
+
+def _batch(config, b=4, seed=0):
+    rng = np.random.default_rng(seed)
+    c = config.crop_size
+    return {"image": rng.uniform(-1, 1, (b, c, c, 3)).astype(np.float32),
+            "landmarks": rng.uniform(6, c - 6, (b, 49, 2)).astype(np.float32),
+            "interocular": rng.uniform(8, 12, (b,)).astype(np.float32),
+            "labels": rng.integers(-1, 2, (b, len(config.aus))).astype(np.int32),
+            "mask": np.ones([b], np.float32)}
+
+
+def test_precision_settings_are_checked():
+    precision.check_precision(_config("float32"))
+    precision.check_precision(_config("bfloat16"))
+    with pytest.raises(UserError, match="model.dtype='float16': choose one of float32, bfloat16, float64"):
+        precision.check_precision(_config("float16"))
+    with pytest.raises(UserError, match="model.param_dtype='bfloat16'"):
+        precision.check_precision(_config("bfloat16", "bfloat16"))
+    with pytest.raises(UserError, match="float64 is end to end"):
+        precision.check_precision(_config("float32", "float64"))
+    with jax.enable_x64(False), pytest.raises(UserError, match="JAX_ENABLE_X64=1"):
+        precision.check_precision(_config("float64", "float64"))
+    old = get_config("jaanet", "tiny")
+    del old.model["param_dtype"]          # a config saved before the field existed
+    assert precision.param_dtype(old) == jnp.float32
+
+
+def test_losses_are_at_least_float32():
+    config = _config("bfloat16")
+    b = _batch(config)
+    n = len(config.aus)
+    logp = jax.nn.log_softmax(jnp.asarray(np.random.default_rng(1).normal(size=(4, n, 2)), jnp.float32))
+    out32 = {"au_logprob": logp, "local_au_logprob": logp[::-1], "landmarks": jnp.asarray(b["landmarks"]) + 1.0}
+    out16 = {k: v.astype(jnp.bfloat16) for k, v in out32.items()}
+    w = jnp.ones([n])
+    l32, m32 = losses.total_loss(out32, b, w, config)
+    l16, m16 = losses.total_loss(out16, b, w, config)
+    assert l16.dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in m16.values())
+    np.testing.assert_allclose(float(l16), float(l32), rtol=2e-2)
+    with jax.enable_x64(True):
+        out64 = {k: jnp.asarray(np.asarray(v), jnp.float64) for k, v in out32.items()}
+        l64, m64 = losses.total_loss(out64, b, jnp.ones([n], jnp.float64), config)
+        assert l64.dtype == jnp.float64 and all(v.dtype == jnp.float64 for v in m64.values())
+    np.testing.assert_allclose(float(l64), float(l32), rtol=1e-6)
+
+
+def test_maps_follow_the_input_dtype_and_stay_exact_in_float32():
+    rng = np.random.default_rng(0)
+    lm = rng.uniform(40, 136, (2, 49, 2)).astype(np.float32)
+    aus = (1, 2, 4, 12)
+    m32 = regions.attention_maps(regions.au_centres(jnp.asarray(lm), aus), 0.14, 52, 176)
+    m16 = regions.attention_maps(regions.au_centres(jnp.asarray(lm, jnp.bfloat16), aus), 0.14, 52, 176)
+    assert m32.dtype == m16.dtype == jnp.float32
+    with jax.enable_x64(True):
+        lm64 = jnp.asarray(lm, jnp.float64)
+        m64 = regions.attention_maps(regions.au_centres(lm64, aus), 0.14, 52, 176)
+        mp = regions.attention_maps(regions.paralysis_centres(lm64), jnp.full((2, 12), 0.14, jnp.float64), 52, 176)
+        assert m64.dtype == mp.dtype == jnp.float64
+    # float64 maps are the float64 table values: equal to the float32 maps after rounding
+    np.testing.assert_array_equal(np.asarray(m64).astype(np.float32), np.asarray(m32))
+
+
+def _steps(config, n_steps=3):
+    model = tiny_model(config)
+    tx = optim.make_optimizer(config.train, 100)
+    st = state_lib.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, b, w: steps.train_step(s, b, w, config=config))
+    batch, w = _batch(config), jnp.ones([len(config.aus)])
+    metrics = []
+    for _ in range(n_steps):
+        st, m = step(st, batch, w)
+        metrics.append(m)
+    return st, metrics
+
+
+def _dtypes(tree):
+    return {str(x.dtype) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
+
+
+def test_bfloat16_step_keeps_float32_params_stats_and_optimizer_state():
+    st, metrics = _steps(_config("bfloat16"))
+    assert _dtypes(st.params) == _dtypes(st.batch_stats) == _dtypes(st.opt_state) == {"float32"}
+    assert all(v.dtype == jnp.float32 for v in metrics[-1].values())
+
+
+def test_float64_step_is_float64_end_to_end():
+    with jax.enable_x64(True):
+        st, metrics = _steps(_config("float64", "float64"))
+        assert _dtypes(st.params) == _dtypes(st.batch_stats) == _dtypes(st.opt_state) == {"float64"}
+    assert float(metrics[-1]["loss"]) < float(metrics[0]["loss"])
