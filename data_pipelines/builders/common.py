@@ -38,6 +38,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -174,6 +175,10 @@ _JPEG_WARNING = re.compile(r"^.*(corrupt jpeg|premature end|jpeg datastream|inva
                            r"unsupported marker|huffman|warning).*$", re.IGNORECASE | re.MULTILINE)
 
 
+_capture: Any = None            # one temporary file per process receives the decoder's messages
+_capture_lock = threading.Lock()
+
+
 def decode_jpeg_strict(data: bytes) -> tuple[np.ndarray | None, str]:
     """Decodes JPEG bytes with OpenCV; returns (BGR image or None, the decoder's warning or "").
 
@@ -181,17 +186,22 @@ def decode_jpeg_strict(data: bytes) -> tuple[np.ndarray | None, str]:
     warning to the C stderr. The warning is captured by pointing file descriptor 2 at a temporary file
     for the call; anything else written there meanwhile is passed on to stderr.
     """
+    global _capture
     sys.stderr.flush()
-    with tempfile.TemporaryFile() as capture:
+    with _capture_lock:
+        if _capture is None:
+            _capture = tempfile.TemporaryFile()
+        _capture.seek(0)
+        _capture.truncate()
         saved = os.dup(2)
         try:
-            os.dup2(capture.fileno(), 2)
+            os.dup2(_capture.fileno(), 2)
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        capture.seek(0)
-        text = capture.read().decode(errors="replace")
+        _capture.seek(0)
+        text = _capture.read().decode(errors="replace")
     warnings = [m.group(0).strip() for m in _JPEG_WARNING.finditer(text)]
     rest = _JPEG_WARNING.sub("", text).strip()
     if rest:
