@@ -457,12 +457,19 @@ def test_checkpoint_stores_the_resolved_data_dir(trained, data_dir, tmp_path, mo
     assert saved.data.data_dir == os.path.abspath(data_dir)
 
 
-def test_other_commands_user_errors_are_one_message(tmp_path, capsys):
+def test_other_commands_user_errors_are_one_message(trained, tmp_path, capsys):
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 32, 32, 3), np.float32))
     rc, _, err = _cli(["run-arrays", "--checkpoint", str(tmp_path / "missing"), "--input", str(x), "--out",
                        str(tmp_path / "o.npz")], capsys)
     assert rc == 2 and "no such checkpoint or directory" in err
+    _one_message(err)
+    ckpt = ckpt_lib.save_inference_checkpoint(tmp_path / "c", get_config("jaanet", "tiny"),
+                                              ckpt_lib.load_for_inference(trained)[1])
+    np.save(x, np.zeros((0, 32, 32, 3), np.float32))                   # an empty array
+    rc, _, err = _cli(["run-arrays", "--checkpoint", ckpt, "--input", str(x), "--out", str(tmp_path / "o.npz")],
+                      capsys)
+    assert rc == 2 and "holds no faces" in err
     _one_message(err)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
