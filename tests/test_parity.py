@@ -2,9 +2,11 @@
 
 The fixture's weights are rebuilt from ``recipe.json``, saved as the six release ``.pth`` files, converted
 with ``algrnet convert-jaanet`` and run. Targets: eval outputs within 1e-4 absolute (initial maps exact),
-one training step with our loss and optimizer: losses within 1e-5 relative, post-step sums and sums of
-squares of every state_dict entry within 1e-4 relative. The PyTorch baseline of ``interop/torch_jaanet``
-is held to the same fixture.
+one training step with our loss and optimizer: losses within 1e-5 relative. Post-step sums of every entry
+are held only for the PyTorch baseline run unchanged: in float32 they are chaotic (an input change of 1e-7
+moves them by up to 7%, test below). Our float32 step's per-entry update norms are compared with the float64
+reference step (``jaanet_train_step64_bp4d``) within tolerances measured on the reference code itself; the
+exact one-step check is float64: ``algrnet check-step`` (tests/test_check_step.py).
 """
 import argparse
 import pathlib
@@ -201,18 +203,29 @@ def test_one_training_step_outputs_and_losses_match_the_reference(jax_step, expe
         np.testing.assert_allclose(float(metrics[ours]), expected["train_loss_" + ref], rtol=1e-5, err_msg=ours)
 
 
+STEP64 = pathlib.Path(__file__).parent / "fixtures" / "jaanet_train_step64_bp4d" / "train_step64.npz"
+
+
 @pytest.mark.slow
 @pytest.mark.torch
-@pytest.mark.xfail(strict=True, reason="post-step sums of many region-learning / branch conv entries are chaotic "
-                   "in float32: the reference itself misses them by up to ~7% under a 1e-7 input change "
-                   "(test_reference_post_step_sums_are_input_sensitive); see docs/usage_interop.md")
-def test_one_training_step_post_step_sums_match_the_reference(jax_step, expected):
-    """Every post-step state_dict entry (parameters and running statistics), 1e-4 relative."""
+def test_one_float32_training_step_update_norms_match_the_float64_reference(jax_step, release):
+    """Per state_dict entry (1820), the norm of our float32 step's update d = after - before against the
+    float64 reference step. Measured relative errors (2026-11-28), ours / the PyTorch baseline in float32:
+    all entries together 6.9e-8 / 4.9e-8; median 2.6e-5 / 3.0e-5; 99th percentile 4.0e-3 / 4.1e-3; max
+    1.7e-2 / 0.31 (single entries are chaotic in float32: conv biases before BatchNorm have ~0 gradient)."""
     from algrnet_jax.interop import convert
 
     import jax
 
     config, new_state, _, _ = jax_step
-    after = convert.flax_to_state_dicts(jax.tree.map(np.asarray, new_state.variables()), config,
-                                        num_batches_tracked=1)
-    _assert_after_step(after, expected)
+    ref = dict(np.load(STEP64))
+    after = convert.flax_to_state_dicts(jax.tree.map(np.asarray, new_state.variables()), config)
+    names = [str(n) for n in ref["update_names"]]
+    norm = np.array([np.linalg.norm(np.asarray(after[m][k], np.float64) - np.asarray(release[m][k], np.float64))
+                     for m, k in (n.split(".", 1) for n in names)])
+    norm_ref = np.sqrt(ref["update_sumsq"])
+    rel = np.abs(norm - norm_ref) / norm_ref
+    total = abs(np.linalg.norm(norm) - np.linalg.norm(norm_ref)) / np.linalg.norm(norm_ref)
+    worst = ", ".join(f"{names[i]} {rel[i]:.2g}" for i in np.argsort(-rel)[:5])
+    assert total < 1e-6, total
+    assert np.median(rel) < 1e-4 and np.quantile(rel, 0.99) < 1e-2, (np.median(rel), np.quantile(rel, 0.99), worst)
