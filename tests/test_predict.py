@@ -265,3 +265,15 @@ def test_overlay_and_attention_pictures(tmp_path):
     assert drawn.shape == canvas.shape and drawn.any() and not canvas.any()
     outputs.attention_figure(str(tmp_path / "a.png"), face, ["AU01", "AU04", "AU12"], 176)
     assert cv2.imread(str(tmp_path / "a.png")) is not None
+
+
+def test_grading_rows_and_the_video_grade():
+    names = ["normal", "low", "medium", "high"]
+    face = predict.engine.FaceResult(0, np.zeros(4), 1.0, np.zeros((49, 2)), np.array([0.1, 0.6, 0.2, 0.1]),
+                                     np.zeros((200, 200, 3), np.uint8))
+    rows = [outputs.face_row("v.mp4", 0, 0.0, face, names, "paralysis", 0.5),
+            outputs.face_row("v.mp4", 1, 0.1, None, names, "paralysis", 0.5)]
+    assert rows[0]["grade"] == "low" and rows[0]["low_p"] == pytest.approx(0.6)
+    assert rows[1]["success"] == 0 and rows[1]["face_id"] == -1 and "low_p" not in rows[1]
+    s = outputs.summary(rows, names, "paralysis", 10.0)
+    assert s["grade"] == "low" and s["success_rate"] == 0.5 and s["mean_grade_prob"]["low"] == pytest.approx(0.6)
