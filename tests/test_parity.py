@@ -159,33 +159,14 @@ def jax_step(converted, expected):
     import jax
     import jax.numpy as jnp
 
+    from algrnet_jax.interop import step_parity
     from algrnet_jax.interop.arrays import torch_layout
-    from algrnet_jax.models.networks import create_model
-    from algrnet_jax.training import optim, steps
     from algrnet_jax.training.checkpoint import load_for_inference
-    from algrnet_jax.training.state import TrainState
 
     config, variables = load_for_inference(converted[0])
-    model = create_model(config)
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
-                              tx=optim.make_optimizer(config.train, steps_per_epoch=1),
-                              batch_stats=variables["batch_stats"], rng=jax.random.PRNGKey(0))
-    b = expected["input"].shape[0]
-    batch = {
-        "image": jnp.asarray(expected["input"].transpose(0, 2, 3, 1)),
-        "landmarks": jnp.asarray(expected["gt_landmarks"].reshape(b, 49, 2)),
-        "interocular": jnp.sqrt(jnp.asarray(expected["biocular"], jnp.float32)),  # the fixture's is squared
-        "labels": jnp.asarray(expected["au_labels"], jnp.int32),
-        "mask": jnp.ones([b], jnp.float32),
-    }
-
-    @jax.jit
-    def step_and_outputs(state, batch, au_weight):
-        outputs, _ = state.apply_fn(state.variables(), batch["image"], train=True, mutable=["batch_stats"])
-        new_state, metrics = steps.train_step(state, batch, au_weight, config=config)
-        return new_state, metrics, outputs
-
-    new_state, metrics, outputs = step_and_outputs(state, batch, jnp.asarray(expected["au_weight"]))
+    outputs, metrics, new_state = step_parity.one_step(config, variables,
+                                                       step_parity.fixture_batch(expected, jnp.float32),
+                                                       jnp.asarray(expected["au_weight"]))
     return config, new_state, metrics, torch_layout(jax.tree.map(np.asarray, outputs))
 
 

@@ -121,6 +121,44 @@ def fixture_config(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
     return config
 
 
+def fixture_batch(arrays: Mapping[str, np.ndarray], dtype: Any) -> dict[str, Any]:
+    """The fixture's batch as the train step takes it (NHWC images, [B, 49, 2] landmarks, inter-ocular
+    distance = sqrt of the fixture's squared ``biocular``), floats in ``dtype``."""
+    import jax.numpy as jnp
+
+    b = arrays["input"].shape[0]
+    return {
+        "image": jnp.asarray(arrays["input"].transpose(0, 2, 3, 1), dtype),
+        "landmarks": jnp.asarray(arrays["gt_landmarks"].reshape(b, -1, 2), dtype),
+        "interocular": jnp.sqrt(jnp.asarray(arrays["biocular"], dtype)),
+        "labels": jnp.asarray(arrays["au_labels"], jnp.int32),
+        "mask": jnp.ones([b], dtype),
+    }
+
+
+def one_step(config: Any, variables: Mapping[str, Any], batch: Mapping[str, Any], au_weight: Any) -> tuple[
+        dict[str, Any], dict[str, Any], Any]:
+    """ONE step of our loss and optimizer (SGD of ``config.train``, step 0) from ``variables``, jitted:
+    (train-mode outputs, loss terms in the loss dtype, the new TrainState)."""
+    import jax
+
+    from algrnet_jax.models.networks import create_model
+    from algrnet_jax.training import optim, steps
+    from algrnet_jax.training.state import TrainState
+
+    model = create_model(config)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                              tx=optim.make_optimizer(config.train, steps_per_epoch=1),
+                              batch_stats=variables["batch_stats"], rng=jax.random.PRNGKey(0))
+
+    @jax.jit
+    def step(state, batch, au_weight):
+        outputs, metrics, grads, batch_stats = steps.loss_and_grads(state, batch, au_weight, config=config)
+        return outputs, metrics, state.apply_gradients(grads=grads, batch_stats=batch_stats)
+
+    return step(state, batch, au_weight)
+
+
 def _reference_step(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> tuple[
         dict[str, np.ndarray], dict[str, float], dict[str, np.ndarray]]:
     """Runs the step in float64: (train-mode outputs in the release layout, losses, updates per entry)."""
@@ -129,34 +167,14 @@ def _reference_step(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) ->
 
     from algrnet_jax.interop import convert, recipe as recipe_lib
     from algrnet_jax.interop.arrays import torch_layout
-    from algrnet_jax.models.networks import create_model
-    from algrnet_jax.training import optim, steps
-    from algrnet_jax.training.state import TrainState
 
     with jax.enable_x64(True):
         config = fixture_config(rec, arrays)
         with tempfile.TemporaryDirectory() as tmp:
             recipe_lib.save_pth(recipe_lib.rebuild_state_dicts(rec, np.float64), tmp, epoch=0)
             variables = convert.convert_state_dicts(convert.load_release(tmp, 0), config)
-        model = create_model(config)
-        state = TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                  tx=optim.make_optimizer(config.train, steps_per_epoch=1),
-                                  batch_stats=variables["batch_stats"], rng=jax.random.PRNGKey(0))
-        b = arrays["input"].shape[0]
-        batch = {
-            "image": jnp.asarray(arrays["input"].transpose(0, 2, 3, 1), jnp.float64),
-            "landmarks": jnp.asarray(arrays["gt_landmarks"].reshape(b, -1, 2), jnp.float64),
-            "interocular": jnp.sqrt(jnp.asarray(arrays["biocular"], jnp.float64)),  # the fixture's is squared
-            "labels": jnp.asarray(arrays["au_labels"], jnp.int32),
-            "mask": jnp.ones([b], jnp.float64),
-        }
-
-        @jax.jit
-        def step(state, batch, au_weight):
-            outputs, metrics, grads, batch_stats = steps.loss_and_grads(state, batch, au_weight, config=config)
-            return outputs, metrics, state.apply_gradients(grads=grads, batch_stats=batch_stats)
-
-        outputs, metrics, new_state = step(state, batch, jnp.asarray(arrays["au_weight"], jnp.float64))
+        outputs, metrics, new_state = one_step(config, variables, fixture_batch(arrays, jnp.float64),
+                                               jnp.asarray(arrays["au_weight"], jnp.float64))
         outputs, metrics, after = jax.tree.map(np.asarray, (outputs, metrics, new_state.variables()))
     for leaf in jax.tree.leaves(after):
         if leaf.dtype != np.float64:
