@@ -65,6 +65,7 @@ class MTCNNDetector:
         cx, cy = boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2
         rows = np.stack([np.zeros(len(boxes)), cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
         images, _, _ = standarize_batch([np.asarray(rgb, np.float32)], normalize=True)
+        # mtcnn 1.0 (pinned) exposes no box-scoring call: run its O-Net stage's network as the stage does.
         onet = self._mtcnn.get_stage(stage_id=3)
         _, _, scores = onet._model(extract_patches(images, rows, expected_size=(48, 48)))
         return np.asarray(scores)[:, -1]
