@@ -41,7 +41,8 @@ def write_tiny_fixture(folder: pathlib.Path, crop: int = 64, unit: int = 1, batc
     rng = np.random.default_rng(0)
     arrays = {"input": rng.uniform(-1, 1, (batch, 3, crop, crop)), "au_labels": rng.integers(0, 2, (batch, len(aus))),
               "gt_landmarks": mean_shape + rng.normal(0, 1, (batch, 98)),
-              "biocular": rng.uniform(0.8, 1.2, batch) * (0.3 * crop) ** 2, "au_weight": rng.uniform(0.5, 1.5, len(aus))}
+              "biocular": rng.uniform(0.8, 1.2, batch) * (0.3 * crop) ** 2,
+              "au_weight": rng.uniform(0.5, 1.5, len(aus))}
     t = {k: torch.from_numpy(v) for k, v in arrays.items()}
     out = torch_jaanet.train_step(model, torch_jaanet.make_sgd(model), t["input"], t["au_labels"], t["gt_landmarks"],
                                   t["biocular"], t["au_weight"])
