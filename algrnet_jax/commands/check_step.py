@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import time
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # quiet: no XLA "very slow compile" alarm on a busy CPU
 
     from algrnet_jax.interop import step_parity
 
