@@ -37,6 +37,7 @@ LAYERS = {
     "cells_l2_8x8": (64, 8, 11, 64, 32, 1),     # region layer 2, 8x8 grid of 11x11 cells
     "cells_l1_2x2": (4, 8, 88, 8, 8, 1),        # region layer 1, 2x2 grid of 88x88 cells
 }
+TINY = (3, 2, 8, 4, 4, 1)                       # --tiny: every layer at this shape (smoke runs, tests)
 
 
 def _jax_runners(x: np.ndarray, w: np.ndarray, pad: int, impls: list[str]) -> dict:
@@ -70,8 +71,8 @@ def _torch_runners(x: np.ndarray, w: np.ndarray, pad: int) -> dict:
     return {"torch loop fwd": fwd, "torch loop fwd+bwd": fwd_bwd}
 
 
-def bench_layer(name: str, impls: list[str], rounds: int, torch_too: bool) -> list[dict]:
-    k, b, h, c, f, pad = LAYERS[name]
+def bench_layer(name: str, impls: list[str], rounds: int, torch_too: bool, tiny: bool = False) -> list[dict]:
+    k, b, h, c, f, pad = TINY if tiny else LAYERS[name]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((k, b, h, h, c)).astype(np.float32)
     w = (rng.standard_normal((k, 3, 3, c, f)) * 0.05).astype(np.float32)
@@ -105,13 +106,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="implementations not to time (grouped takes minutes per backward on CPU)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-torch", action="store_true", help="JAX only (no PyTorch installed, e.g. on a GPU box)")
+    p.add_argument("--tiny", action="store_true", help="every layer at a tiny shape (smoke run)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     torch_too = not args.no_torch and timing.torch_available()
     impls = [i for i in layers.CONV_IMPLS if i not in ("auto", *args.skip)]
     rows = []
     for name in args.layers:
-        group = bench_layer(name, impls, args.rounds, torch_too)
+        group = bench_layer(name, impls, args.rounds, torch_too, args.tiny)
         print(table(group), flush=True)
         rows += group
     out = pathlib.Path(args.out)

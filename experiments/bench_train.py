@@ -1,38 +1,53 @@
-"""Training-step benchmark (issue 4): JAX JAA-Net and ALGRNet against the PyTorch JAA-Net baseline.
+"""Model benchmark (issue 10): training step and eval forward, JAX JAA-Net / ALGRNet against PyTorch JAA-Net.
 
-For each (framework, model, size) one fresh subprocess measures: compile time (JAX: lower + compile of
-the train step; PyTorch: none, eager), training images/s (median over timed steps after warm-up) and
-peak memory (the subprocess's RSS high-water mark, ``resource.getrusage``). The JAX step is the project's
-``training.steps.train_step`` (our loss and optimizer); the PyTorch step is ``interop.torch_jaanet``
-(release structure, SGD Nesterov + weight decay) with ``torch.set_num_threads(2)``. Same batch size.
+One process builds every runner of a size, then times them in turn, round after round (interleaved: all see the
+same machine state), and reports medians:
 
-    python -m experiments.bench_train                       # paper (176, batch 8) and small sizes
-    python -m experiments.bench_train --sizes small --steps 5
+- train: the project's jitted ``training.steps.train_step`` (our loss and SGD-Nesterov optimizer, state donated)
+  for the JAX configs; the PyTorch JAA-Net baseline (``interop.torch_jaanet``: release structure, the release's
+  losses, SGD Nesterov + weight decay) for PyTorch; batch ``--batch-size`` (paper: 8).
+- eval: the jitted eval-mode forward (``model.apply(train=False)``) against PyTorch in ``inference_mode`` at
+  batch 8 and 32 (``--eval-batch-sizes``).
+
+Per row: compile seconds (JAX: lower + compile), median seconds per call, images/s, CPU utilisation (process CPU
+time / wall, median over rounds: 2.0 = both cores of a 2-core machine busy), XLA's buffers of the compiled program
+(``memory_analysis``: temporaries and arguments + outputs), the ratio to PyTorch JAA-Net in the same run, and with
+``--rss`` the peak RSS of a fresh process doing the same work (one subprocess per row, after the timed run).
+PyTorch runs on ``torch.get_num_threads()`` = the number of cores.
+
+    python -m experiments.bench_train                               # paper size, train + eval, 5 rounds, RSS
+    python -m experiments.bench_train --sizes tiny --rounds 2 --no-rss --out /tmp/b.json   # smoke run
+    python -m experiments.bench_train --no-torch --conv-impl grouped   # e.g. on a GPU machine without torch
 
 Prints a table and writes ``experiments/results/bench_train.json``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import pathlib
-import platform
-import resource
-import statistics
 import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from algrnet_jax.configs import get_config
+from algrnet_jax.models.networks import create_model
+from algrnet_jax.training import optim
+from algrnet_jax.training import steps as train_steps
+from algrnet_jax.training.state import create_train_state
+from experiments import timing
+
 RESULTS = pathlib.Path(__file__).parent / "results" / "bench_train.json"
-# (framework, model config name); PyTorch has only the JAA-Net baseline.
-RUNS = (("jax", "jaanet"), ("jax", "algrnet"), ("torch", "jaanet"))
+JAX_MODELS = ("jaanet", "algrnet")
 
 
-def _batch(config, batch_size: int, seed: int = 0) -> dict:
+def make_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Synthetic batch of the design.md layout (NHWC images in [-1, 1], landmarks near the face centre)."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     c, n = config.crop_size, len(config.aus)
     return {
@@ -44,131 +59,188 @@ def _batch(config, batch_size: int, seed: int = 0) -> dict:
     }
 
 
-def _measure_jax(config, batch: dict, warmup: int, steps: int) -> dict:
-    import functools
+def _memory(compiled) -> dict:
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    return {"xla_temp_gib": round(m.temp_size_in_bytes / 2 ** 30, 3),
+            "xla_args_out_gib": round((m.argument_size_in_bytes + m.output_size_in_bytes) / 2 ** 30, 3)}
 
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from algrnet_jax.models.networks import create_model
-    from algrnet_jax.training import optim
-    from algrnet_jax.training import steps as train_steps
-    from algrnet_jax.training.state import create_train_state
+def bench_config(name: str, size: str, conv_impl: str, dtype: str):
+    config = get_config(name, size=size)
+    config.model.conv_impl = conv_impl
+    config.model.dtype = dtype
+    return config
 
+
+def jax_train_runner(name: str, size: str, batch_size: int, conv_impl: str, dtype: str = "float32"):
+    """(runner, facts): one jitted train step whose state is carried from call to call."""
+    config = bench_config(name, size, conv_impl, dtype)
     model = create_model(config)
     state = create_train_state(model, config, optim.make_optimizer(config.train, 1000), jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in make_batch(config, batch_size).items()}
     au_weight = jnp.ones([len(config.aus)], jnp.float32)
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    step = jax.jit(functools.partial(train_steps.train_step, config=config), donate_argnums=(0,))
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch, au_weight).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch, au_weight)
-        jax.block_until_ready((state, metrics))
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    assert np.isfinite(float(metrics["loss"])), "non-finite loss"
-    return {"compile_s": compile_s, "step_times_s": times, "device": str(jax.devices()[0])}
+    compiled = jax.jit(functools.partial(train_steps.train_step, config=config), donate_argnums=(0,)).lower(
+        state, batch, au_weight).compile()
+    facts = {"compile_s": round(time.perf_counter() - t0, 1), **_memory(compiled)}
+    box = [state]
+
+    def run():
+        box[0], metrics = compiled(box[0], batch, au_weight)
+        jax.block_until_ready(metrics)
+        if not np.isfinite(float(metrics["loss"])):
+            raise FloatingPointError(f"{name}: non-finite loss")
+
+    return run, facts
 
 
-def _measure_torch(config, batch: dict, warmup: int, steps: int) -> dict:
+def jax_eval_runner(name: str, size: str, batch_size: int, conv_impl: str, dtype: str = "float32"):
+    """(runner, facts): the jitted eval-mode forward on one batch."""
+    config = bench_config(name, size, conv_impl, dtype)
+    model = create_model(config)
+    images = jnp.asarray(make_batch(config, batch_size)["image"])
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), images)
+    t0 = time.perf_counter()
+    compiled = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images).compile()
+    facts = {"compile_s": round(time.perf_counter() - t0, 1), **_memory(compiled)}
+    return (lambda: jax.block_until_ready(compiled(variables, images))), facts
+
+
+def torch_runner(size: str, batch_size: int, mode: str):
+    """(runner, facts): the PyTorch JAA-Net baseline, a train step or an inference-mode forward."""
     import torch
 
     from algrnet_jax.interop import torch_jaanet
 
-    torch.set_num_threads(2)
+    timing.set_torch_threads()
     torch.manual_seed(0)
+    config = get_config("jaanet", size=size)
+    b = make_batch(config, batch_size)
     model = torch_jaanet.TorchJAANet(aus=config.aus, crop_size=config.crop_size, unit_dim=config.model.unit)
+    x = torch.from_numpy(b["image"].transpose(0, 3, 1, 2).copy())
+    facts = {"compile_s": 0.0, "threads": torch.get_num_threads()}
+    if mode == "eval":
+        model.eval()
+
+        def run_eval():
+            with torch.inference_mode():
+                model(x)
+
+        return run_eval, facts
     opt = torch_jaanet.make_sgd(model, lr=config.train.lr, momentum=config.train.momentum,
                                 weight_decay=config.train.weight_decay, nesterov=config.train.nesterov)
-    x = torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy())
-    labels = torch.from_numpy(batch["labels"]).long()
-    land = torch.from_numpy(batch["landmarks"].reshape(len(x), -1))
-    biocular = torch.from_numpy(batch["interocular"]) ** 2
+    labels = torch.from_numpy(b["labels"]).long()
+    land = torch.from_numpy(b["landmarks"].reshape(len(x), -1))
+    biocular = torch.from_numpy(b["interocular"]) ** 2
     weight = torch.ones(len(config.aus))
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        out = torch_jaanet.train_step(model, opt, x, labels, land, biocular, weight)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    assert torch.isfinite(out["loss_total"]), "non-finite loss"
-    return {"compile_s": 0.0, "step_times_s": times, "device": f"cpu, torch {torch.__version__}, 2 threads"}
+    return (lambda: torch_jaanet.train_step(model, opt, x, labels, land, biocular, weight)), facts
 
 
-def measure(framework: str, name: str, size: str, batch_size: int, warmup: int, steps: int) -> dict:
-    """One measurement in this process (call it in a fresh subprocess for a clean RSS high-water mark)."""
-    from algrnet_jax.configs import get_config
-
-    config = get_config(name, size=size)
-    batch = _batch(config, batch_size)
-    fn = _measure_jax if framework == "jax" else _measure_torch
-    r = fn(config, batch, warmup, steps)
-    median = statistics.median(r["step_times_s"])
-    return {"framework": framework, "model": name, "size": size, "crop": config.crop_size,
-            "batch": batch_size, "compile_s": round(r["compile_s"], 2), "step_s_median": round(median, 4),
-            "images_per_s": round(batch_size / median, 3), "steps_timed": steps, "warmup": warmup,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "device": r["device"]}
+def build(spec: dict, conv_impl: str, dtype: str = "float32"):
+    if spec["framework"] == "torch":
+        return torch_runner(spec["size"], spec["batch"], spec["mode"])
+    make = jax_train_runner if spec["mode"] == "train" else jax_eval_runner
+    return make(spec["model"], spec["size"], spec["batch"], conv_impl, dtype)
 
 
-def _child(args: argparse.Namespace, framework: str, name: str, size: str, batch: int) -> dict:
-    cmd = [sys.executable, "-m", "experiments.bench_train", "--one", framework, name, size, str(batch),
-           "--warmup", str(args.warmup), "--steps", str(args.steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+def specs(size: str, batch: int, eval_batches: list[int], torch_too: bool, modes: list[str],
+          models: list[str]) -> list[dict]:
+    rows = []
+    frameworks = [("jax", m) for m in models] + ([("torch", "jaanet")] if torch_too else [])
+    for mode in modes:
+        for b in ([batch] if mode == "train" else eval_batches):
+            rows += [{"mode": mode, "framework": fw, "model": m, "size": size, "batch": b} for fw, m in frameworks]
+    return rows
+
+
+def _key(s: dict) -> str:
+    return f"{s['mode']} {s['framework']} {s['model']} {s['size']} b{s['batch']}"
+
+
+def rss_of(spec: dict, conv_impl: str, dtype: str, timeout: int) -> float | None:
+    """Peak RSS (MiB) of a fresh process that builds the runner and calls it twice."""
+    cmd = [sys.executable, "-m", "experiments.bench_train", "--rss-one", json.dumps(spec), "--conv-impl", conv_impl,
+           "--dtype", dtype]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        return {"framework": framework, "model": name, "size": size, "batch": batch,
-                "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"rss {_key(spec)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
-def _table(rows: list[dict]) -> str:
-    head = f"{'framework':9} {'model':8} {'size':5} {'batch':>5} {'compile s':>9} {'step s':>8} {'img/s':>8} {'peak RSS MB':>11} {'JAX/PyTorch img/s':>17}"
+def table(rows: list[dict]) -> str:
+    head = (f"{'mode':5} {'framework':9} {'model':8} {'size':5} {'batch':>5} {'compile s':>9} {'s/call':>8} "
+            f"{'img/s':>7} {'CPU util':>8} {'XLA temp GiB':>12} {'peak RSS MiB':>12} {'vs PyTorch':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        if "error" in r:
-            lines.append(f"{r['framework']:9} {r['model']:8} {r['size']:5} {r['batch']:>5}  ERROR {r['error']}")
-            continue
-        ratio = r.get("speed_ratio_vs_torch_jaanet")
-        lines.append(f"{r['framework']:9} {r['model']:8} {r['size']:5} {r['batch']:>5} {r['compile_s']:>9.1f} "
-                     f"{r['step_s_median']:>8.3f} {r['images_per_s']:>8.2f} {r['peak_rss_mb']:>11.0f} "
-                     f"{'' if ratio is None else f'{ratio:.2f}':>17}")
+        lines.append(
+            f"{r['mode']:5} {r['framework']:9} {r['model']:8} {r['size']:5} {r['batch']:>5} {r['compile_s']:>9.1f} "
+            f"{r['median_s']:>8.3f} {r['images_per_s']:>7.2f} {r['cpu_util']:>8.2f} "
+            f"{r.get('xla_temp_gib', float('nan')):>12.2f} {r.get('peak_rss_mib') or float('nan'):>12.0f} "
+            f"{r.get('vs_torch_jaanet', float('nan')):>10.2f}")
     return "\n".join(lines)
+
+
+def run_size(size: str, args: argparse.Namespace, torch_too: bool) -> list[dict]:
+    todo = specs(size, args.batch_size, args.eval_batch_sizes, torch_too, args.modes, args.models)
+    runners, facts = {}, {}
+    for spec in todo:
+        print(f"building {_key(spec)} ...", file=sys.stderr, flush=True)
+        runners[_key(spec)], facts[_key(spec)] = build(spec, args.conv_impl, args.dtype)
+    stats = timing.interleaved(runners, rounds=args.rounds, warmup=args.warmup)
+    rows = []
+    for spec in todo:
+        k = _key(spec)
+        rows.append({**spec, **facts[k], **stats[k], "images_per_s": round(spec["batch"] / stats[k]["median_s"], 3)})
+    for r in rows:
+        base = next((b for b in rows if b["framework"] == "torch" and b["mode"] == r["mode"]
+                     and b["batch"] == r["batch"]), None)
+        if base and r["framework"] == "jax":
+            r["vs_torch_jaanet"] = round(r["images_per_s"] / base["images_per_s"], 3)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", default=["paper", "small"], choices=["paper", "small", "tiny"])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement subprocess")
+    p.add_argument("--sizes", nargs="+", default=["paper"], choices=["paper", "small", "tiny"])
+    p.add_argument("--modes", nargs="+", default=["train", "eval"], choices=["train", "eval"])
+    p.add_argument("--models", nargs="+", default=list(JAX_MODELS), choices=list(JAX_MODELS), help="JAX models")
+    p.add_argument("--batch-size", type=int, default=8, help="training batch (paper: 8)")
+    p.add_argument("--eval-batch-sizes", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--conv-impl", default="auto", help="model.conv_impl of the JAX models (models/layers.py)")
+    p.add_argument("--dtype", default="float32", help="model.dtype of the JAX models: float32 | bfloat16")
+    p.add_argument("--no-torch", action="store_true", help="JAX only (no PyTorch installed, e.g. on a GPU box)")
+    p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--rss-timeout", type=int, default=900)
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--one", nargs=4, metavar=("FRAMEWORK", "MODEL", "SIZE", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--rss-one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.one:
-        framework, name, size, batch = args.one
-        print(json.dumps(measure(framework, name, size, int(batch), args.warmup, args.steps)))
+    if args.rss_one:
+        run, _ = build(json.loads(args.rss_one), args.conv_impl, args.dtype)
+        run()
+        run()
+        print(timing.peak_rss_mb())
         return 0
+    torch_too = not args.no_torch and timing.torch_available()
+    info = timing.machine_info()
     rows = []
     for size in args.sizes:
-        group = [_child(args, fw, name, size, args.batch_size) for fw, name in RUNS]
-        base = next((r for r in group if r["framework"] == "torch" and "error" not in r), None)
-        for r in group:
-            if base and "error" not in r and r["framework"] == "jax":
-                r["speed_ratio_vs_torch_jaanet"] = round(r["images_per_s"] / base["images_per_s"], 3)
+        group = run_size(size, args, torch_too)
+        print(table(group), flush=True)
         rows += group
-        print(_table(group), flush=True)
+    if not args.no_rss:
+        for r in rows:
+            spec = {k: r[k] for k in ("mode", "framework", "model", "size", "batch")}
+            r["peak_rss_mib"] = rss_of(spec, args.conv_impl, args.dtype, args.rss_timeout)
+        print(table(rows))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                               "note": "CPU; the machine is shared, so times are upper bounds",
+    out.write_text(json.dumps({**info, "conv_impl": args.conv_impl, "dtype": args.dtype, "rounds": args.rounds,
                                "rows": rows}, indent=2))
-    print(_table(rows))
     print(f"wrote {out}")
     return 0
 

@@ -1,0 +1,47 @@
+"""The benchmark scripts run end to end at a tiny size (numbers are not asserted: only that they are produced)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import bench_layers, bench_train
+
+
+def test_bench_layers_tiny_writes_every_implementation(tmp_path):
+    out = tmp_path / "layers.json"
+    assert bench_layers.main(["--layers", "au_branch", "--tiny", "--rounds", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    runners = {(r["runner"], r["pass"]) for r in rows}
+    for impl in ("unrolled", "grouped", "matmul"):
+        assert {(f"jax {impl}", "fwd"), (f"jax {impl}", "fwd+bwd")} <= runners
+    assert all(r["median_s"] > 0 and r["cpu_util"] >= 0 for r in rows)
+
+
+@pytest.mark.torch
+def test_bench_train_tiny_interleaves_jax_and_torch(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "train.json"
+    assert bench_train.main(["--sizes", "tiny", "--rounds", "1", "--eval-batch-sizes", "2", "--batch-size", "2",
+                             "--no-rss", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["mode"], r["framework"], r["model"]) for r in rows) == sorted(
+        (m, fw, model) for m in ("train", "eval") for fw, model in (("jax", "jaanet"), ("jax", "algrnet"),
+                                                                    ("torch", "jaanet")))
+    for r in rows:
+        assert r["median_s"] > 0 and r["images_per_s"] > 0
+        if r["framework"] == "jax":
+            assert r["xla_temp_gib"] >= 0 and r["vs_torch_jaanet"] > 0
+
+
+def test_gpu_bench_script_runs_on_cpu_at_tiny_size(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "scripts/bench_gpu.sh", "tiny"], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["bench_layers_tiny.json", "bench_train_tiny_auto.json", "bench_train_tiny_bf16.json",
+                       "bench_train_tiny_unrolled.json"], written
