@@ -2,10 +2,12 @@
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
 from algrnet_jax.configs import get_config
+from algrnet_jax.errors import UserError
 from algrnet_jax.interop import arrays, convert, recipe
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d"
@@ -71,6 +73,20 @@ def test_convert_fails_by_key_name(release, config):
     assert "1 unused entries" in msg and "au_net.au_output.2.weight" in msg
     assert "1 missing entries" in msg and "local_au_net.local_aus_output.3.1.bias" in msg
     assert "1 mis-shaped entries" in msg and "align_net.align_output.0.weight: shape [512, 4001], expected [512, 4000]" in msg
+
+
+def test_convert_refuses_non_finite_weights_by_name_and_converts_in_float64(release, config):
+    bad = {m: dict(sd) for m, sd in release.items()}
+    w = bad["au_net"]["au_output.1.bias"].copy()
+    w[0], w[3] = np.nan, np.inf
+    bad["au_net"]["au_output.1.bias"] = w
+    with pytest.raises(convert.ConversionError) as err:
+        convert.convert_state_dicts(bad, config)
+    assert isinstance(err.value, UserError)
+    msg = str(err.value)
+    assert "1 non-finite (NaN / Inf" in msg and "au_net.au_output.1.bias: 1 NaN, 1 Inf of 24" in msg
+    v64 = convert.convert_state_dicts(release, config, dtype=np.float64)
+    assert {x.dtype for x in jax.tree.leaves(v64)} == {np.dtype(np.float64)}
 
 
 def test_convert_refuses_a_release_of_another_size_or_model(release):
