@@ -15,6 +15,7 @@ from algrnet_jax.errors import UserError
 from algrnet_jax.models import regions
 from algrnet_jax.training import optim, precision, steps
 from algrnet_jax.training import state as state_lib
+from test_training import _random_batch as _batch
 from tiny_au_model import tiny_model
 
 
@@ -22,16 +23,6 @@ def _config(dtype: str, param_dtype: str = "float32"):
     c = get_config("jaanet", "tiny")
     c.model.dtype, c.model.param_dtype = dtype, param_dtype
     return c
-
-
-def _batch(config, b=4, seed=0):
-    rng = np.random.default_rng(seed)
-    c = config.crop_size
-    return {"image": rng.uniform(-1, 1, (b, c, c, 3)).astype(np.float32),
-            "landmarks": rng.uniform(6, c - 6, (b, 49, 2)).astype(np.float32),
-            "interocular": rng.uniform(8, 12, (b,)).astype(np.float32),
-            "labels": rng.integers(-1, 2, (b, len(config.aus))).astype(np.int32),
-            "mask": np.ones([b], np.float32)}
 
 
 def test_precision_settings_are_checked():
