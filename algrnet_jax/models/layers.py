@@ -68,8 +68,11 @@ def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = Non
     return "grouped"
 
 
-# What ``auto`` means on CPU per layer kind (chosen by the layer benchmark, see resolve_conv_impl).
-CPU_AUTO = {"copies": "unrolled", "cells": "unrolled"}
+# What ``auto`` means on CPU per layer kind. Region-layer cells stay "matmul": unrolled, their 2 x 84 small
+# convolutions (and their gradients) are faster per layer but made the paper-size ALGRNet train step take 106 s to
+# compile against 60 s (same machine and load, 2026-11-28), over the 60 s budget; the 12-copy per-AU layers gain
+# most from unrolling and cost little to compile.
+CPU_AUTO = {"copies": "unrolled", "cells": "matmul"}
 
 
 def native_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
