@@ -1,8 +1,8 @@
 """3-fold subject-exclusive cross-validation: train and evaluate each fold, aggregate, print the table.
 
 Fold k tests on part k and trains on the other two (``config.data.fold = k``). Each fold trains in
-``<workdir>/fold<k>`` (``algrnet_jax.training.loop.train``), its best checkpoint (by validation mean F1)
-is evaluated on the test part, and the folds are aggregated two ways: the mean over folds of the
+``<workdir>/fold<k>`` (``algrnet_jax.training.loop.train``), its LAST checkpoint is evaluated on the test
+part (never the trainer's ``best/``, which is selected by F1 on that same test part), and the folds are aggregated two ways: the mean over folds of the
 per-AU F1 (what the paper reports) and the pooled F1 (counts summed over the folds, i.e. F1 of the
 concatenated predictions). Writes ``<workdir>/cv.json`` and ``<workdir>/cv.md``.
 
@@ -30,7 +30,7 @@ FOLDS = (1, 2, 3)
 
 
 def run_fold(config: Any, workdir: str | pathlib.Path, fold: int, *, resume: bool = False) -> dict[str, Any]:
-    """Trains ``config`` with test part ``fold`` in ``workdir`` and evaluates its best checkpoint."""
+    """Trains ``config`` with test part ``fold`` in ``workdir`` and evaluates its last checkpoint."""
     from algrnet_jax.training.checkpoint import load_for_inference
     from algrnet_jax.training.loop import train
 

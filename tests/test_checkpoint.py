@@ -40,7 +40,7 @@ def test_inference_round_trip(tmp_path):
     _assert_tree_equal(_variables(1), ckpt.load_for_inference(path)[1])
 
 
-def test_workdir_resolution_prefers_best(tmp_path):
+def test_workdir_resolution_takes_the_last_checkpoint_not_the_test_selected_best(tmp_path):
     config = get_config("jaanet", "tiny")
     m = ckpt.TrainCheckpointer(tmp_path, keep=2)
     train = {"opt_state": {"mu": jnp.zeros(3)}, "step": jnp.asarray(0), "rng": jnp.zeros(2, jnp.uint32)}
@@ -55,8 +55,9 @@ def test_workdir_resolution_prefers_best(tmp_path):
     m.save_best(2, _variables(2), train, meta)
     m.wait()
     m.close()
-    assert ckpt.resolve_checkpoint(tmp_path) == str(tmp_path / "best" / "2")
-    _assert_tree_equal(_variables(2), ckpt.load_for_inference(tmp_path)[1])
+    assert ckpt.resolve_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "3")
+    assert ckpt.resolve_checkpoint(tmp_path / "best") == str(tmp_path / "best" / "2")
+    _assert_tree_equal(_variables(2), ckpt.load_for_inference(tmp_path / "best")[1])
 
 
 def test_clear_errors(tmp_path):

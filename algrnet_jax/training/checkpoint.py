@@ -169,14 +169,16 @@ def resolve_checkpoint(path: str | os.PathLike) -> str:
     """The single checkpoint directory that ``path`` designates.
 
     ``path`` may be a checkpoint directory, a directory of numbered step checkpoints (latest is taken)
-    or a training work directory (``best/`` if present, else the latest of ``checkpoints/``).
+    or a training work directory (the latest of ``checkpoints/``, i.e. the LAST checkpoint). The trainer's
+    ``best/`` copy is chosen by F1 on the fold's test part, so it is used only when named explicitly
+    (``<workdir>/best``): numbers reported on the test part must not be selected on it.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint or directory")
     if _is_checkpoint(path):
         return path
-    for sub in (BEST_DIR, CHECKPOINTS_DIR, ""):
+    for sub in (CHECKPOINTS_DIR, BEST_DIR, ""):
         d = os.path.join(path, sub) if sub else path
         steps = _step_dirs(d)
         if steps:
