@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-torch", action="store_true", help="JAX only (no PyTorch installed, e.g. on a GPU box)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--rss-timeout", type=int, default=900)
+    p.add_argument("--rss-modes", nargs="+", default=["train"], choices=["train", "eval"],
+                   help="rows whose peak RSS is measured (default: the training steps)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--rss-one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -232,16 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         group = run_size(size, args, torch_too)
         print(table(group), flush=True)
         rows += group
-    if not args.no_rss:
-        for r in rows:
-            spec = {k: r[k] for k in ("mode", "framework", "model", "size", "batch")}
-            r["peak_rss_mib"] = rss_of(spec, args.conv_impl, args.dtype, args.rss_timeout)
-        print(table(rows))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**info, "conv_impl": args.conv_impl, "dtype": args.dtype, "rounds": args.rounds,
-                               "rows": rows}, indent=2))
-    print(f"wrote {out}")
+
+    def write() -> None:
+        out.write_text(json.dumps({**info, "conv_impl": args.conv_impl, "dtype": args.dtype, "rounds": args.rounds,
+                                   "rows": rows}, indent=2))
+        print(f"wrote {out}", flush=True)
+
+    write()   # the timings, before the (slow) peak-RSS subprocesses
+    if not args.no_rss:
+        for r in rows:
+            if r["mode"] in args.rss_modes:
+                spec = {k: r[k] for k in ("mode", "framework", "model", "size", "batch")}
+                r["peak_rss_mib"] = rss_of(spec, args.conv_impl, args.dtype, args.rss_timeout)
+                write()
+        print(table(rows))
     return 0
 
 
