@@ -54,7 +54,8 @@ def _assert_eval_outputs(got, expected, prefix="eval_"):
 
 
 def _assert_after_step(state_dicts, expected):
-    """Sum and sum of squares of every release state_dict entry after one step, 1e-4 relative."""
+    """Sum and sum of squares of every release state_dict entry after one step, 1e-4 relative (the withdrawn
+    criterion; kept to show that it is chaotic in float32)."""
     flat = {f"{m}.{k}": np.asarray(v, np.float64) for m, sd in state_dicts.items() for k, v in sd.items()}
     names = [str(n) for n in expected["after_step_names"]]
     assert sorted(names) == sorted(flat)
@@ -67,9 +68,30 @@ def _assert_after_step(state_dicts, expected):
     assert not bad, f"{len(bad)} post-step entries differ:\n" + "\n".join(bad[:30])
 
 
+STEP64 = pathlib.Path(__file__).parent / "fixtures" / "jaanet_train_step64_bp4d" / "train_step64.npz"
+
+
+def _assert_update_norms_match_float64_reference(after, release):
+    """Per state_dict entry (1820), the norm of a float32 step's update d = after - before against the float64
+    reference step. Measured relative errors (2026-11-28), ours / the PyTorch baseline in float32: all entries
+    together 6.9e-8 / 4.9e-8; median 2.6e-5 / 3.0e-5; 99th percentile 4.0e-3 / 4.1e-3; max 1.7e-2 / 0.31 (single
+    entries are chaotic in float32: conv biases before BatchNorm have ~0 gradient). Post-step SUMS are not
+    compared: in float32 they move by up to 7% when the input changes by 1e-7, and with the CPU's kernels."""
+    ref = dict(np.load(STEP64))
+    names = [str(n) for n in ref["update_names"]]
+    norm = np.array([np.linalg.norm(np.asarray(after[m][k], np.float64) - np.asarray(release[m][k], np.float64))
+                     for m, k in (n.split(".", 1) for n in names)])
+    norm_ref = np.sqrt(ref["update_sumsq"])
+    rel = np.abs(norm - norm_ref) / norm_ref
+    total = abs(np.linalg.norm(norm) - np.linalg.norm(norm_ref)) / np.linalg.norm(norm_ref)
+    worst = ", ".join(f"{names[i]} {rel[i]:.2g}" for i in np.argsort(-rel)[:5])
+    assert total < 1e-6, total
+    assert np.median(rel) < 1e-4 and np.quantile(rel, 0.99) < 1e-2, (np.median(rel), np.quantile(rel, 0.99), worst)
+
+
 @pytest.mark.torch
 def test_torch_baseline_reproduces_the_reference(release, expected):
-    """Our PyTorch JAA-Net (release keys) reproduces eval outputs, losses and one SGD step."""
+    """Our PyTorch JAA-Net (release keys) reproduces eval outputs, losses and one SGD step (update norms)."""
     torch = pytest.importorskip("torch")
     from algrnet_jax.interop import torch_jaanet
 
@@ -89,8 +111,8 @@ def test_torch_baseline_reproduces_the_reference(release, expected):
         np.testing.assert_allclose(step[k].numpy(), expected["train_" + k], rtol=0, atol=1e-4, err_msg=k)
     for k in LOSSES:
         np.testing.assert_allclose(step["loss_" + k].item(), expected["train_loss_" + k], rtol=1e-5, err_msg=k)
-    _assert_after_step({m: {k: v.numpy() for k, v in sd.items()} for m, sd in model.release_state_dicts().items()},
-                       expected)
+    _assert_update_norms_match_float64_reference(
+        {m: {k: v.numpy() for k, v in sd.items()} for m, sd in model.release_state_dicts().items()}, release)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +154,8 @@ def test_converted_checkpoint_reproduces_reference_eval_through_run_arrays(conve
 @pytest.mark.torch
 def test_reference_post_step_sums_are_input_sensitive(release, expected):
     """Why the post-step-sum target cannot be met by any non-bit-identical float32 implementation:
-    the reference code itself (our torch baseline, which meets it unperturbed) misses it on hundreds of
-    entries, by up to several percent, when its input moves by 1e-7 (ReLU / max-pool decisions flip and
+    the reference code itself misses it on hundreds of entries (unperturbed too on some CPUs: the sums also
+    move with the kernels the CPU runs), by up to several percent, when its input moves by 1e-7 (ReLU / max-pool decisions flip and
     the per-tensor sums of the cell and branch gradients cancel)."""
     torch = pytest.importorskip("torch")
     from algrnet_jax.interop import torch_jaanet
@@ -184,29 +206,14 @@ def test_one_training_step_outputs_and_losses_match_the_reference(jax_step, expe
         np.testing.assert_allclose(float(metrics[ours]), expected["train_loss_" + ref], rtol=1e-5, err_msg=ours)
 
 
-STEP64 = pathlib.Path(__file__).parent / "fixtures" / "jaanet_train_step64_bp4d" / "train_step64.npz"
-
-
 @pytest.mark.slow
 @pytest.mark.torch
 def test_one_float32_training_step_update_norms_match_the_float64_reference(jax_step, release):
-    """Per state_dict entry (1820), the norm of our float32 step's update d = after - before against the
-    float64 reference step. Measured relative errors (2026-11-28), ours / the PyTorch baseline in float32:
-    all entries together 6.9e-8 / 4.9e-8; median 2.6e-5 / 3.0e-5; 99th percentile 4.0e-3 / 4.1e-3; max
-    1.7e-2 / 0.31 (single entries are chaotic in float32: conv biases before BatchNorm have ~0 gradient)."""
-    from algrnet_jax.interop import convert
-
+    """Our float32 step's per-entry update norms against the float64 reference step (tolerances above)."""
     import jax
 
+    from algrnet_jax.interop import convert
+
     config, new_state, _, _ = jax_step
-    ref = dict(np.load(STEP64))
-    after = convert.flax_to_state_dicts(jax.tree.map(np.asarray, new_state.variables()), config)
-    names = [str(n) for n in ref["update_names"]]
-    norm = np.array([np.linalg.norm(np.asarray(after[m][k], np.float64) - np.asarray(release[m][k], np.float64))
-                     for m, k in (n.split(".", 1) for n in names)])
-    norm_ref = np.sqrt(ref["update_sumsq"])
-    rel = np.abs(norm - norm_ref) / norm_ref
-    total = abs(np.linalg.norm(norm) - np.linalg.norm(norm_ref)) / np.linalg.norm(norm_ref)
-    worst = ", ".join(f"{names[i]} {rel[i]:.2g}" for i in np.argsort(-rel)[:5])
-    assert total < 1e-6, total
-    assert np.median(rel) < 1e-4 and np.quantile(rel, 0.99) < 1e-2, (np.median(rel), np.quantile(rel, 0.99), worst)
+    _assert_update_norms_match_float64_reference(
+        convert.flax_to_state_dicts(jax.tree.map(np.asarray, new_state.variables()), config), release)
