@@ -205,6 +205,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resu
         return _train(config, workdir, resume_from_previous=resume_from_previous, evaluate=evaluate,
                       progress=progress, tensorboard=tensorboard, callbacks=callbacks, batches_fn=batches_fn,
                       model=model)
+    except ckpt_lib.DiskFullError:
+        raise
+    except Exception as e:
+        # A full disk can surface anywhere an asynchronous save is awaited (saving, waiting, closing).
+        if ckpt_lib.is_disk_full(e):
+            raise _disk_full(e, workdir) from e
+        raise
     finally:
         lock.release()
 
