@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from algrnet_jax.errors import UserError
+from algrnet_jax.models import networks
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
-PARAM_DTYPES = ("float32", "float64")
+# One home for the names: the model's tables (networks.COMPUTE_DTYPES maps them to the modules' dtypes).
+COMPUTE_DTYPES = tuple(networks.COMPUTE_DTYPES)
+PARAM_DTYPES = networks.PARAM_DTYPES
 
 
 def _name(config: ml_collections.ConfigDict, field: str, default: str = "float32") -> str:
