@@ -58,18 +58,12 @@ class EvalDataError(UserError, ValueError):
 # The eval step
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_apply(model: Any, extra_outputs: tuple[str, ...] = ()) -> ApplyFn:
-    """One jitted eval-mode forward per (hashable) model: images [B, C, C, 3] -> the outputs we read."""
-    import jax
+def eval_forward(model: Any, extra_outputs: tuple[str, ...] = ()) -> ApplyFn:
+    """The jitted eval-mode forward of a (hashable) model keeping the outputs we read (plus ``extra_outputs``):
+    images [B, C, C, 3] -> dict. One cache with the Predictor's (``inference.jitted_forward``)."""
+    from algrnet_jax import inference   # imports jax: kept off this module's import
 
-    keep = _EVAL_OUTPUTS + tuple(extra_outputs)
-
-    def apply(variables, images):
-        outputs = model.apply(variables, images, train=False)
-        return {k: outputs[k] for k in keep if k in outputs}
-
-    return jax.jit(apply)
+    return inference.jitted_forward(model, _EVAL_OUTPUTS + tuple(extra_outputs))
 
 
 def make_eval_step(config: Any, extra_outputs: Sequence[str] = ()) -> ApplyFn:
@@ -80,7 +74,7 @@ def make_eval_step(config: Any, extra_outputs: Sequence[str] = ()) -> ApplyFn:
     """
     from algrnet_jax.models.networks import create_model
 
-    return _jitted_apply(create_model(config), tuple(extra_outputs))
+    return eval_forward(create_model(config), tuple(extra_outputs))
 
 
 def _to_numpy(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:

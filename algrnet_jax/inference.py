@@ -118,10 +118,11 @@ def crop_to_aligned(points: np.ndarray, aligned_size: int, crop_size: int,
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_forward(model: Any, keys: tuple[str, ...] | None) -> Callable[..., Any]:
+def jitted_forward(model: Any, keys: tuple[str, ...] | None) -> Callable[..., Any]:
     """The jitted eval forward of a (hashable) Flax model, keeping ``keys`` (None: every output).
 
-    Cached per (model, keys), so Predictors of the same config share compilations.
+    Cached per (model, keys): Predictors, evaluation and the trainer's per-epoch eval of the same model
+    share one compilation. ``(variables, images [B, C, C, 3]) -> {key: [B, ...]}``.
     """
     def forward(variables, images):
         outputs = model.apply(variables, images, train=False)
@@ -212,7 +213,7 @@ class Predictor:
 
     # -- forward
     def _jitted(self, keys: tuple[str, ...] | None) -> Callable[..., Any]:
-        return _jitted_forward(self.model, keys)
+        return jitted_forward(self.model, keys)
 
     def forward(self, images: Any, keys: Sequence[str] | None = None) -> dict[str, jax.Array]:
         """Device (or numpy) batch float32 ``[B, C, C, 3]`` in [-1, 1] -> dict of device arrays.

@@ -58,7 +58,7 @@ def test_evaluate_reports_local_integrated_final_and_trivial_with_padding_exclud
     # Padding with labels 1 and huge landmark errors must not change anything.
     batches[-1]["labels"][2:] = 1
     model = _FakeModel("one-trace")
-    step = evaluation._jitted_apply(model)
+    step = evaluation.eval_forward(model)
     variables = {"params": {"w": jnp.array([1.0, -2.0, 3.0])}}
     result = evaluation.evaluate_variables(config, variables, batches=batches, apply_fn=step)
     result2 = evaluation.evaluate_variables(config, variables, batches=batches, apply_fn=step)
@@ -88,7 +88,7 @@ def test_evaluate_rejects_label_shape_mismatch():
     config = get_config("algrnet", size="tiny")
     batches = _batches(np.random.default_rng(1), num_batches=1)
     batches[0]["labels"] = np.zeros([B, N + 1], np.int32)
-    step = evaluation._jitted_apply(_FakeModel("mismatch"))
+    step = evaluation.eval_forward(_FakeModel("mismatch"))
     with pytest.raises(ValueError, match="do not match the model's AU outputs"):
         evaluation.evaluate_variables(config, {"params": {"w": jnp.ones([3])}}, batches=batches, apply_fn=step)
 

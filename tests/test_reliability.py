@@ -26,7 +26,7 @@ from test_training import (_child, _loop_config, _run, build_synthetic,  # noqa:
                            compilation_cache)  # noqa: F401  (autouse fixture: a shared compilation cache)
 from tiny_au_model import tiny_model  # noqa: E402
 
-from algrnet_jax import cli, evaluation  # noqa: E402
+from algrnet_jax import cli, evaluation, inference  # noqa: E402
 from algrnet_jax.configs import get_config  # noqa: E402
 from algrnet_jax.configs.validate import ConfigError, config_problems, validate_config  # noqa: E402
 from algrnet_jax.errors import UserError  # noqa: E402
@@ -404,9 +404,9 @@ def stand_in_model(monkeypatch):
     from algrnet_jax.models import networks
 
     monkeypatch.setattr(networks, "create_model", tiny_model)
-    evaluation._jitted_apply.cache_clear()
+    inference.jitted_forward.cache_clear()
     yield
-    evaluation._jitted_apply.cache_clear()
+    inference.jitted_forward.cache_clear()
 
 
 def test_eval_user_errors_are_one_message(trained, data_dir, tmp_path, capsys, stand_in_model):

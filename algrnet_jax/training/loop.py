@@ -146,9 +146,9 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 def _make_evaluate(model: nn.Module) -> Callable[[ml_collections.ConfigDict, Any], dict[str, Any]]:
     """``evaluation.evaluate_variables`` with ``model``'s eval forward, jitted once for the whole run."""
-    from algrnet_jax.evaluation import evaluate_variables
+    from algrnet_jax.evaluation import eval_forward, evaluate_variables
 
-    apply_fn = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+    apply_fn = eval_forward(model)
 
     def evaluate(config: ml_collections.ConfigDict, variables: Any) -> dict[str, Any]:
         return evaluate_variables(config, variables, apply_fn=apply_fn)
