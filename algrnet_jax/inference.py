@@ -40,54 +40,19 @@ OUTPUT_KEYS: tuple[str, ...] = (
 # ------------------------------------------------------------------------------ preprocessing
 
 
-@functools.lru_cache(maxsize=16)
-def resize_spans(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
-    """TF's antialiased bilinear resize along one axis: span starts int ``[dst]``, weights float32 ``[dst, K]``.
-
-    As ``tf.image.resize(..., "bilinear", antialias=True)`` (scale_and_translate: triangle kernel widened
-    by the down-scaling factor, half-pixel centres, weights normalised per output pixel), computed in
-    float32 in the same order, so that the resized pixels are bit-identical.
-    """
-    f = np.float32
-    inv = f(1) / (f(dst) / f(src))
-    kscale = max(inv, f(1))
-    span = min(2 * int(np.ceil(kscale)) + 1, src)
-    starts = np.zeros(dst, np.int64)
-    weights = np.zeros((dst, span), np.float32)
-    for x in range(dst):
-        sample = (f(x) + f(0.5)) * inv
-        lo = int(np.clip(np.ceil(sample - kscale - f(0.5)), 0, src - 1))
-        hi = int(np.clip(np.floor(sample + kscale - f(0.5)), 0, src - 1)) + 1
-        k = [max(f(0), f(1) - abs((f(j) + f(0.5) - sample) * (f(1) / kscale))) for j in range(lo, hi)]
-        total = f(0)
-        for v in k:
-            total = f(total + v)
-        starts[x] = min(lo, src - span)
-        for j, v in zip(range(lo, hi), k):
-            weights[x, j - starts[x]] = f(v * (f(1) / total))
-    return starts, weights
-
-
-def _resize_axis(x: np.ndarray, src: int, dst: int, axis: int) -> np.ndarray:
-    """Resizes float32 ``x`` along ``axis``; weighted sums accumulated in span order (as TF)."""
-    starts, weights = resize_spans(src, dst)
-    x = np.moveaxis(x, axis, 0)
-    acc = np.zeros((dst,) + x.shape[1:], np.float32)
-    shape = (dst,) + (1,) * (x.ndim - 1)
-    for k in range(weights.shape[1]):
-        acc = acc + weights[:, k].reshape(shape) * x[starts + k]
-    return np.moveaxis(acc, 0, axis)
-
-
 def resize_aligned(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 ``[..., S, S, 3]`` -> uint8 ``[..., size, size, 3]``, exactly as the input pipeline resizes."""
+    """uint8 ``[..., S, S, 3]`` -> uint8 ``[..., size, size, 3]``, with the input pipeline's own op
+    (``tf.image.resize`` bilinear, antialiased, rounded), so the pixels are bit-identical to training's."""
     x = np.asarray(images)
-    src = x.shape[-2]
-    if src == size:
+    if x.shape[-2] == size:
         return x
-    y = _resize_axis(x.astype(np.float32), src, size, x.ndim - 3)   # rows first, then columns
-    y = _resize_axis(y, src, size, x.ndim - 2)
-    return np.clip(np.round(y), 0, 255).astype(np.uint8)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf  # only for sizes other than the records' (the paper size never resizes)
+
+    flat = x.reshape((-1,) + x.shape[-3:])
+    y = tf.image.resize(flat, [size, size], method="bilinear", antialias=True)
+    y = tf.cast(tf.clip_by_value(tf.round(y), 0.0, 255.0), tf.uint8).numpy()
+    return y.reshape(x.shape[:-3] + (size, size, 3))
 
 
 def preprocess(aligned: np.ndarray, aligned_size: int, crop_size: int) -> np.ndarray:
