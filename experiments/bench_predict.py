@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
 import platform
-import statistics
 import tempfile
 import time
 
@@ -45,6 +45,7 @@ from algrnet_jax.predict import media  # noqa: E402
 from data_pipelines import alignment  # noqa: E402
 from data_pipelines.synthetic import face as synth_face  # noqa: E402
 from data_pipelines.synthetic import generator  # noqa: E402
+from experiments import timing  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "bench_predict.json"
 
@@ -115,39 +116,34 @@ def _frames(video: str, n: int):
 
 
 def network_ms(crops: np.ndarray, size: str, repeats: int) -> dict:
-    """Median ms per face (batch 1) of the network alone on the same aligned crops."""
-    out = {}
+    """Median ms per face (batch 1) of the network alone on the same aligned crops; JAX ALGRNet, JAX JAA-Net and
+    the PyTorch JAA-Net (if installed) interleaved in one process (``experiments.timing.interleaved``)."""
+    runners = {}
     for name in ("algrnet", "jaanet"):
         p = random_predictor(name, size)
-        x = p.preprocess(crops)
-        jax.block_until_ready(p.forward(x[:1]))
-        times = []
-        for r in range(repeats):
-            t = time.perf_counter()
-            jax.block_until_ready(p.forward(x[r % len(x):r % len(x) + 1]))
-            times.append(time.perf_counter() - t)
-        out[f"jax_{name}"] = 1000 * statistics.median(times)
-    try:
+        faces = itertools.cycle(np.split(p.preprocess(crops), len(crops)))
+        runners[f"jax_{name}"] = lambda p=p, faces=faces: jax.block_until_ready(p.forward(next(faces)))
+    if timing.torch_available():
         import torch
 
         from algrnet_jax.interop import torch_jaanet
-    except ImportError:
-        out["torch_jaanet"] = None
-        return out
-    torch.set_num_threads(2)
-    config = configs.get_config("jaanet", size)
-    model = torch_jaanet.TorchJAANet(aus=tuple(config.aus), crop_size=config.crop_size,
-                                     unit_dim=config.model.unit).eval()
-    x = torch.from_numpy(np.ascontiguousarray(inference.preprocess(crops, config.aligned_size, config.crop_size)
-                                              .transpose(0, 3, 1, 2)))
-    times = []
-    with torch.no_grad():
-        model(x[:1])
-        for r in range(repeats):
-            t = time.perf_counter()
-            model(x[r % len(x):r % len(x) + 1])
-            times.append(time.perf_counter() - t)
-    out["torch_jaanet"] = 1000 * statistics.median(times)
+
+        timing.set_torch_threads()
+        config = configs.get_config("jaanet", size)
+        model = torch_jaanet.TorchJAANet(aus=tuple(config.aus), crop_size=config.crop_size,
+                                         unit_dim=config.model.unit).eval()
+        x = torch.from_numpy(np.ascontiguousarray(inference.preprocess(crops, config.aligned_size, config.crop_size)
+                                                  .transpose(0, 3, 1, 2)))
+        faces_t = itertools.cycle(x.split(1))
+
+        def torch_forward():
+            with torch.no_grad():
+                model(next(faces_t))
+
+        runners["torch_jaanet"] = torch_forward
+    stats = timing.interleaved(runners, rounds=repeats, warmup=1)
+    out = {k: 1000 * v["median_s"] for k, v in stats.items()}
+    out.setdefault("torch_jaanet", None)
     return out
 
 
@@ -253,7 +249,7 @@ def main() -> None:
     result = {"size": args.size, "video": "640x360 synthetic single face, 30 fps",
               "keyframe_every": args.keyframe_every,
               "runs": runs, "network_ms_per_face_batch1": nets,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+              "machine": {**timing.machine_info(), "platform": platform.platform(),
                           "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
               "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.refine_checkpoint:
