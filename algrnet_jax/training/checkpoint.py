@@ -49,6 +49,11 @@ class DiskFullError(UserError, OSError):
     """A checkpoint could not be written for lack of disk space; the message names the directory."""
 
 
+def _says_disk_full(text: str) -> bool:
+    text = text.lower()
+    return "no space left on device" in text or "disk quota exceeded" in text
+
+
 def is_disk_full(error: BaseException) -> bool:
     """Whether ``error`` (or anything in its cause/context chain) is "no space left on device"."""
     seen = set()
@@ -57,7 +62,7 @@ def is_disk_full(error: BaseException) -> bool:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "no space left on device" in str(e).lower() or "disk quota exceeded" in str(e).lower():
+        if _says_disk_full(str(e)):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -220,8 +225,7 @@ class _DiskFullFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
             return False
-        text = record.getMessage().lower()
-        return not ("no space left on device" in text or "disk quota exceeded" in text)
+        return not _says_disk_full(record.getMessage())
 
 
 logging.getLogger("absl").addFilter(_DiskFullFilter())
