@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-DATASETS = ("synth_au", "bp4d", "disfa", "fpara")
+from algrnet_jax.configs.validate import DATASETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,6 @@ from algrnet_jax.errors import UserError
 
 ARCHS = ("jaanet", "algrnet")
 TASKS = ("au", "paralysis")
-RELATIONS = ("skip_bilstm", "bilstm", "none")
 DATASETS = ("synth_au", "bp4d", "disfa", "fpara")
 
 
@@ -36,11 +35,17 @@ def _pos_int(v: Any) -> bool:
     return _is_int(v) and v >= 1
 
 
-def _dtypes(kind: str) -> tuple[str, ...]:
-    """The precision policy's dtype names (training/precision.py): "compute" or "param"."""
-    from algrnet_jax.training import precision
+def _model_names(table: str) -> tuple[str, ...]:
+    """The names the model accepts, from its tables in models/networks.py (``RELATIONS``, ``COMPUTE_DTYPES``,
+    ``PARAM_DTYPES``); imported on first use, so that importing this module stays cheap."""
+    from algrnet_jax.models import networks
 
-    return precision.COMPUTE_DTYPES if kind == "compute" else precision.PARAM_DTYPES
+    return tuple(getattr(networks, table))
+
+
+def _one_of(table: str) -> tuple[Callable[[Any], bool], Callable[[], str]]:
+    """(predicate, rule in words) of a field whose value is a name of the model table ``table``."""
+    return (lambda v: v in _model_names(table)), (lambda: f"one of {', '.join(_model_names(table))}")
 
 
 # (key, predicate, rule in words or a function giving it). Keys absent from a config (older checkpoints) are skipped.
@@ -55,12 +60,12 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str | Callable[[], str]], ...] =
     ("model.map_margin", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("model.map_scale", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
     ("model.adaptive", lambda v: isinstance(v, bool), "true or false"),
-    ("model.relation", lambda v: v in RELATIONS, f"one of {', '.join(RELATIONS)}"),
+    ("model.relation", *_one_of("RELATIONS")),
     ("model.fusion_refine", lambda v: isinstance(v, bool), "true or false"),
     ("model.num_grades", lambda v: v == len(au_sets.GRADES), f"{len(au_sets.GRADES)} (the paralysis grades)"),
     ("model.num_regions", _pos_int, "a positive integer"),
-    ("model.dtype", lambda v: v in _dtypes("compute"), lambda: f"one of {', '.join(_dtypes('compute'))}"),
-    ("model.param_dtype", lambda v: v in _dtypes("param"), lambda: f"one of {', '.join(_dtypes('param'))}"),
+    ("model.dtype", *_one_of("COMPUTE_DTYPES")),
+    ("model.param_dtype", *_one_of("PARAM_DTYPES")),
     ("data.dataset", lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     ("data.builder_config", lambda v: isinstance(v, str), "a string"),
     ("data.data_dir", lambda v: isinstance(v, str), "a string (\"\" = $ALGRNET_DATA_DIR or ./data/tfds)"),
