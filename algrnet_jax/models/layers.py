@@ -75,10 +75,10 @@ def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = Non
 CPU_AUTO = {"copies": "unrolled", "cells": "matmul"}
 
 
-def native_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """XLA's convolution, stride 1: x [B, H, W, c], kernel [kh, kw, c, f] HWIO -> [B, H', W', f]."""
+def native_conv(x: jax.Array, kernel: jax.Array, padding: int, groups: int = 1) -> jax.Array:
+    """XLA's convolution, stride 1: x [B, H, W, c], kernel [kh, kw, c / groups, f] HWIO -> [B, H', W', f]."""
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((padding, padding), (padding, padding)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
 @functools.partial(jax.checkpoint, static_argnums=(2,))
@@ -116,8 +116,7 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     _, b, h, w, _ = x.shape
     xg = x.transpose(1, 2, 3, 0, 4).reshape(b, h, w, k * c)                  # channels (k, c)
     kg = kernel.transpose(1, 2, 3, 0, 4).reshape(kh, kw, c, k * f)           # outputs (k, f)
-    y = jax.lax.conv_general_dilated(xg, kg, (1, 1), ((padding, padding), (padding, padding)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=k)
+    y = native_conv(xg, kg, padding, groups=k)
     return y.reshape(b, y.shape[1], y.shape[2], k, f).transpose(3, 0, 1, 2, 4)
 
 
