@@ -9,7 +9,6 @@ face_w, face_h, x_0..x_48, y_0..y_48`` (original-frame pixels), then for an AU c
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -19,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from algrnet_jax.fileio import atomic_path
 from algrnet_jax.predict.engine import FaceResult
 
 NUM_LANDMARKS = 49
@@ -54,19 +54,6 @@ def face_row(name: str, frame: int, timestamp: float, face: FaceResult | None, c
         for c, p in zip(class_names, probs):
             row[f"{c}_c"] = int(p >= threshold)
     return row
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary name beside ``path``; renames it to ``path`` only if the block succeeds."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.partial{os.path.splitext(path)[1]}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class _Partial:

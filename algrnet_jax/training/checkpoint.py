@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from algrnet_jax.errors import UserError
+from algrnet_jax.fileio import atomic_path
 
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
@@ -98,12 +99,10 @@ def write_manifest(ckpt: str) -> str:
     files = {rel: {"size": os.path.getsize(os.path.join(ckpt, rel)), "sha256": _sha256(os.path.join(ckpt, rel))}
              for rel in _files(ckpt)}
     path = os.path.join(ckpt, MANIFEST)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump({"algorithm": "sha256", "files": files}, f, indent=0)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

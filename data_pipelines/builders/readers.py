@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from algrnet_jax import au_sets
+from algrnet_jax.fileio import atomic_path
 from data_pipelines.builders import common
 
 BadInputError = common.BadInputError
@@ -667,20 +668,13 @@ class SubjectCache:
             self.hits += 1
             yield from replay
             return
-        os.makedirs(self.directory, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                pickle.dump(header, f, protocol=pickle.HIGHEST_PROTOCOL)
-                for frame in make():
-                    outcome: dict[str, Any] = {}
-                    frame.load = self._recording(frame, outcome)
-                    yield frame
-                    pickle.dump(self._record(frame, outcome), f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump(header, f, protocol=pickle.HIGHEST_PROTOCOL)
+            for frame in make():
+                outcome: dict[str, Any] = {}
+                frame.load = self._recording(frame, outcome)
+                yield frame
+                pickle.dump(self._record(frame, outcome), f, protocol=pickle.HIGHEST_PROTOCOL)
 
     @staticmethod
     def _recording(frame: common.Frame, outcome: dict[str, Any]):
