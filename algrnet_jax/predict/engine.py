@@ -210,7 +210,7 @@ class _Track:
     box: np.ndarray              # (x, y, w, h)
     corners: np.ndarray          # [4, 2] the detection box in the aligned frame of its landmarks
     last_seen: int
-    matrix: np.ndarray           # [2, 3] its last alignment (fallback when landmarks degenerate)
+    matrix: np.ndarray           # [2, 3] alignment from its landmarks (the previous one if they degenerate)
 
 
 class _Tracker:
@@ -224,12 +224,14 @@ class _Tracker:
         self.last_key = -10 ** 9
 
     @staticmethod
-    def _box_from(corners: np.ndarray, landmarks: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    def _follow(track: _Track, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(alignment [2, 3] of the new ``landmarks``, the detection box carried along with it); the track's
+        current ones when the landmarks are degenerate."""
         try:
             m = alignment.alignment_matrix(landmarks)
         except ValueError:
-            return fallback
-        return landmarks_box(alignment.apply_affine(_invert(m), corners))
+            return track.matrix, track.box
+        return m, landmarks_box(alignment.apply_affine(_invert(m), track.corners))
 
     def step(self, idx: int, rgb: np.ndarray) -> list[FaceResult]:
         eng = self.engine
@@ -242,15 +244,15 @@ class _Tracker:
 
     def _track(self, idx: int, rgb: np.ndarray) -> list[FaceResult] | None:
         eng = self.engine
-        matrices = [eng._matrix_or(t.landmarks, t.matrix) for t in self.tracks]
-        final = eng.refine(rgb, matrices, passes=1)[-1]
-        boxes = [self._box_from(t.corners, lm, t.box) for t, lm in zip(self.tracks, final[0])]
+        final = eng.refine(rgb, [t.matrix for t in self.tracks], passes=1)[-1]
+        followed = [self._follow(t, lm) for t, lm in zip(self.tracks, final[0])]
+        boxes = [b for _, b in followed]
         t0 = time.perf_counter()
         scores = eng.detector.score_boxes(rgb, np.stack(boxes))
         eng.timing.detect += time.perf_counter() - t0
         if float(np.min(scores)) < eng.options.track_threshold:
             return None
-        for t, lm, b, m in zip(self.tracks, final[0], boxes, final[3]):
+        for t, lm, (m, b) in zip(self.tracks, final[0], followed):
             t.landmarks, t.box, t.last_seen, t.matrix = lm, b, idx, m
         return eng._results([t.face_id for t in self.tracks], boxes, list(scores), final)
 
