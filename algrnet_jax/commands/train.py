@@ -41,18 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--process-id", type=int, default=None, help="with --distributed")
 
 
-def _lookup(config, key: str):
-    node = config
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def apply_typed_overrides(config, overrides: Sequence[str]):
     """Applies ``key=value`` overrides; the value's type is the config entry's (str entries take the raw text).
 
     Raises ValueError naming the override on an unknown key or a value of the wrong type.
     """
+    from algrnet_jax.configs.validate import lookup
     from experiments.paper_configs import apply_overrides
 
     quoted = []
@@ -60,10 +54,7 @@ def apply_typed_overrides(config, overrides: Sequence[str]):
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r} is not of the form key=value")
-        try:
-            current = _lookup(config, key.strip())
-        except (KeyError, AttributeError, TypeError):
-            current = None  # apply_overrides reports the unknown key
+        _, current = lookup(config, key.strip())   # an unknown key: apply_overrides reports it
         quoted.append(f"{key}={raw!r}" if isinstance(current, str) else item)
     for item, q in zip(overrides, quoted):
         try:

@@ -92,7 +92,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str | Callable[[], str]], ...] =
 )
 
 
-def _get(config: Any, key: str) -> tuple[bool, Any]:
+def lookup(config: Any, key: str) -> tuple[bool, Any]:
+    """(whether the dotted ``key`` exists in ``config``, its value or None)."""
     node = config
     for part in key.split("."):
         try:
@@ -106,23 +107,23 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     """Every rule a config breaks, one line each: ``key = value: must be ...``."""
     problems = []
     for key, ok, rule in _RULES:
-        present, value = _get(config, key)
+        present, value = lookup(config, key)
         if present and not ok(value):
             problems.append(f"{key} = {value!r}: must be {rule() if callable(rule) else rule}")
     # Relations between fields.
-    present, crop = _get(config, "crop_size")
-    _, aligned = _get(config, "aligned_size")
+    present, crop = lookup(config, "crop_size")
+    _, aligned = lookup(config, "aligned_size")
     if present and _pos_int(crop) and _pos_int(aligned) and crop > aligned:
         problems.append(f"crop_size = {crop} must not exceed aligned_size = {aligned} (the crop is taken from it)")
-    _, unit = _get(config, "model.unit")
-    _, hidden = _get(config, "model.lstm_hidden")
-    _, relation = _get(config, "model.relation")
+    _, unit = lookup(config, "model.unit")
+    _, hidden = lookup(config, "model.lstm_hidden")
+    _, relation = lookup(config, "model.relation")
     if relation in ("skip_bilstm", "bilstm") and _pos_int(unit) and _pos_int(hidden) and hidden != 8 * unit:
         problems.append(f"model.lstm_hidden = {hidden} must equal 8 * model.unit = {8 * unit} "
                         "(the skip connection adds region features and LSTM states)")
-    present, aus = _get(config, "aus")
-    _, label_set = _get(config, "label_set")
-    _, task = _get(config, "model.task")
+    present, aus = lookup(config, "aus")
+    _, label_set = lookup(config, "label_set")
+    _, task = lookup(config, "model.task")
     if present and task != "paralysis":
         allowed = au_sets.AU_SETS.get(label_set, ())
         try:
