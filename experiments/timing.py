@@ -53,7 +53,18 @@ def interleaved(runners: dict[str, Callable[[], object]], rounds: int = 5, warmu
 
 
 def peak_rss_mb() -> float:
-    """This process's resident-set high-water mark in MiB."""
+    """This process's resident-set high-water mark in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this program's own memory. Not ``ru_maxrss``:
+    Linux carries it over fork and exec, so a benchmark subprocess would report its (large) parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
