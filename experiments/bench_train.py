@@ -39,7 +39,7 @@ from algrnet_jax.configs import get_config
 from algrnet_jax.models.networks import create_model
 from algrnet_jax.training import optim
 from algrnet_jax.training import steps as train_steps
-from algrnet_jax.training.state import create_train_state
+from algrnet_jax.training.state import new_train_state, run_init
 from experiments import timing
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "bench_train.json"
@@ -78,7 +78,7 @@ def jax_train_runner(name: str, size: str, batch_size: int, conv_impl: str, dtyp
     """(runner, facts): one jitted train step whose state is carried from call to call."""
     config = bench_config(name, size, conv_impl, dtype)
     model = create_model(config)
-    state = create_train_state(model, config, optim.make_optimizer(config.train, 1000), jax.random.PRNGKey(0))
+    state = new_train_state(model, config, optim.make_optimizer(config.train, 1000), jax.random.PRNGKey(0))
     batch = {k: jnp.asarray(v) for k, v in make_batch(config, batch_size).items()}
     au_weight = jnp.ones([len(config.aus)], jnp.float32)
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def jax_eval_runner(name: str, size: str, batch_size: int, conv_impl: str, dtype
     config = bench_config(name, size, conv_impl, dtype)
     model = create_model(config)
     images = jnp.asarray(make_batch(config, batch_size)["image"])
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), images)
+    variables = run_init(model.init, jax.random.PRNGKey(0), images)
     t0 = time.perf_counter()
     compiled = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images).compile()
     facts = {"compile_s": round(time.perf_counter() - t0, 1), **_memory(compiled)}

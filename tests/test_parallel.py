@@ -40,8 +40,8 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 2
     for devs in (jax.devices()[:1], jax.devices()):
         mesh = parallel.make_mesh(devs)
-        st = jax.jit(lambda r: state_lib.create_train_state(model, config, tx, r),
-                     out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+        st = state_lib.new_train_state(model, config, tx, jax.random.PRNGKey(0),
+                                       out_shardings=parallel.replicated(mesh))
         step = steps.make_train_step(config, mesh)
         ms = []
         for b in batches:

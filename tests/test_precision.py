@@ -79,7 +79,7 @@ def test_maps_follow_the_input_dtype_and_stay_exact_in_float32():
 def _steps(config, n_steps=3):
     model = tiny_model(config)
     tx = optim.make_optimizer(config.train, 100)
-    st = state_lib.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+    st = state_lib.new_train_state(model, config, tx, jax.random.PRNGKey(0))
     step = jax.jit(lambda s, b, w: steps.train_step(s, b, w, config=config))
     batch, w = _batch(config), jnp.ones([len(config.aus)])
     metrics = []
@@ -144,8 +144,9 @@ def test_bfloat16_forward_of_every_config_is_close_to_float32(name):
     c16.model.dtype = "bfloat16"
     m32, m16 = create_model(c32), create_model(c16)
     batch = _synthetic_batch(c32)
-    variables = state_lib.init_variables(m32, c32, jax.random.PRNGKey(0))
-    assert _dtypes(state_lib.init_variables(m16, c16, jax.random.PRNGKey(0))) == {"float32"}
+    variables = state_lib.run_init(lambda r: state_lib.init_variables(m32, c32, r), jax.random.PRNGKey(0))
+    variables16 = state_lib.run_init(lambda r: state_lib.init_variables(m16, c16, r), jax.random.PRNGKey(0))
+    assert _dtypes(variables16) == {"float32"}
     rngs = {"dropout": jax.random.PRNGKey(1)}
     o32, _ = jax.jit(lambda v, x: m32.apply(v, x, train=True, mutable=["batch_stats"], rngs=rngs))(
         variables, batch["image"])
@@ -175,7 +176,7 @@ def test_bfloat16_training_lowers_the_loss_like_float32():
         config.model.dtype, config.train.lr = dtype, 0.05
         model = create_model(config)
         tx = optim.make_optimizer(config.train, 100)
-        st = state_lib.create_train_state(model, config, tx, jax.random.PRNGKey(0))
+        st = state_lib.new_train_state(model, config, tx, jax.random.PRNGKey(0))
         step = jax.jit(lambda s, b, w, config=config: steps.train_step(s, b, w, config=config))
         batch, w = _synthetic_batch(config), jnp.ones([len(config.aus)])
         curves[dtype] = []

@@ -36,7 +36,7 @@ def test_step_is_sgd_nesterov_with_coupled_decay_on_the_total_loss():
     config = get_config("jaanet", "tiny")
     model = tiny_model(config)
     tx = optim.make_optimizer(config.train, 5)
-    st = jax.jit(lambda r: state_lib.create_train_state(model, config, tx, r))(jax.random.PRNGKey(0))
+    st = state_lib.new_train_state(model, config, tx, jax.random.PRNGKey(0))
     batch = _random_batch(config)
     w = np.linspace(0.5, 1.5, len(config.aus)).astype(np.float32)
 
@@ -67,7 +67,7 @@ def test_steps_reduce_the_loss_on_a_fixed_batch():
     model = tiny_model(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
     tx = optim.make_optimizer(config.train, 100)
-    st = jax.jit(lambda r: state_lib.create_train_state(model, config, tx, r))(jax.random.PRNGKey(1))
+    st = state_lib.new_train_state(model, config, tx, jax.random.PRNGKey(1))
     step = steps.make_train_step(config, mesh)
     batch = parallel.shard_batch(_random_batch(config, 8, 3), mesh)
     w = jnp.ones([len(config.aus)])

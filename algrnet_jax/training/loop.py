@@ -247,9 +247,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, resume_from_previ
 
         model = create_model(config)
     tx = optim.make_optimizer(tc, steps_per_epoch)
-    init = jax.jit(lambda rng: state_lib.create_train_state(model, config, tx, rng),
-                   out_shardings=parallel.replicated(mesh))
-    state = init(jax.random.PRNGKey(int(tc.seed)))
+    state = state_lib.new_train_state(model, config, tx, jax.random.PRNGKey(int(tc.seed)),
+                                      out_shardings=parallel.replicated(mesh))
     manager = ckpt_lib.TrainCheckpointer(workdir, keep=int(tc.keep_checkpoints))
     pos = _Position(0, 0)
     best_f1, best_step, last_eval, resumed_from = -math.inf, None, None, None
