@@ -1,4 +1,7 @@
-"""AU label sets, AU-centre rules and the 49-point landmark scheme (SPEC sections 1-3).
+"""AU label sets, AU-centre rules, muscle regions and the 49-point landmark scheme (SPEC sections 1-3).
+
+Neutral data module: imported by the data pipelines, the model and ``tasks`` (which builds the AU and
+grading tasks on it); imports numpy only.
 
 Everything here is data; one home for each number. Landmark indices are 0-based into the
 49-point scheme: brows 0-9, nose 10-18, eyes 19-30 (left 19-24, right 25-30), mouth 31-48.
@@ -65,6 +68,35 @@ REFLECT_49: tuple[int, ...] = tuple(
 # Eye landmarks (0-based) whose means give the eye centres used for alignment and d_o.
 LEFT_EYE = tuple(range(19, 25))
 RIGHT_EYE = tuple(range(25, 31))
+
+
+@dataclasses.dataclass(frozen=True)
+class MuscleRegion:
+    """A paralysis region: centre = mean of ``indices`` landmarks, shifted by ``dy_ruler * ruler`` in y."""
+
+    name: str
+    indices: tuple[int, ...]
+    dy_ruler: float = 0.0
+
+
+# The 12 muscle regions of the paralysis model. "left"/"right" are image left/right (the subject's
+# right/left). Indices are 0-based into the 49-point scheme (see above): brows 0-4 / 5-9, nose 10-18
+# (14 and 18 the outer nostril points), eyes 19-24 / 25-30, mouth corners 31 / 37, lower lip 38-42.
+PARALYSIS_REGIONS: tuple[MuscleRegion, ...] = (
+    MuscleRegion("brow_left", (1, 2, 3), -1.0 / 3.0),      # frontalis, above the brow
+    MuscleRegion("brow_right", (6, 7, 8), -1.0 / 3.0),
+    MuscleRegion("eye_left", tuple(range(19, 25))),         # orbicularis oculi, eye centre
+    MuscleRegion("eye_right", tuple(range(25, 31))),
+    MuscleRegion("cheek_left", tuple(range(19, 25)), 1.0),  # zygomaticus / cheek raiser, below the eye
+    MuscleRegion("cheek_right", tuple(range(25, 31)), 1.0),
+    MuscleRegion("nose_left", (14,)),                       # nasalis / levator labii, nostril side
+    MuscleRegion("nose_right", (18,)),
+    MuscleRegion("mouth_left", (31,)),                      # mouth corners (risorius, orbicularis oris)
+    MuscleRegion("mouth_right", (37,)),
+    MuscleRegion("chin_left", (41,), 0.5),                  # mentalis / depressors, below the lower lip
+    MuscleRegion("chin_right", (39,), 0.5),
+)
+
 
 # Facial paralysis grades (House-Brackmann 1 / 2 / 3-4 / 5-6).
 GRADES: tuple[str, ...] = ("normal", "low", "medium", "high")

@@ -9,17 +9,21 @@ L = (L_au_local + L_au_int) + lambda_align * L_align.
 - L_align = mean over real examples of sum((pred - gt)^2) / (2 d_o^2), d_o the (not squared) inter-ocular
   distance of the batch.
 - Paralysis: L_au / L_au_local = class-weighted cross-entropy of ``grade_logprob`` / ``local_grade_logprob``
-  (PyTorch's weighted mean: sum w_y * nll / sum w_y), ``au_weight`` then holds the [num_grades] class weights.
+  (PyTorch's weighted mean: sum w_y * nll / sum w_y); ``loss_weights`` then holds the [num_grades] class weights.
+The head loss is chosen by the task (``tasks.get_task(config).loss``, a key of :data:`HEAD_LOSSES`, every entry
+``(logprob, labels, loss_weights, mask [B]) -> scalar``); adding a loss is adding an entry.
 Precision: ``total_loss`` computes in the outputs' dtype promoted to at least float32 (bfloat16 outputs ->
 float32 losses; float64 under ``jax_enable_x64`` -> float64), see ``training/precision.py``.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from algrnet_jax import tasks
 
 
 def _nll(logprob: jax.Array, labels: jax.Array) -> jax.Array:
@@ -64,34 +68,39 @@ def grade_loss(logprob: jax.Array, grades: jax.Array, class_weight: jax.Array, m
     return jnp.sum(w * _nll(logprob, grades)) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
-def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], au_weight: jax.Array,
+def softmax_dice_loss(logprob: jax.Array, labels: jax.Array, loss_weights: jax.Array, mask: jax.Array) -> jax.Array:
+    """AU head loss: [B, n, 2] log-probabilities, [B, n] labels (-1 unknown), [n] weights, [B] mask -> scalar."""
+    return au_loss(logprob, labels, loss_weights, (labels >= 0) & (mask[:, None] > 0))
+
+
+HeadLoss = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+# name (``Task.loss``) -> (logprob, labels, loss_weights, mask [B]) -> scalar
+HEAD_LOSSES: dict[str, HeadLoss] = {"softmax_dice": softmax_dice_loss, "weighted_cross_entropy": grade_loss}
+
+
+def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], loss_weights: jax.Array,
                config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The training objective of a model's outputs on a batch (docs/design.md).
 
     Args:
       outputs: the model's output dict.
       batch: ``landmarks`` [B, 49, 2], ``interocular`` [B], ``labels`` [B, n] (paralysis [B]), optional ``mask`` [B].
-      au_weight: [n] AU loss weights (paralysis: [num_grades] class weights).
+      loss_weights: [K] the task's loss weights (AU: per-AU weights [n]; paralysis: [num_grades] class weights).
       config: reads ``config.model.task`` and ``config.train.lambda_align``.
     Returns:
       (loss, {"loss", "loss_au", "loss_local_au", "loss_align"}).
     """
-    from algrnet_jax.training.precision import loss_dtype
-
-    keys = ("grade_logprob", "local_grade_logprob") if config.model.task == "paralysis" else (
-        "au_logprob", "local_au_logprob")
-    dtype = loss_dtype(*(outputs[k] for k in keys + ("landmarks",)))
-    outputs = {k: jnp.asarray(outputs[k], dtype) for k in keys + ("landmarks",)}
+    task = tasks.get_task(config)
+    head_loss = HEAD_LOSSES[task.loss]
+    keys = task.logprob_keys + ("landmarks",)
+    dtype = jnp.promote_types(jnp.result_type(*(outputs[k] for k in keys)), jnp.float32)  # precision.loss_dtype
+    outputs = {k: jnp.asarray(outputs[k], dtype) for k in keys}
     labels = jnp.asarray(batch["labels"])
     mask = jnp.asarray(batch.get("mask", jnp.ones(labels.shape[:1], dtype)), dtype)
-    au_weight = jnp.asarray(au_weight, dtype)
-    if config.model.task == "paralysis":
-        loss_au = grade_loss(outputs["grade_logprob"], labels, au_weight, mask)
-        loss_local = grade_loss(outputs["local_grade_logprob"], labels, au_weight, mask)
-    else:
-        valid = (labels >= 0) & (mask[:, None] > 0)
-        loss_au = au_loss(outputs["au_logprob"], labels, au_weight, valid)
-        loss_local = au_loss(outputs["local_au_logprob"], labels, au_weight, valid)
+    loss_weights = jnp.asarray(loss_weights, dtype)
+    integrated, local = task.logprob_keys
+    loss_au = head_loss(outputs[integrated], labels, loss_weights, mask)
+    loss_local = head_loss(outputs[local], labels, loss_weights, mask)
     loss_align = align_loss(outputs["landmarks"], jnp.asarray(batch["landmarks"], dtype),
                             jnp.asarray(batch["interocular"], dtype), mask)
     loss = loss_au + loss_local + config.train.lambda_align * loss_align

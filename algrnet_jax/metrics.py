@@ -1,5 +1,8 @@
 """Evaluation metrics: AU F1 / accuracy, landmark error, paralysis grade F1, fold aggregation.
 
+``AUTaskMetrics`` / ``GradeTaskMetrics`` (:class:`TaskMetrics`) accumulate every prediction of a task's model
+outputs (``tasks.Task.new_metrics``) and summarise them as an evaluation result's ``predictions``, in percent.
+
 Pure numpy and streaming: each accumulator takes one batch at a time (``update``) and keeps only
 counts, so evaluation never holds a whole test set in memory. Unknown AU labels (-1, e.g. BP4D's
 "9 = not coded") and padded examples (``mask == 0``) are excluded from every count.
@@ -9,8 +12,10 @@ as the paper's tables do.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -191,3 +196,81 @@ def aggregate_folds(fold_f1: Sequence[Sequence[float]],
         out["pooled_f1_per_au"] = pooled.f1()
         out["pooled_mean_f1"] = float(pooled.f1().mean())
     return out
+
+
+# ---------------------------------------------------------------------------------- per task
+
+
+class TaskMetrics(abc.ABC):
+    """Streaming accumulators of all predictions of one task (one per model output that is evaluated)."""
+
+    @abc.abstractmethod
+    def update(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Adds one batch of model outputs (numpy, ``[B, ...]``), labels and mask [B]."""
+
+    @abc.abstractmethod
+    def summary(self) -> dict[str, Any]:
+        """``{"predictions": {key: {"f1": [...], "mean_f1": ..., ...}}, "mean_f1": headline}``, in percent."""
+
+
+def au_summary(acc: AUMetrics) -> dict[str, Any]:
+    """Per-AU and mean F1 / accuracy of one accumulator, in percent, with its counts."""
+    f1, accuracy = acc.f1(), acc.accuracy()
+    return {"f1": [100 * float(v) for v in f1], "accuracy": [100 * float(v) for v in accuracy],
+            "mean_f1": 100 * float(f1.mean()), "mean_accuracy": 100 * float(accuracy.mean()),
+            "counts": acc.counts()}
+
+
+def grade_summary(acc: GradeMetrics) -> dict[str, Any]:
+    """Per-grade and mean F1, accuracy (percent) and the confusion matrix of one accumulator."""
+    f1 = acc.f1()
+    return {"f1": [100 * float(v) for v in f1], "mean_f1": 100 * float(f1.mean()),
+            "accuracy": 100 * acc.accuracy(), "confusion": acc.confusion.tolist()}
+
+
+class AUTaskMetrics(TaskMetrics):
+    """AU occurrence: one :class:`AUMetrics` per (result key, probability output [B, n]), plus the
+    all-present predictor (``trivial_key``) on the same frames; the headline is ``final``."""
+
+    def __init__(self, num_aus: int, predictions: Sequence[tuple[str, str]], trivial_key: str | None = None,
+                 headline: str = "final"):
+        self.num_aus, self.predictions, self.trivial_key, self.headline = num_aus, tuple(predictions), trivial_key, headline
+        keys = [k for k, _ in self.predictions] + ([trivial_key] if trivial_key else [])
+        self.acc = {k: AUMetrics(num_aus) for k in keys}
+
+    def update(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray, mask: np.ndarray | None = None) -> None:
+        labels = np.asarray(labels)
+        for key, output in self.predictions:
+            prob = np.asarray(outputs[output])
+            if labels.shape != prob.shape:
+                raise ValueError(f"batch labels {labels.shape} do not match the model's AU output {output} "
+                                 f"{prob.shape} ({self.num_aus} AUs)")
+            self.acc[key].update(prob, labels, mask)
+        if self.trivial_key:
+            self.acc[self.trivial_key].update(np.ones(labels.shape, np.float32), labels, mask)
+
+    def summary(self) -> dict[str, Any]:
+        predictions = {key: au_summary(acc) for key, acc in self.acc.items()}
+        return {"predictions": predictions, "mean_f1": predictions[self.headline]["mean_f1"]}
+
+
+class GradeTaskMetrics(TaskMetrics):
+    """Grading: one :class:`GradeMetrics` per (result key, score output [B, G]); outputs a model lacks are
+    skipped; the headline is the first of ``headline`` that was evaluated."""
+
+    def __init__(self, num_grades: int, predictions: Sequence[tuple[str, str]],
+                 headline: Sequence[str] = ("final",)):
+        self.predictions, self.headline = tuple(predictions), tuple(headline)
+        self.acc = {k: GradeMetrics(num_grades) for k, _ in self.predictions}
+
+    def update(self, outputs: Mapping[str, np.ndarray], labels: np.ndarray, mask: np.ndarray | None = None) -> None:
+        for key, output in self.predictions:
+            if output in outputs:   # a model without per-region heads gives only the integrated one
+                self.acc[key].update(outputs[output], labels, mask)
+
+    def summary(self) -> dict[str, Any]:
+        predictions = {key: grade_summary(acc) for key, acc in self.acc.items() if acc.confusion.sum()}
+        headline = next((k for k in self.headline if k in predictions), None)
+        if headline is None:
+            raise ValueError(f"no grade prediction was evaluated (need one of {', '.join(self.headline)})")
+        return {"predictions": predictions, "mean_f1": predictions[headline]["mean_f1"]}

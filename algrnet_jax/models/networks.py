@@ -20,9 +20,12 @@ Gradients: landmarks get only the alignment loss (centres use stop_grad(landmark
 with Ada the maps are differentiable in offsets and scales (straight-through rounding), so the AU losses
 train the adaptive MLPs; without Ada the maps carry no gradient, as in JAA-Net.
 JAA-Net is the configuration arch="jaanet" (no Ada, no relations, no F&R, final = integrated).
-Paralysis (task="paralysis"): 12 muscle regions (``regions.PARALYSIS_REGIONS``), per-region classifiers
-4000 -> 8u -> 4 whose logits are averaged over regions (``local_grade_logprob``), and the integrated head
-a 4-way softmax (``grade_logprob``); ``final_grade_prob`` = mean of both probabilities.
+The task (``tasks.get_task(config)``) picks the regions (``regions.CENTRE_SCHEMES[task.region_scheme]``), the
+head widths (``task.head_units``) and the head outputs (``task.head_outputs``). Paralysis (task="paralysis"):
+12 muscle regions (``au_sets.PARALYSIS_REGIONS``), per-region classifiers 4000 -> 8u -> 4 whose logits are
+averaged over regions (``local_grade_logprob``), and the integrated head a 4-way softmax (``grade_logprob``);
+``final_grade_prob`` = mean of both probabilities. The heads keep the parameter names ``local_au_output`` /
+``au_output`` in every task, so saved checkpoints load unchanged.
 
 Variable tree (``params``; ``batch_stats`` mirrors every ``bn*``/``bn`` entry with ``mean``/``var``),
 with the JAA-Net release's state_dict names in brackets (see stem.py and heads.py for the sub-trees):
@@ -50,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from algrnet_jax import au_sets
+from algrnet_jax import au_sets, tasks
 from algrnet_jax.models import regions
 from algrnet_jax.models.adaptive import AdaptiveRegions
 from algrnet_jax.models.fusion import FusionRefine
@@ -78,7 +81,7 @@ class ALGRNet(nn.Module):
     relation: str = "skip_bilstm"
     fusion_refine: bool = True
     final_mean: bool = True          # final = mean(local, integrated); False: integrated (JAA-Net)
-    task: str = "au"                 # "au" | "paralysis"
+    task: str = "au"                 # a tasks.TASKS name: "au" | "paralysis"
     num_grades: int = 4
     num_regions: int = 12            # paralysis regions
     conv_impl: str = "auto"          # per-copy convolutions: layers.CONV_IMPLS (auto: per backend and layer)
@@ -86,8 +89,12 @@ class ALGRNet(nn.Module):
     param_dtype: Any = jnp.float32   # parameters and BatchNorm statistics
 
     @property
+    def task_spec(self) -> tasks.Task:
+        return tasks.get_task(self.task)
+
+    @property
     def num_branches(self) -> int:
-        return self.num_regions if self.task == "paralysis" else len(self.aus)
+        return self.task_spec.num_branches(self.aus, self.num_regions)
 
     @property
     def map_size(self) -> int:
@@ -108,11 +115,8 @@ class ALGRNet(nn.Module):
         landmarks = landmarks.reshape(b, au_sets.NUM_LANDMARKS, 2)
         out = {"landmarks": landmarks}
 
-        fixed = jax.lax.stop_gradient(landmarks)
-        if self.task == "paralysis":
-            centres = regions.paralysis_centres(fixed)
-        else:
-            centres = regions.au_centres(fixed, self.aus)
+        task = self.task_spec
+        centres = regions.CENTRE_SCHEMES[task.region_scheme](jax.lax.stop_gradient(landmarks), self.aus)
         if self.adaptive:
             offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive", **geo)(flatten_nchw(align))
             maps = regions.attention_maps(centres + offsets[:, :, None, :], scales, self.map_size, self.crop_size)
@@ -130,26 +134,12 @@ class ALGRNet(nn.Module):
         glob = HLFeat(u, train, name="global_au_feat", **kw)(region)        # [B, 5, 5, 20u]
         if self.fusion_refine:
             local = FusionRefine(local.shape[-1], name="fusion_refine", **dt)(local, glob)
-        classes = self.num_grades if self.task == "paralysis" else 2
+        classes, units = task.head_units(n, self)
         local_logits = DenseHead(8 * u, classes, copies=n, name="local_au_output", **dt)(local)  # [n, B, classes]
         local_logits = local_logits.astype(geo["dtype"])
         concat = jnp.concatenate([align, glob, jax.lax.stop_gradient(jnp.mean(local, axis=0))], axis=-1)
-
-        if self.task == "paralysis":
-            logits = DenseHead(64 * u, classes, name="au_output", **geo)(concat)
-            grade = jax.nn.log_softmax(logits)
-            local_grade = jax.nn.log_softmax(jnp.mean(local_logits, axis=0))
-            out.update(grade_logprob=grade, local_grade_logprob=local_grade,
-                       final_grade_prob=(jnp.exp(grade) + jnp.exp(local_grade)) / 2.0)
-            return out
-
-        logits = DenseHead(64 * u, 2 * n, name="au_output", **geo)(concat)    # PyTorch layout [B, 2, n]
-        au_logprob = jax.nn.log_softmax(logits.reshape(b, 2, n).transpose(0, 2, 1), axis=-1)
-        local_logprob = jax.nn.log_softmax(local_logits.transpose(1, 0, 2), axis=-1)
-        au_prob, local_prob = jnp.exp(au_logprob[..., 1]), jnp.exp(local_logprob[..., 1])
-        out.update(au_logprob=au_logprob, local_au_logprob=local_logprob, au_prob=au_prob,
-                   local_au_prob=local_prob,
-                   final_au_prob=(au_prob + local_prob) / 2.0 if self.final_mean else au_prob)
+        logits = DenseHead(64 * u, units, name="au_output", **geo)(concat)   # AU: PyTorch layout [B, 2, n]
+        out.update(task.head_outputs(logits, local_logits, self.final_mean))
         return out
 
     def _relations(self) -> nn.Module:
@@ -164,8 +154,7 @@ def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
     m = config.model
     if m.arch not in ("jaanet", "algrnet"):
         raise ValueError(f"config.model.arch must be 'jaanet' or 'algrnet', got {m.arch!r}")
-    if m.task not in ("au", "paralysis"):
-        raise ValueError(f"config.model.task must be 'au' or 'paralysis', got {m.task!r}")
+    task = tasks.get_task(config)   # ValueError naming the registered tasks
     if m.relation not in RELATIONS:
         raise ValueError(f"config.model.relation must be one of {RELATIONS}, got {m.relation!r}")
     if m.relation != "none" and m.lstm_hidden != 8 * m.unit:
@@ -173,9 +162,9 @@ def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
                          "s_t = v_t + h_t adds the hidden state to the region features")
     if config.crop_size % 16:
         raise ValueError(f"config.crop_size ({config.crop_size}) must be divisible by 16 (region-layer grids)")
-    if m.task == "paralysis" and m.num_regions != len(regions.PARALYSIS_REGIONS):
-        raise ValueError(f"config.model.num_regions ({m.num_regions}) must be {len(regions.PARALYSIS_REGIONS)}, "
-                         "the number of muscle regions in regions.PARALYSIS_REGIONS")
+    if task.region_scheme == "muscle" and m.num_regions != len(au_sets.PARALYSIS_REGIONS):
+        raise ValueError(f"config.model.num_regions ({m.num_regions}) must be {len(au_sets.PARALYSIS_REGIONS)}, "
+                         "the number of muscle regions in au_sets.PARALYSIS_REGIONS")
     if m.arch == "jaanet" and (m.adaptive or m.relation != "none" or m.fusion_refine):
         raise ValueError("arch 'jaanet' has no adaptive regions, relations or fusion & refining")
     conv_impl = m.get("conv_impl", "auto")

@@ -15,8 +15,7 @@ reference run in float64).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,32 +71,9 @@ def au_centres(landmarks: jax.Array, aus: Sequence[int]) -> jax.Array:
     return pts.at[..., 1].add(_ruler_shift(landmarks, dy)[:, :, None])
 
 
-@dataclasses.dataclass(frozen=True)
-class MuscleRegion:
-    """A paralysis region: centre = mean of ``indices`` landmarks, shifted by ``dy_ruler * ruler`` in y."""
-
-    name: str
-    indices: tuple[int, ...]
-    dy_ruler: float = 0.0
-
-
-# The 12 muscle regions of the paralysis model. "left"/"right" are image left/right (the subject's
-# right/left). Indices are 0-based into the 49-point scheme (see au_sets): brows 0-4 / 5-9, nose 10-18
-# (14 and 18 the outer nostril points), eyes 19-24 / 25-30, mouth corners 31 / 37, lower lip 38-42.
-PARALYSIS_REGIONS: tuple[MuscleRegion, ...] = (
-    MuscleRegion("brow_left", (1, 2, 3), -1.0 / 3.0),      # frontalis, above the brow
-    MuscleRegion("brow_right", (6, 7, 8), -1.0 / 3.0),
-    MuscleRegion("eye_left", tuple(range(19, 25))),         # orbicularis oculi, eye centre
-    MuscleRegion("eye_right", tuple(range(25, 31))),
-    MuscleRegion("cheek_left", tuple(range(19, 25)), 1.0),  # zygomaticus / cheek raiser, below the eye
-    MuscleRegion("cheek_right", tuple(range(25, 31)), 1.0),
-    MuscleRegion("nose_left", (14,)),                       # nasalis / levator labii, nostril side
-    MuscleRegion("nose_right", (18,)),
-    MuscleRegion("mouth_left", (31,)),                      # mouth corners (risorius, orbicularis oris)
-    MuscleRegion("mouth_right", (37,)),
-    MuscleRegion("chin_left", (41,), 0.5),                  # mentalis / depressors, below the lower lip
-    MuscleRegion("chin_right", (39,), 0.5),
-)
+# The 12 muscle regions of the paralysis model (data: au_sets.PARALYSIS_REGIONS).
+MuscleRegion = au_sets.MuscleRegion
+PARALYSIS_REGIONS = au_sets.PARALYSIS_REGIONS
 
 
 def paralysis_rule_arrays(dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -157,3 +133,10 @@ def attention_maps(centres: jax.Array, scales: jax.Array | float, map_size: int,
         value = exact + (value - jax.lax.stop_gradient(value))
     value = jnp.where(inside, jnp.maximum(value, 0.0), 0.0)      # [B, n, 2, M, M]
     return jnp.max(value, axis=2)
+
+
+# Region scheme (``tasks.Task.region_scheme``) -> (landmarks [B, 49, 2], AUs) -> centres [B, n, 2, 2].
+CENTRE_SCHEMES: dict[str, Callable[[jax.Array, Sequence[int]], jax.Array]] = {
+    "au": au_centres,
+    "muscle": lambda landmarks, aus: paralysis_centres(landmarks),
+}
