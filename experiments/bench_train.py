@@ -80,15 +80,15 @@ def jax_train_runner(name: str, size: str, batch_size: int, conv_impl: str, dtyp
     model = create_model(config)
     state = new_train_state(model, config, optim.make_optimizer(config.train, 1000), jax.random.PRNGKey(0))
     batch = {k: jnp.asarray(v) for k, v in make_batch(config, batch_size).items()}
-    au_weight = jnp.ones([len(config.aus)], jnp.float32)
+    loss_weights = jnp.ones([len(config.aus)], jnp.float32)
     t0 = time.perf_counter()
     compiled = jax.jit(functools.partial(train_steps.train_step, config=config), donate_argnums=(0,)).lower(
-        state, batch, au_weight).compile()
+        state, batch, loss_weights).compile()
     facts = {"compile_s": round(time.perf_counter() - t0, 1), **_memory(compiled)}
     box = [state]
 
     def run():
-        box[0], metrics = compiled(box[0], batch, au_weight)
+        box[0], metrics = compiled(box[0], batch, loss_weights)
         jax.block_until_ready(metrics)
         if not np.isfinite(float(metrics["loss"])):
             raise FloatingPointError(f"{name}: non-finite loss")

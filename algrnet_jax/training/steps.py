@@ -1,4 +1,4 @@
-"""The train step: one pure function ``(state, batch, au_weight) -> (state, metrics)``, jitted once.
+"""The train step: one pure function ``(state, batch, loss_weights) -> (state, metrics)``, jitted once.
 
 ``make_train_step(config, mesh)`` compiles it over a data-parallel mesh (``parallel.py``): the batch is
 sharded over the ``data`` axis, state and AU weights are replicated, and the state buffers are donated.
@@ -25,7 +25,7 @@ Batch = Mapping[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 
 
-def loss_and_grads(state: TrainState, batch: Batch, au_weight: jax.Array, *, config: ml_collections.ConfigDict
+def loss_and_grads(state: TrainState, batch: Batch, loss_weights: jax.Array, *, config: ml_collections.ConfigDict
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], Any, Any]:
     """Train-mode forward and backward of ``losses.total_loss`` (arguments as ``train_step``).
 
@@ -41,14 +41,14 @@ def loss_and_grads(state: TrainState, batch: Batch, au_weight: jax.Array, *, con
     def loss_fn(params):
         outputs, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
                                            train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
-        loss, metrics = total_loss(outputs, batch, au_weight, config)
+        loss, metrics = total_loss(outputs, batch, loss_weights, config)
         return loss, (outputs, metrics, new_vars["batch_stats"])
 
     (_, (outputs, metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return outputs, metrics, grads, precision.cast_like(batch_stats, state.batch_stats)
 
 
-def train_step(state: TrainState, batch: Batch, au_weight: jax.Array, *,
+def train_step(state: TrainState, batch: Batch, loss_weights: jax.Array, *,
                config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on a global batch.
 
@@ -56,14 +56,14 @@ def train_step(state: TrainState, batch: Batch, au_weight: jax.Array, *,
       state: current TrainState.
       batch: ``image`` [B, C, C, 3], ``landmarks`` [B, 49, 2], ``interocular`` [B], ``labels`` [B, n]
         (paralysis: [B]) (docs/design.md).
-      au_weight: float32 [n] AU loss weights of the training part of the fold.
+      loss_weights: float32 [K] the task's loss weights (AU: per-AU [n]; grading: per-grade [G]) of the training part.
       config: the full config (static).
 
     Returns:
       the new state (BatchNorm statistics updated from the batch) and scalar metrics: the loss terms of
       ``losses.total_loss`` plus ``grad_norm`` and ``param_norm``.
     """
-    _, metrics, grads, batch_stats = loss_and_grads(state, batch, au_weight, config=config)
+    _, metrics, grads, batch_stats = loss_and_grads(state, batch, loss_weights, config=config)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     metrics["grad_norm"] = optax.global_norm(grads)
