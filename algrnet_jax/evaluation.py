@@ -26,19 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from algrnet_jax import metrics
+from algrnet_jax import metrics, tasks
 from algrnet_jax.errors import UserError
 
-# Model outputs the evaluator reads (docs/design.md); anything else is dropped inside the jitted step.
-_EVAL_OUTPUTS = ("local_au_prob", "au_prob", "final_au_prob", "landmarks", "grade_logprob",
-                 "local_grade_logprob", "final_grade_prob")
-# (result key, model output, row label) of the three AU predictions ...
-AU_PREDICTIONS = (("local", "local_au_prob", "local"), ("integrated", "au_prob", "integrated"),
-                  ("final", "final_au_prob", "final"))
-# ... and of the three grade predictions (argmax is taken, so log-probabilities and probabilities both work).
-GRADE_PREDICTIONS = (("local", "local_grade_logprob", "local"), ("integrated", "grade_logprob", "integrated"),
-                     ("final", "final_grade_prob", "final"))
-TRIVIAL = "all_present"
+# Model outputs the evaluator reads (docs/design.md): every task's predictions and the landmarks; anything
+# else is dropped inside the jitted step.
+_EVAL_OUTPUTS = tuple(dict.fromkeys(
+    [p.output for t in tasks.TASKS.values() for p in t.predictions] + ["landmarks"]))
+# (result key, model output, row label) of each task's predictions (tasks.Task.predictions).
+AU_PREDICTIONS = tuple((p.key, p.output, p.label) for p in tasks.get_task("au").predictions)
+GRADE_PREDICTIONS = tuple((p.key, p.output, p.label) for p in tasks.get_task("paralysis").predictions)
+TRIVIAL = tasks.TRIVIAL
 # Paper table of each (task, label set) and the landmark-error column of each dataset.
 PAPER_AU_TABLES = {"bp4d": ("table2_bp4d_f1", "Table II"), "disfa": ("table3_disfa_f1", "Table III")}
 PAPER_ABLATION_TABLES = {"bp4d": ("table6_bp4d_ablation_f1", "Table VI"), "disfa": ("table5_disfa_ablation_f1", "Table V")}
@@ -99,17 +97,13 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
     Returns:
       a JSON-serialisable dict (percentages); see the module docstring.
     """
-    from algrnet_jax.configs import num_outputs
-
-    task = config.model.task
+    task = tasks.get_task(config)
     if batches is None:
         from data_pipelines.pipeline import eval_batches
 
         batches = eval_batches(config, split=split)
     apply_fn = apply_fn or make_eval_step(config)
-    n = num_outputs(config)
-    au = {key: metrics.AUMetrics(n) for key, _, _ in AU_PREDICTIONS + ((TRIVIAL, None, None),)}
-    grades = {key: metrics.GradeMetrics(config.model.num_grades) for key, _, _ in GRADE_PREDICTIONS}
+    predictions = task.new_metrics(config)
     landmarks = metrics.LandmarkMetrics()
     frames = 0
     for i, batch in enumerate(batches):
@@ -117,19 +111,8 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
             break
         out = _to_numpy(apply_fn(variables, batch["image"]))
         mask = np.asarray(batch["mask"])
-        labels = np.asarray(batch["labels"])
         frames += int(np.sum(mask > 0))
-        if task == "paralysis":
-            for key, output, _ in GRADE_PREDICTIONS:
-                if output in out:  # a model without per-region heads gives only the integrated one
-                    grades[key].update(out[output], labels, mask)
-        else:
-            if labels.shape != out["final_au_prob"].shape:
-                raise ValueError(f"batch labels {labels.shape} do not match the model's AU outputs "
-                                 f"{out['final_au_prob'].shape} (config.aus = {tuple(config.aus)})")
-            for key, output, _ in AU_PREDICTIONS:
-                au[key].update(out[output], labels, mask)
-            au[TRIVIAL].update(np.ones(labels.shape, np.float32), labels, mask)
+        predictions.update(out, np.asarray(batch["labels"]), mask)
         landmarks.update(out["landmarks"], batch["landmarks"], batch["interocular"], mask)
         if on_batch is not None:
             on_batch(batch, out)
@@ -138,37 +121,14 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
                          f"({config.data.builder_config!r}) fold {config.data.fold}, split {split!r}")
 
     result: dict[str, Any] = {
-        "model": config.name, "size": config.size, "task": task, "dataset": config.data.dataset,
+        "model": config.name, "size": config.size, "task": task.name, "dataset": config.data.dataset,
         "builder_config": config.data.builder_config, "label_set": config.label_set,
         "fold": int(config.data.fold), "split": split, "frames": frames,
         "landmarks": {"mean_error_pct": 100 * landmarks.mean_error(),
                       "failure_rate_pct": 100 * landmarks.failure_rate()},
     }
-    if task == "paralysis":
-        from algrnet_jax import au_sets
-
-        result["grades"] = list(au_sets.GRADES)
-        result["predictions"] = {key: _grade_summary(acc) for key, acc in grades.items() if acc.confusion.sum()}
-        headline = "final" if "final" in result["predictions"] else "integrated"
-        result["mean_f1"] = result["predictions"][headline]["mean_f1"]
-    else:
-        result["aus"] = [f"AU{a}" for a in config.aus]
-        result["predictions"] = {key: _au_summary(acc) for key, acc in au.items()}
-        result["mean_f1"] = result["predictions"]["final"]["mean_f1"]
+    result.update(task.summarize(config, predictions))
     return result
-
-
-def _grade_summary(acc: metrics.GradeMetrics) -> dict[str, Any]:
-    f1 = acc.f1()
-    return {"f1": [100 * float(v) for v in f1], "mean_f1": 100 * float(f1.mean()),
-            "accuracy": 100 * acc.accuracy(), "confusion": acc.confusion.tolist()}
-
-
-def _au_summary(acc: metrics.AUMetrics) -> dict[str, Any]:
-    f1, accuracy = acc.f1(), acc.accuracy()
-    return {"f1": [100 * float(v) for v in f1], "accuracy": [100 * float(v) for v in accuracy],
-            "mean_f1": 100 * float(f1.mean()), "mean_accuracy": 100 * float(accuracy.mean()),
-            "counts": acc.counts()}
 
 
 def check_eval_data(config: Any, split: str | None = None) -> str:

@@ -243,8 +243,8 @@ class AUTaskMetrics(TaskMetrics):
         for key, output in self.predictions:
             prob = np.asarray(outputs[output])
             if labels.shape != prob.shape:
-                raise ValueError(f"batch labels {labels.shape} do not match the model's AU output {output} "
-                                 f"{prob.shape} ({self.num_aus} AUs)")
+                raise ValueError(f"batch labels {labels.shape} do not match the model's AU outputs ({output} "
+                                 f"{prob.shape}, {self.num_aus} AUs)")
             self.acc[key].update(prob, labels, mask)
         if self.trivial_key:
             self.acc[self.trivial_key].update(np.ones(labels.shape, np.float32), labels, mask)
