@@ -1,10 +1,20 @@
-"""Input pipeline: tfds records -> global numpy batches (docs/design.md "Batches").
+"""Input pipeline: a config -> a :class:`DataSource` of global numpy batches (docs/design.md "Batches").
 
-Records are read by random access (:class:`RecordReader` over the TFRecord shards) in an order
-fixed by ``(config.data.shuffle_seed, epoch)``: every epoch is a global permutation of the training
-part, so a run resumed at ``(epoch, start_batch)`` sees exactly the batches it would have seen.
-Augmentation (random crop inside the aligned face, horizontal flip p = 0.5 with landmark
-reflection) draws its parameters from ``(seed, epoch, example index)`` (:func:`epoch_augmentation`).
+:func:`make_source` resolves the dataset once, checks it against the config (built, array_record, label
+set and AUs, batch sizes) and splits the fold's records three ways, subject-exclusive:
+
+- **train**: the two training parts minus the validation subjects; ``train_batches(epoch, start_batch)``;
+- **val**: a seeded fraction ``config.data.val_fraction`` of the training subjects (``data.val_seed``;
+  at least one subject when the fraction is > 0, none when it is 0), for model selection;
+- **test**: the fold's test part, untouched; ``eval_batches("test")``.
+
+Steps per epoch and loss weights are computed over the training records only.
+
+Records are read by random access (tfds data source over ArrayRecord shards, ``data_pipelines.records``)
+in an order fixed by ``(config.data.shuffle_seed, epoch)``: every epoch is a global permutation of the
+training records, so a run resumed at ``(epoch, start_batch)`` sees exactly the batches it would have
+seen. Augmentation (random crop inside the aligned face, horizontal flip p = 0.5 with landmark reflection)
+draws its parameters from ``(seed, epoch, training record position)`` (:func:`epoch_augmentation`).
 Decoding, cropping and normalising run in tf.data (parallel, prefetched); batches come out as numpy:
 
 - ``image`` float32 ``[B, C, C, 3]`` in [-1, 1]; ``landmarks`` float32 ``[B, 49, 2]`` crop pixels;
@@ -19,10 +29,9 @@ divisible by the device count (multi-host training: each process gets its rows o
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
-import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import ml_collections
@@ -30,138 +39,58 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from algrnet_jax import au_sets
-from data_pipelines import augment, builders
-from data_pipelines.builders import common
+from algrnet_jax import tasks
+from data_pipelines import augment, records
+from data_pipelines.records import DataError, DatasetNotBuiltError, dataset_builder
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 
+DEFAULT_VAL_FRACTION = 0.1   # configs saved before data.val_fraction existed read this
+EVAL_PARTS = ("val", "test")
 
-# ------------------------------------------------------------------------------------- builder
-
-
-def dataset_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    """The prepared builder named by ``config.data`` (dataset, builder_config, data_dir).
-
-    Raises:
-      FileNotFoundError: when the dataset has not been built, with the command that builds it.
-    """
-    d = config.data
-    data_dir = d.data_dir or builders.default_data_dir()
-    builder = builders.get_builder(d.dataset, d.builder_config or None, data_dir)
-    if not builder.is_prepared():
-        cfg = f" --config {d.builder_config}" if d.builder_config else ""
-        raise FileNotFoundError(
-            f"dataset {d.dataset}{'/' + d.builder_config if d.builder_config else ''} is not built in "
-            f"{data_dir}; build it with `algrnet data build {d.dataset}{cfg} --data-dir {data_dir}`")
-    return builder
-
-
-def split_for(config: ml_collections.ConfigDict, train: bool) -> str:
-    """Training split of ``config.data.fold`` (the other two parts) or its test part."""
-    fold = config.data.fold
-    return common.train_split(fold) if train else common.test_split(fold)
-
-
-def num_examples(config: ml_collections.ConfigDict, train: bool) -> int:
-    """Number of records in the training (or test) split of the fold."""
-    return _num_examples(dataset_builder(config), split_for(config, train))
-
-
-def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
-    return int(builder.info.splits[split].num_examples)
-
-
-def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-    """Training batches per epoch: ``num_examples // batch_size`` (the remainder is dropped)."""
-    return num_examples(config, True) // int(config.data.batch_size)
+__all__ = ["Batch", "DataSource", "make_source", "validation_subjects", "epoch_permutation", "epoch_augmentation",
+           "DataError", "DatasetNotBuiltError", "dataset_builder", "split_for", "num_examples", "steps_per_epoch",
+           "au_loss_weights", "train_batches", "eval_batches"]
 
 
 # -------------------------------------------------------------------------------------- labels
 
 
-def _label_set(builder: tfds.core.DatasetBuilder) -> str:
-    cfg = builder.builder_config
-    label_set = getattr(cfg, "label_set", None) or (builder.info.metadata or {}).get("label_set")
-    if label_set is None:
-        raise ValueError(f"dataset {builder.name} does not say its label set (builder config or metadata)")
-    return label_set
+def label_columns(config: ml_collections.ConfigDict, label_set: str) -> np.ndarray | None:
+    """Columns of the record labels that ``config.aus`` selects; ``None`` for paralysis grades
+    (``tasks.Task.label_columns`` of the config's task).
 
-
-def _label_columns(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> np.ndarray | None:
-    """Columns of the record labels that ``config.aus`` selects; ``None`` for paralysis grades."""
-    label_set = _label_set(builder)
-    paralysis = config.model.task == "paralysis"
-    if (label_set == common.PARALYSIS) != paralysis:
-        raise ValueError(f"config task {config.model.task!r} does not match dataset "
-                         f"{builder.name}/{builder.builder_config.name} (label set {label_set!r})")
-    if paralysis:
-        return None
-    aus = common.label_set_aus(label_set)
-    missing = [a for a in config.aus if a not in aus]
-    if missing:
-        raise ValueError(f"config.aus {tuple(config.aus)} has AUs {missing} that label set {label_set!r} "
-                         f"({aus}) does not have")
-    return np.asarray([aus.index(a) for a in config.aus], np.int32)
-
-
-def _part_counts(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray]:
-    """Summed label counts of the parts of ``split`` (from metadata, else by reading the labels)."""
-    parts = split.split("+")
-    stored = (builder.info.metadata or {}).get("label_counts", {})
-    if all(p in stored for p in parts):
-        keys = [k for k in ("positives", "labelled", "grades") if k in stored[parts[0]]]
-        return {k: np.sum([np.asarray(stored[p][k], np.int64) for p in parts], 0) for k in keys}
-    log.info("no label counts in the metadata of %s; reading labels of %s", builder.name, split)
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-    labels = np.concatenate([b["labels"] for b in tfds.as_numpy(ds.map(lambda e: {"labels": e["labels"]})
-                                                                  .batch(4096))]).astype(np.int64)
-    if _label_set(builder) == common.PARALYSIS:
-        return {"grades": np.bincount(labels[:, 0], minlength=len(au_sets.GRADES))}
-    return {"positives": (labels == 1).sum(0), "labelled": (labels >= 0).sum(0)}
-
-
-def _inverse_rate_weights(rate: np.ndarray, what: str) -> np.ndarray:
-    rate = np.asarray(rate, np.float64)
-    if (rate <= 0).any():
-        log.warning("%s: zero rates at %s; clipped to the smallest positive rate", what, np.flatnonzero(rate <= 0))
-        positive = rate[rate > 0]
-        rate = np.where(rate > 0, rate, positive.min() if positive.size else 1.0)
-    w = 1.0 / rate
-    return (w * (len(w) / w.sum())).astype(np.float32)
-
-
-def au_loss_weights(config: ml_collections.ConfigDict) -> np.ndarray:
-    """AU loss weights ``[n]`` from the training split of the fold (SPEC section 2).
-
-    ``rate_i = positives_i / labelled_i`` (unknown labels excluded), ``w_i ∝ 1 / rate_i``,
-    ``sum_i w_i = n``. Paralysis: class-balanced grade weights ``[4]``, ``w_g ∝ 1 / count_g``,
-    ``sum = 4``. An AU (grade) without any positive example gets the largest weight of the others.
+    Raises:
+      DataError: the config's task does not match the label set, or an AU of ``config.aus`` is not in it.
     """
-    builder = dataset_builder(config)
-    cols = _label_columns(config, builder)
-    counts = _part_counts(builder, split_for(config, True))
-    if cols is None:
-        return _inverse_rate_weights(counts["grades"], "grade weights")
-    pos = counts["positives"][cols].astype(np.float64)
-    lab = np.maximum(counts["labelled"][cols], 1).astype(np.float64)
-    return _inverse_rate_weights(pos / lab, "AU weights")
+    task = tasks.get_task(config)
+    if not task.accepts_label_set(label_set):
+        raise DataError(f"config task {task.name!r} does not match dataset {config.data.dataset}/"
+                        f"{config.data.builder_config} (label set {label_set!r})")
+    try:
+        return task.label_columns(config, label_set)
+    except ValueError as e:
+        raise DataError(str(e)) from e
 
 
-# ------------------------------------------------------------------------------------- batches
+def loss_weights(task: tasks.Task, labels: np.ndarray, columns: np.ndarray | None) -> np.ndarray:
+    """The task's loss weights from the record labels int ``[N, L]`` of the training records (SPEC section 2).
+
+    AUs: ``rate_i = positives_i / labelled_i`` over the ``columns`` (unknown labels excluded),
+    ``w_i ∝ 1 / rate_i``, ``sum_i w_i = n``: float32 ``[n]``. Paralysis (``columns`` None): class-balanced
+    grade weights ``[4]``, ``w_g ∝ 1 / count_g``, ``sum = 4``. A class without any positive example gets the
+    largest weight of the others (``tasks.Task.loss_weights``).
+    """
+    return task.loss_weights(task.count_labels(np.asarray(labels, np.int64)), columns, log.warning)
 
 
-def _check_divisible(batch_size: int, what: str) -> None:
-    n = jax.device_count()
-    if batch_size <= 0 or batch_size % n:
-        raise ValueError(f"{what} = {batch_size} must be a positive multiple of the number of devices ({n}); "
-                         f"batches are global and sharded over all devices")
+# ------------------------------------------------------------------------------ order and splits
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of the ``n`` training records in ``epoch``: int64 ``[n]``."""
+    """The order of the ``n`` training records in ``epoch``: positions int64 ``[n]``."""
     return np.random.default_rng([int(seed), int(epoch), 0]).permutation(n).astype(np.int64)
 
 
@@ -169,7 +98,7 @@ def epoch_augmentation(seed: int, epoch: int, n: int, aligned_size: int,
                        crop_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Crop offsets (x, y) int32 ``[n, 2]`` in ``[0, A - C]`` and flips bool ``[n]`` (p = 0.5) of ``epoch``.
 
-    Row i belongs to record i, whatever its position in the epoch: keyed by (seed, epoch, index).
+    Row i belongs to training record i, whatever its position in the epoch: keyed by (seed, epoch, index).
     """
     rng = np.random.default_rng([int(seed), int(epoch), 1])
     offsets = rng.integers(0, aligned_size - crop_size + 1, size=(n, 2), dtype=np.int32)
@@ -177,69 +106,41 @@ def epoch_augmentation(seed: int, epoch: int, n: int, aligned_size: int,
     return offsets, flips
 
 
-class RecordReader:
-    """Random access to the serialized records of a split (TFRecord shards, tfds's default format).
+def validation_subjects(subjects: Sequence[str], fraction: float, seed: int) -> tuple[str, ...]:
+    """The validation subjects among the training ``subjects``: a seeded ``fraction`` of the distinct ones.
 
-    Scans the 12-byte record headers of the split's shards once (no payload is read), then serves
-    any list of record indices with ``os.pread``. ``split`` may be any tfds split expression.
+    ``k = max(1, round(fraction * S))`` of the S distinct subjects (none when ``fraction`` is 0), drawn by a
+    permutation seeded with ``seed``; sorted. At least one subject stays for training.
     """
+    if not 0.0 <= float(fraction) < 1.0:
+        raise DataError(f"data.val_fraction = {fraction} must be in [0, 1)")
+    unique = sorted(set(subjects))
+    if fraction == 0 or not unique:
+        return ()
+    k = max(1, int(np.floor(float(fraction) * len(unique) + 0.5)))
+    if k >= len(unique):
+        raise DataError(f"data.val_fraction = {fraction} takes {k} of the {len(unique)} training subjects for "
+                        f"validation and leaves none for training; lower it (0 = no validation split)")
+    chosen = np.random.default_rng([int(seed), 2]).permutation(len(unique))[:k]
+    return tuple(sorted(str(unique[i]) for i in chosen))
 
-    def __init__(self, builder: tfds.core.DatasetBuilder, split: str):
-        from tensorflow_datasets.core.data_sources import base
 
-        if builder.info.file_format is not None and builder.info.file_format.value != "tfrecord":
-            raise ValueError(f"dataset {builder.name} in {builder.data_dir} is stored as "
-                             f"{builder.info.file_format.value}, not TFRecord; rebuild it with `algrnet data build`")
-        self._fds: list[int] = []
-        files, offsets, lengths = [], [], []
-        for k, ins in enumerate(base.file_instructions(builder.info, split)):
-            fd = os.open(ins.filename, os.O_RDONLY)
-            self._fds.append(fd)
-            off, length = self._scan(fd, ins.filename, ins.examples_in_shard)
-            sel = slice(ins.skip, ins.skip + ins.take)
-            files.append(np.full(ins.take, k, np.int32))
-            offsets.append(off[sel])
-            lengths.append(length[sel])
-        self._file = np.concatenate(files) if files else np.zeros(0, np.int32)
-        self._offset = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
-        self._length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+def split_for(config: ml_collections.ConfigDict, train: bool) -> str:
+    """Training split of ``config.data.fold`` (the other two parts, validation included) or its test part."""
+    fold = config.data.fold
+    return records.train_split(fold) if train else records.test_split(fold)
 
-    @staticmethod
-    def _scan(fd: int, filename: str, expected: int) -> tuple[np.ndarray, np.ndarray]:
-        size = os.fstat(fd).st_size
-        offsets, lengths, pos = [], [], 0
-        while pos < size:
-            header = os.pread(fd, 12, pos)
-            if len(header) < 12:
-                raise ValueError(f"{filename}: truncated TFRecord header at byte {pos}")
-            (n,) = struct.unpack("<Q", header[:8])
-            offsets.append(pos + 12)
-            lengths.append(n)
-            pos += 16 + n
-        if pos != size or len(offsets) != expected:
-            raise ValueError(f"{filename}: corrupt TFRecord shard ({len(offsets)} records, {expected} expected)")
-        return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
 
-    def __len__(self) -> int:
-        return len(self._offset)
+def _check_divisible(config: ml_collections.ConfigDict) -> None:
+    n = jax.device_count()
+    bad = [f"config.data.{k} = {v}" for k in ("batch_size", "eval_batch_size")
+           for v in [int(config.data[k])] if v <= 0 or v % n]
+    if bad:
+        raise DataError(f"{' and '.join(bad)} must be a positive multiple of the number of devices ({n}); "
+                        f"batches are global and sharded over all devices")
 
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """Serialized records at ``indices`` ``[k]``: object array of bytes ``[k]``."""
-        fds = self._fds
-        return np.array([os.pread(fds[f], n, o) for f, o, n in
-                         zip(self._file[indices].tolist(), self._offset[indices].tolist(),
-                             self._length[indices].tolist())] + [b""], dtype=object)[:-1]
 
-    def close(self) -> None:
-        fds, self._fds = self._fds, []
-        for fd in fds:
-            try:
-                os.close(fd)
-            except (OSError, TypeError, AttributeError):   # already closed / interpreter shutdown
-                pass
-
-    def __del__(self):
-        self.close()
+# ------------------------------------------------------------------------------------- batches
 
 
 def _parse_spec(features: tfds.features.FeaturesDict) -> dict[str, tf.io.FixedLenFeature]:
@@ -252,121 +153,252 @@ def _parse_spec(features: tfds.features.FeaturesDict) -> dict[str, tf.io.FixedLe
     return spec
 
 
-def _dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, split: str,
-             indices: np.ndarray, valid: np.ndarray, offsets: np.ndarray, flips: np.ndarray,
-             batch_size: int, with_ids: bool) -> tf.data.Dataset:
-    """tf.data over record ``indices`` ``[steps * B]`` -> batch dicts.
+class _Batcher:
+    """Records of a split at given indices -> decoded, cropped, normalised batches (tf.data).
 
-    ``valid`` ``[N]`` marks real rows, ``offsets`` ``[N, 2]`` (x, y) and ``flips`` ``[N]`` give each
-    row's crop and flip. Reading is by random access; parsing, landmark maths and normalisation are
-    batched; JPEG decoding (only the crop window when no resize is needed) runs per image.
+    Holds what every batch stream of one source shares: the builder, the parsing spec, sizes, label
+    columns and one random-access reader per split (opened on first use).
     """
-    reader = RecordReader(builder, split)
-    features = builder.info.features
-    spec = _parse_spec(features)
-    src_size = int(features["image"].shape[0])
-    aligned, crop = int(config.aligned_size), int(config.crop_size)
-    cols = _label_columns(config, builder)
-    b = batch_size
 
-    def read_parse(idx, ok, offset, flip):
-        raw = tf.ensure_shape(tf.numpy_function(reader.read, [idx], tf.string, stateful=False), [b])
-        ex = tf.io.parse_example(raw, spec)
-        ex.update(ok=ok, offset=offset, flip=flip)
-        return ex
+    def __init__(self, config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                 columns: np.ndarray | None):
+        features = builder.info.features
+        self.builder = builder
+        self.spec = _parse_spec(features)
+        self.src_size = int(features["image"].shape[0])
+        self.aligned, self.crop = int(config.aligned_size), int(config.crop_size)
+        self.columns = columns
+        self.prefetch = max(int(config.data.prefetch), 1)
+        self._readers: dict[str, Sequence[bytes]] = {}
 
-    def decode(ex):
-        ex = dict(ex)
-        image = augment.tf_decode_crop(ex["image"], ex["offset"], src_size, aligned, crop)
-        ex["image"] = augment.tf_flip_image(image, ex["flip"])
-        return ex
+    def reader(self, split: str) -> Sequence[bytes]:
+        if split not in self._readers:
+            self._readers[split] = records.reader(self.builder, split)
+        return self._readers[split]
 
-    def finish(ex):
-        ok, offset, flip = ex["ok"], ex["offset"], ex["flip"]
-        lm = ex["landmarks"]
-        if aligned != src_size:
-            lm = augment.tf_resize_landmarks(lm, src_size, aligned)
-        lm = augment.tf_crop_landmarks(lm, offset)
-        lm = tf.where(flip[:, None, None], augment.tf_flip_landmarks(lm, crop), lm)
-        labels = tf.cast(ex["labels"], tf.int32)
-        if cols is None:
-            labels = labels[:, 0]
+    def dataset(self, split: str, indices: np.ndarray, valid: np.ndarray, offsets: np.ndarray, flips: np.ndarray,
+                batch_size: int, with_ids: bool) -> tf.data.Dataset:
+        """tf.data over records ``indices`` ``[steps * B]`` of ``split`` -> batch dicts.
+
+        ``valid`` ``[N]`` marks real rows, ``offsets`` ``[N, 2]`` (x, y) and ``flips`` ``[N]`` give each
+        row's crop and flip. Reading is by random access; parsing, landmark maths and normalisation are
+        batched; JPEG decoding (only the crop window when no resize is needed) runs per image.
+        """
+        source = self.reader(split)
+        spec, src_size, aligned, crop, cols = self.spec, self.src_size, self.aligned, self.crop, self.columns
+        b = batch_size
+
+        def read_parse(idx, ok, offset, flip):
+            raw = tf.ensure_shape(tf.numpy_function(lambda i: records.read(source, i), [idx], tf.string,
+                                                    stateful=False), [b])
+            ex = tf.io.parse_example(raw, spec)
+            ex.update(ok=ok, offset=offset, flip=flip)
+            return ex
+
+        def decode(ex):
+            ex = dict(ex)
+            image = augment.tf_decode_crop(ex["image"], ex["offset"], src_size, aligned, crop)
+            ex["image"] = augment.tf_flip_image(image, ex["flip"])
+            return ex
+
+        def finish(ex):
+            ok, offset, flip = ex["ok"], ex["offset"], ex["flip"]
+            lm = ex["landmarks"]
+            if aligned != src_size:
+                lm = augment.tf_resize_landmarks(lm, src_size, aligned)
+            lm = augment.tf_crop_landmarks(lm, offset)
+            lm = tf.where(flip[:, None, None], augment.tf_flip_landmarks(lm, crop), lm)
+            labels = tf.cast(ex["labels"], tf.int32)
+            if cols is None:
+                labels = labels[:, 0]
+            else:
+                labels = tf.where(ok[:, None], tf.gather(labels, cols, axis=1), -1)
+            out = {"image": augment.tf_normalize(ex["image"]),
+                   "landmarks": lm, "interocular": ex["interocular"] * (aligned / src_size),
+                   "labels": labels, "mask": tf.cast(ok, tf.float32)}
+            if with_ids:
+                out["subject"] = tf.where(ok, ex["subject"], "")
+                out["frame"] = tf.where(ok, tf.cast(ex["frame"], tf.int32), -1)
+            return out
+
+        ds = tf.data.Dataset.from_tensor_slices(
+            (indices.reshape(-1, b), valid.reshape(-1, b), offsets.reshape(-1, b, 2).astype(np.int32),
+             flips.reshape(-1, b)))
+        ds = ds.map(read_parse).unbatch()
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(b, drop_remainder=True)
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.prefetch(self.prefetch)
+        options = tf.data.Options()
+        options.deterministic = True
+        return ds.with_options(options)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DataSource:
+    """The data of one run (dataset, fold, validation split), resolved once by :func:`make_source`.
+
+    Attributes:
+      steps_per_epoch: training batches per epoch, ``len(train_records) // batch_size`` (remainder dropped).
+      loss_weights: float32 ``[num_outputs]`` (AUs, or the 4 grades) from the training records' labels.
+      has_validation: whether ``eval_batches("val")`` has records (``data.val_fraction`` > 0).
+      description: one line for logs, e.g. ``synth_au/bp4d_tiny fold 1: 12 train frames (3 subjects) /
+        4 val frames (1 subject) / 8 test frames``.
+      train_records, val_records: int64 record indices within the fold's training split (``split_for``).
+      val_subjects: the validation subjects (sorted).
+      num_test: records of the test part.
+    """
+
+    steps_per_epoch: int
+    loss_weights: np.ndarray
+    has_validation: bool
+    description: str
+    train_records: np.ndarray
+    val_records: np.ndarray
+    val_subjects: tuple[str, ...]
+    num_test: int
+    batch_size: int
+    eval_batch_size: int
+    shuffle_seed: int
+    train_split: str
+    test_split: str
+    _batcher: _Batcher = dataclasses.field(repr=False)
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        """The training batches of ``epoch`` from ``start_batch`` on (global batch ``config.data.batch_size``).
+
+        Deterministic in ``(config.data.shuffle_seed, epoch)``; ``train_batches(e, start_batch=k)`` yields
+        exactly the batches ``k, k+1, ...`` of ``train_batches(e)``. With several JAX processes each yields its
+        own ``B / process_count`` rows of every global batch.
+        """
+        b, steps = self.batch_size, self.steps_per_epoch
+        if not 0 <= start_batch <= steps:
+            raise ValueError(f"start_batch {start_batch} outside 0..{steps} (batches per epoch)")
+        n = len(self.train_records)
+        positions = epoch_permutation(self.shuffle_seed, epoch, n)[start_batch * b:steps * b]
+        if positions.size == 0:
+            return
+        offsets, flips = epoch_augmentation(self.shuffle_seed, epoch, n, self._batcher.aligned, self._batcher.crop)
+        rows = b
+        if jax.process_count() > 1:        # multi-host: every process reads and decodes only its rows
+            rows = b // jax.process_count()
+            lo = jax.process_index() * rows
+            positions = positions.reshape(-1, b)[:, lo:lo + rows].reshape(-1)
+        ds = self._batcher.dataset(self.train_split, self.train_records[positions], np.ones(positions.size, bool),
+                                   offsets[positions], flips[positions], rows, with_ids=False)
+        yield from ds.as_numpy_iterator()
+
+    def eval_batches(self, part: str = "test") -> Iterator[Batch]:
+        """Batches of ``part`` in record order (``config.data.eval_batch_size``), the last one padded.
+
+        ``part``: "val" (the validation subjects), "test" (the fold's test part) or any split expression of
+        the dataset (e.g. "part2"). Also yields ``subject`` (str ``[B]``) and ``frame`` (int32 ``[B]``); drop
+        them before sending a batch to devices.
+        """
+        b = self.eval_batch_size
+        if part == "val":
+            if not self.has_validation:
+                raise DataError("no validation split: data.val_fraction is 0")
+            split, indices = self.train_split, self.val_records
+        elif part == "test":
+            split, indices = self.test_split, np.arange(self.num_test, dtype=np.int64)
         else:
-            labels = tf.where(ok[:, None], tf.gather(labels, cols, axis=1), -1)
-        out = {"image": augment.tf_normalize(ex["image"]),
-               "landmarks": lm, "interocular": ex["interocular"] * (aligned / src_size),
-               "labels": labels, "mask": tf.cast(ok, tf.float32)}
-        if with_ids:
-            out["subject"] = tf.where(ok, ex["subject"], "")
-            out["frame"] = tf.where(ok, tf.cast(ex["frame"], tf.int32), -1)
-        return out
+            split = part
+            indices = np.arange(records.num_examples(self._batcher.builder, split), dtype=np.int64)
+        n = len(indices)
+        if n == 0:
+            raise DataError(f"split {split} of {self._batcher.builder.name} is empty")
+        padded = -(-n // b) * b
+        idx = np.full(padded, indices[0], np.int64)
+        idx[:n] = indices
+        valid = np.arange(padded) < n
+        centre = augment.centre_offset(self._batcher.aligned, self._batcher.crop)
+        ds = self._batcher.dataset(split, idx, valid, np.full((padded, 2), centre, np.int32),
+                                   np.zeros(padded, bool), b, with_ids=True)
+        for batch in ds.as_numpy_iterator():
+            batch["subject"] = np.char.decode(batch["subject"].astype(bytes), "utf-8")
+            yield batch
 
-    ds = tf.data.Dataset.from_tensor_slices(
-        (indices.reshape(-1, b), valid.reshape(-1, b), offsets.reshape(-1, b, 2).astype(np.int32),
-         flips.reshape(-1, b)))
-    ds = ds.map(read_parse).unbatch()
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(b, drop_remainder=True)
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(max(int(config.data.prefetch), 1))
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options)
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def make_source(config: ml_collections.ConfigDict) -> DataSource:
+    """The :class:`DataSource` of ``config.data`` (dataset, fold, batch sizes, seeds, validation fraction).
+
+    Checks everything before reading records: the dataset is built (array_record), its label set fits the
+    config's task and AUs, batch sizes divide over the devices, the training split has a batch.
+
+    Raises:
+      DatasetNotBuiltError: with the command that builds the dataset.
+      DataError: naming the config field that does not fit the data.
+    """
+    d = config.data
+    _check_divisible(config)
+    builder = dataset_builder(config)
+    columns = label_columns(config, records.label_set(builder))
+    train_split, test_split = split_for(config, True), split_for(config, False)
+    num_test = records.num_examples(builder, test_split)
+    records.num_examples(builder, train_split)
+    index = records.split_index(builder, train_split)
+    fraction = float(d.get("val_fraction", DEFAULT_VAL_FRACTION))
+    val_subjects = validation_subjects(index.subjects, fraction, int(d.get("val_seed", 0)))
+    is_val = np.isin(index.subjects, np.asarray(val_subjects, dtype=index.subjects.dtype))
+    train_records = np.flatnonzero(~is_val).astype(np.int64)
+    val_records = np.flatnonzero(is_val).astype(np.int64)
+    batch_size = int(d.batch_size)
+    steps = len(train_records) // batch_size
+    if steps == 0:
+        raise DataError(f"the training records of {d.dataset}/{d.builder_config} fold {d.fold} ({len(train_records)} "
+                        f"in {train_split} without the validation subjects) are fewer than one batch of "
+                        f"data.batch_size = {batch_size}")
+    n_train_subjects = len(set(index.subjects[train_records].tolist()))
+    description = (f"{d.dataset}/{builder.builder_config.name} fold {d.fold}: "
+                   f"{_plural(len(train_records), 'train frame')} ({_plural(n_train_subjects, 'subject')}) / "
+                   f"{_plural(len(val_records), 'val frame')} ({_plural(len(val_subjects), 'subject')}) / "
+                   f"{_plural(num_test, 'test frame')}")
+    return DataSource(
+        steps_per_epoch=steps, loss_weights=loss_weights(tasks.get_task(config), index.labels[train_records], columns),
+        has_validation=bool(len(val_records)), description=description, train_records=train_records,
+        val_records=val_records, val_subjects=val_subjects, num_test=num_test, batch_size=batch_size,
+        eval_batch_size=int(d.eval_batch_size), shuffle_seed=int(d.shuffle_seed), train_split=train_split,
+        test_split=test_split, _batcher=_Batcher(config, builder, columns))
+
+
+# ---------------------------------------------------- config-level functions (callers not yet on DataSource)
+
+
+def num_examples(config: ml_collections.ConfigDict, train: bool) -> int:
+    """Number of records in the training split of the fold (validation subjects included) or its test part."""
+    return records.num_examples(dataset_builder(config), split_for(config, train))
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """``make_source(config).steps_per_epoch``."""
+    return make_source(config).steps_per_epoch
+
+
+def au_loss_weights(config: ml_collections.ConfigDict) -> np.ndarray:
+    """``make_source(config).loss_weights``."""
+    return make_source(config).loss_weights
 
 
 def train_batches(config: ml_collections.ConfigDict, *, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-    """The training batches of ``epoch`` from ``start_batch`` on (global batch ``config.data.batch_size``).
-
-    Deterministic in ``(config.data.shuffle_seed, epoch)``; ``train_batches(c, epoch=e, start_batch=k)``
-    yields exactly the batches ``k, k+1, ...`` of ``train_batches(c, epoch=e)``. With several JAX
-    processes each yields its own ``B / process_count`` rows of every global batch.
-    """
-    batch_size = int(config.data.batch_size)
-    _check_divisible(batch_size, "config.data.batch_size")
-    builder = dataset_builder(config)
-    split = split_for(config, True)
-    n = _num_examples(builder, split)
-    steps = n // batch_size
-    if steps == 0:
-        raise ValueError(f"training split {split} has {n} examples, fewer than one batch of {batch_size}")
-    if not 0 <= start_batch <= steps:
-        raise ValueError(f"start_batch {start_batch} outside 0..{steps} (batches per epoch)")
-    seed = int(config.data.shuffle_seed)
-    order = epoch_permutation(seed, epoch, n)[start_batch * batch_size:steps * batch_size]
-    if order.size == 0:
-        return
-    offsets, flips = epoch_augmentation(seed, epoch, n, int(config.aligned_size), int(config.crop_size))
-    rows = batch_size
-    if jax.process_count() > 1:        # multi-host: every process reads and decodes only its rows
-        rows = batch_size // jax.process_count()
-        lo = jax.process_index() * rows
-        order = order.reshape(-1, batch_size)[:, lo:lo + rows].reshape(-1)
-    ds = _dataset(config, builder, split, order, np.ones(order.size, bool), offsets[order], flips[order],
-                  rows, with_ids=False)
-    yield from ds.as_numpy_iterator()
+    """``make_source(config).train_batches(epoch, start_batch)``."""
+    yield from make_source(config).train_batches(epoch, start_batch)
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, split: str | None = None) -> Iterator[Batch]:
-    """Test batches in record order (``config.data.eval_batch_size``), the last one padded.
+    """``make_source(config).eval_batches(split or "test")``."""
+    yield from make_source(config).eval_batches(split or "test")
 
-    Also yields ``subject`` (str ``[B]``) and ``frame`` (int32 ``[B]``); drop them before sending a
-    batch to devices. ``split`` defaults to the fold's test part.
-    """
-    batch_size = int(config.data.eval_batch_size)
-    _check_divisible(batch_size, "config.data.eval_batch_size")
-    builder = dataset_builder(config)
-    split = split or split_for(config, False)
-    n = _num_examples(builder, split)
-    if n == 0:
-        raise ValueError(f"split {split} of {builder.name} is empty")
-    padded = -(-n // batch_size) * batch_size
-    indices = np.zeros(padded, np.int64)
-    indices[:n] = np.arange(n)
-    valid = np.arange(padded) < n
-    centre = augment.centre_offset(int(config.aligned_size), int(config.crop_size))
-    ds = _dataset(config, builder, split, indices, valid, np.full((padded, 2), centre, np.int32),
-                  np.zeros(padded, bool), batch_size, with_ids=True)
-    for b in ds.as_numpy_iterator():
-        b["subject"] = np.char.decode(b["subject"].astype(bytes), "utf-8")
-        yield b
 
+def _label_set(builder: tfds.core.DatasetBuilder) -> str:
+    """``records.label_set`` (algrnet_jax.evaluation reads it until it moves to :func:`make_source`)."""
+    return records.label_set(builder)
+
+
+def _label_columns(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> np.ndarray | None:
+    """``label_columns`` of the builder's label set (algrnet_jax.evaluation reads it until it moves)."""
+    return label_columns(config, records.label_set(builder))

@@ -1,10 +1,13 @@
 """Throughput of the input pipeline alone (records -> normalised 176x176 batches), images/s.
 
 Builds ``synth_au`` (default ``bp4d_small``) if needed, then times full training epochs of
-``data_pipelines.pipeline.train_batches`` at the paper size (aligned 200, crop 176, random crop +
-flip, JPEG decode of the crop window, normalisation to [-1, 1]). Reports the median of several timed
-epochs after a warm-up epoch, both steady state (from the first batch to the last) and end to end
-(including pipeline construction), and writes JSON.
+``DataSource.train_batches`` (``data_pipelines.pipeline.make_source``, records read by random access
+from array_record shards) at the paper size (aligned 200, crop 176, random crop + flip, JPEG decode of
+the crop window, normalisation to [-1, 1]), on the whole training split of fold 1 (``data.val_fraction``
+0, as before the validation split existed). Reports the median of several timed epochs after a warm-up
+epoch, both steady state (from the first batch to the last) and end to end (including the epoch's
+tf.data construction), the time of ``make_source`` (once per run: dataset checks, subjects and labels
+of the training parts), and writes JSON.
 
     python -m experiments.bench_pipeline --config bp4d_small --batch-size 32 --runs 5
 """
@@ -17,12 +20,12 @@ import platform
 import statistics
 import time
 
+from algrnet_jax import configs
+from data_pipelines import builders, pipeline
+
 
 def bench(data_dir: str, builder_config: str, batch_size: int, runs: int, size: str = "paper") -> dict:
     """Times ``runs`` epochs (after one warm-up epoch); returns a JSON-able dict."""
-    from algrnet_jax import configs
-    from data_pipelines import builders, pipeline
-
     builder = builders.get_builder("synth_au", builder_config, data_dir)
     if not builder.is_prepared():
         t0 = time.perf_counter()
@@ -32,11 +35,15 @@ def bench(data_dir: str, builder_config: str, batch_size: int, runs: int, size: 
     config.data.data_dir = data_dir
     config.data.builder_config = builder_config
     config.data.batch_size = batch_size
+    config.data.val_fraction = 0.0
+    t0 = time.perf_counter()
+    source = pipeline.make_source(config)
+    make_source_s = time.perf_counter() - t0
     steady, total, cpu_ms = [], [], []
     images = 0
     for epoch in range(runs + 1):
         t0 = time.perf_counter()
-        it = pipeline.train_batches(config, epoch=epoch)
+        it = source.train_batches(epoch)
         first = next(it)
         t1, c1 = time.perf_counter(), time.process_time()
         n_after_first = 0
@@ -56,6 +63,7 @@ def bench(data_dir: str, builder_config: str, batch_size: int, runs: int, size: 
         "what": "input pipeline alone: records -> normalised training batches (crop + flip + decode + [-1,1])",
         "dataset": f"synth_au/{builder_config}", "train_examples_per_epoch": images,
         "batch_shape": shape, "batch_size": batch_size, "runs": runs,
+        "make_source_s": make_source_s, "record_format": builder.info.file_format.value,
         "images_per_s_steady_median": statistics.median(steady),
         "images_per_s_end_to_end_median": statistics.median(total),
         "images_per_s_steady_runs": steady, "images_per_s_end_to_end_runs": total,
@@ -75,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5, help="timed epochs after one warm-up epoch")
     p.add_argument("--out", default=os.path.join("experiments", "results", "bench_pipeline.json"))
     args = p.parse_args(argv)
-    from data_pipelines import builders
-
     result = bench(args.data_dir or builders.default_data_dir(), args.config, args.batch_size, args.runs)
     print(f"median: {result['images_per_s_steady_median']:.0f} images/s steady, "
           f"{result['images_per_s_end_to_end_median']:.0f} images/s end to end, "

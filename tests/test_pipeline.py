@@ -1,4 +1,5 @@
-"""Input pipeline: shapes, ranges, determinism, exact resume, eval padding, AU weights, geometry."""
+"""Input pipeline: shapes, ranges, determinism, exact resume, eval padding, AU weights, geometry, the
+subject-exclusive validation split and the record format."""
 from __future__ import annotations
 
 import pathlib
@@ -9,8 +10,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from algrnet_jax import au_sets, configs
+from algrnet_jax.errors import UserError
 from data_pipelines import augment, builders, pipeline
-from data_pipelines.builders import common
+from data_pipelines.builders import base, examples
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
 
@@ -23,18 +25,20 @@ def data_dir(tmp_path_factory):
     return d
 
 
-def _config(data_dir, size="tiny", name="algrnet", builder_config="bp4d_tiny", batch=4):
+def _config(data_dir, size="tiny", name="algrnet", builder_config="bp4d_tiny", batch=4, val_fraction=0.0):
+    """A config of the tiny synthetic set; ``val_fraction`` 0 (every training subject trains) unless asked."""
     c = configs.get_config(name, size)
     c.data.data_dir = data_dir
     c.data.builder_config = builder_config
     c.data.batch_size = batch
     c.data.eval_batch_size = batch
+    c.data.val_fraction = val_fraction
     return c
 
 
 def _records(data_dir, builder_config, split):
     b = builders.get_builder("synth_au", builder_config, data_dir)
-    return list(tfds.as_numpy(b.as_dataset(split=split)))
+    return list(examples.read_back(b, split))
 
 
 def test_splits_and_counts(data_dir):
@@ -97,9 +101,9 @@ def test_multi_process_rows(data_dir, monkeypatch):
             np.testing.assert_array_equal(b[k], np.concatenate([h0[k], h1[k]]))
 
 
-@pytest.mark.parametrize("start", [1, 3])
-def test_resume_equals_tail_of_epoch(data_dir, start):
-    c = _config(data_dir)
+@pytest.mark.parametrize("start,val_fraction", [(1, 0.0), (3, 0.0), (1, 0.25)])
+def test_resume_equals_tail_of_epoch(data_dir, start, val_fraction):
+    c = _config(data_dir, val_fraction=val_fraction)
     full = list(pipeline.train_batches(c, epoch=1))
     tail = list(pipeline.train_batches(c, epoch=1, start_batch=start))
     assert len(tail) == len(full) - start
@@ -208,11 +212,129 @@ def test_not_built_and_batch_size_errors(data_dir, tmp_path, monkeypatch):
         next(pipeline.eval_batches(c))
 
 
-class DotFaces(common.AlgrnetBuilder, skip_registration=True):
+def _labels_and_landmarks(batches):
+    return (np.concatenate([b["labels"] for b in batches]), np.concatenate([b["landmarks"] for b in batches]))
+
+
+def test_data_source_is_resolved_once_and_describes_itself(data_dir):
+    c = _config(data_dir, val_fraction=0.25)
+    s = pipeline.make_source(c)
+    assert isinstance(s, pipeline.DataSource)
+    assert s.description == ("synth_au/bp4d_tiny fold 1: 12 train frames (3 subjects) / 4 val frames (1 subject) "
+                             "/ 8 test frames")
+    assert s.steps_per_epoch == 3 and s.has_validation and len(s.val_subjects) == 1
+    assert s.loss_weights.shape == (3,) and s.loss_weights.dtype == np.float32
+    # the config-level functions are the source's
+    assert pipeline.steps_per_epoch(c) == s.steps_per_epoch
+    np.testing.assert_array_equal(pipeline.au_loss_weights(c), s.loss_weights)
+    for x, y in zip(s.train_batches(2), pipeline.train_batches(c, epoch=2)):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+@pytest.mark.parametrize("fold", [1, 3])
+def test_validation_split_is_subject_exclusive(data_dir, fold):
+    """Validation subjects: none in the training batches, none in the test part; training = the rest."""
+    c = _config(data_dir, val_fraction=0.25)
+    c.data.fold = fold
+    s = pipeline.make_source(c)
+    recs = _records(data_dir, "bp4d_tiny", s.train_split)
+    subjects = np.array([r["subject"].decode() for r in recs])
+    assert set(subjects[s.val_records]) == set(s.val_subjects)
+    assert not set(subjects[s.train_records]) & set(s.val_subjects)
+    assert sorted(np.concatenate([s.train_records, s.val_records]).tolist()) == list(range(len(recs)))
+    # the training batches are made of the training records only: their labels and landmarks
+    order = pipeline.epoch_permutation(0, 0, len(s.train_records))[: s.steps_per_epoch * 4]
+    offsets, flips = pipeline.epoch_augmentation(0, 0, len(s.train_records), 36, 32)
+    labels, landmarks = _labels_and_landmarks(list(s.train_batches(0)))
+    cols = [au_sets.AU_SETS["bp4d"].index(a) for a in c.aus]
+    for row, pos in enumerate(order):
+        r = recs[s.train_records[pos]]
+        assert r["subject"].decode() not in s.val_subjects
+        lm = augment.crop_landmarks(augment.resize_landmarks(r["landmarks"], 200, 36), offsets[pos])
+        if flips[pos]:
+            lm = augment.flip_landmarks(lm, 32)
+        np.testing.assert_allclose(landmarks[row], lm, atol=1e-4)
+        np.testing.assert_array_equal(labels[row], r["labels"][cols])
+    val = list(s.eval_batches("val"))
+    n_val = len(s.val_records)
+    val_subjects = np.concatenate([b["subject"] for b in val])
+    assert val_subjects[:n_val].tolist() == subjects[s.val_records].tolist()       # record order
+    assert set(val_subjects[n_val:]) <= {""} and np.concatenate([b["mask"] for b in val]).sum() == n_val
+    test_subjects = set(np.concatenate([b["subject"] for b in s.eval_batches("test")]).tolist()) - {""}
+    assert test_subjects and not test_subjects & set(s.val_subjects)
+    assert sum(b["mask"].sum() for b in s.eval_batches("test")) == s.num_test
+
+
+def test_validation_split_is_seeded(data_dir):
+    c = _config(data_dir, val_fraction=0.25)
+    chosen = {pipeline.make_source(c).val_subjects for _ in range(2)}
+    assert len(chosen) == 1                                      # deterministic in the seed
+    c.data.shuffle_seed = 5                                      # the training order does not move it
+    assert pipeline.make_source(c).val_subjects in chosen
+    for seed in range(1, 10):
+        c.data.val_seed = seed
+        chosen.add(pipeline.make_source(c).val_subjects)
+    assert len(chosen) > 1
+    assert pipeline.validation_subjects(["a", "b", "c", "d"], 0.25, 3) == pipeline.validation_subjects(
+        ["d", "c", "b", "a", "a"], 0.25, 3)                      # a function of the set of subjects
+    assert len(pipeline.validation_subjects([f"s{i}" for i in range(20)], 0.1, 0)) == 2
+    assert len(pipeline.validation_subjects([f"s{i}" for i in range(20)], 0.01, 0)) == 1   # at least one
+
+
+def test_validation_fraction_zero_is_the_whole_training_split(data_dir):
+    c = _config(data_dir, val_fraction=0.0)
+    s = pipeline.make_source(c)
+    n = len(_records(data_dir, "bp4d_tiny", "part2+part3"))
+    np.testing.assert_array_equal(s.train_records, np.arange(n))
+    assert not s.has_validation and s.val_subjects == () and s.steps_per_epoch == n // 4
+    with pytest.raises(pipeline.DataError, match="val_fraction is 0"):
+        next(s.eval_batches("val"))
+
+
+def test_loss_weights_come_from_the_training_subjects(data_dir):
+    c = _config(data_dir, size="paper", val_fraction=0.25)
+    s = pipeline.make_source(c)
+    recs = _records(data_dir, "bp4d_tiny", s.train_split)
+    labels = np.stack([recs[i]["labels"] for i in s.train_records]).astype(np.float64)
+    rate = (labels == 1).sum(0) / np.maximum((labels >= 0).sum(0), 1)
+    rate = np.where(rate > 0, rate, rate[rate > 0].min())
+    np.testing.assert_allclose(s.loss_weights, (1 / rate) / (1 / rate).sum() * 12, rtol=1e-5)
+
+
+def test_validation_fraction_errors(data_dir):
+    c = _config(data_dir, val_fraction=0.9)                      # 4 training subjects: none would train
+    with pytest.raises(pipeline.DataError, match="val_fraction = 0.9 takes 4 of the 4"):
+        pipeline.make_source(c)
+    c = _config(data_dir, val_fraction=0.5, batch=8)             # 8 training frames left: one batch of 8
+    assert pipeline.make_source(c).steps_per_epoch == 1
+    c = _config(data_dir, val_fraction=0.5, batch=12)
+    with pytest.raises(pipeline.DataError, match="fewer than one batch of data.batch_size = 12"):
+        pipeline.make_source(c)
+    with pytest.raises(pipeline.DataError, match=r"\[0, 1\)"):
+        pipeline.validation_subjects(["a"], 1.0, 0)
+
+
+def test_tfrecord_dataset_asks_for_a_rebuild(tmp_path):
+    """A dataset of an older build (TFRecord shards) gives one UserError with the command that rebuilds it."""
+    old = builders.get_builder("synth_au", "bp4d_tiny", str(tmp_path))
+    tfds.core.GeneratorBasedBuilder.download_and_prepare(old)        # tfds' default format, as before
+    assert old.info.file_format.value == "tfrecord"
+    c = _config(str(tmp_path))
+    with pytest.raises(UserError, match=r"stored as tfrecord.*`algrnet data build synth_au --config bp4d_tiny "
+                                        rf"--data-dir {tmp_path} --overwrite`"):
+        pipeline.make_source(c)
+    rebuilt = builders.get_builder("synth_au", "bp4d_tiny", str(tmp_path))
+    rebuilt.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))       # what --overwrite does
+    assert pipeline.make_source(c).steps_per_epoch == 4
+
+
+class DotFaces(base.AlgrnetBuilder, skip_registration=True):
     """Grey faces with one bright dot at landmark 19 (left eye corner); tests geometry end to end."""
 
     VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [common.AlgrnetBuilderConfig(name="bp4d", label_set="bp4d")]
+    BUILDER_CONFIGS = [base.AlgrnetBuilderConfig(name="bp4d", label_set="bp4d")]
     POINT = 19
     pkg_dir_path = epath.Path(__file__).parent      # tests/ is not a package; tfds looks for metadata here
 
@@ -225,7 +347,7 @@ class DotFaces(common.AlgrnetBuilder, skip_registration=True):
             x, y = np.round(lm[self.POINT]).astype(int)
             lm[self.POINT] = (x, y)
             image[y - 2:y + 3, x - 2:x + 3] = 255
-            yield common.Frame(key=f"p{part}_{k}", subject=f"s{part}", sequence="t", frame=k, fold=part,
+            yield examples.Frame(key=f"p{part}_{k}", subject=f"s{part}", sequence="t", frame=k, fold=part,
                                labels=np.zeros(12), source=f"dot {part}/{k}", image=image, landmarks=lm)
 
 
