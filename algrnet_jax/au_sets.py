@@ -20,6 +20,10 @@ AU_SETS: dict[str, tuple[int, ...]] = {
     "disfa": (1, 2, 4, 6, 9, 12, 25, 26),
 }
 
+# Label sets of the records: the AU sets, and the grading set whose records hold one label (the grade).
+PARALYSIS_LABEL_SET = "paralysis"
+LABEL_SETS: tuple[str, ...] = (*AU_SETS, PARALYSIS_LABEL_SET)
+
 # All AUs the synthetic generator renders (union of both sets plus AU14/15/17/23/24 etc.).
 SYNTH_AUS: tuple[int, ...] = (1, 2, 4, 6, 7, 9, 10, 12, 14, 15, 17, 23, 24, 25, 26)
 

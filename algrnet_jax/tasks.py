@@ -35,7 +35,7 @@ import numpy as np
 
 from algrnet_jax import au_sets, metrics
 
-PARALYSIS_LABEL_SET = "paralysis"   # the label set of grading data (records hold one grade)
+PARALYSIS_LABEL_SET = au_sets.PARALYSIS_LABEL_SET   # the label set of grading data (records hold one grade)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +347,7 @@ def task_for_label_set(label_set: str) -> Task:
 
 def label_sets() -> tuple[str, ...]:
     """Every label set a builder may carry: the AU sets and the grading set."""
-    return (*au_sets.AU_SETS, PARALYSIS_LABEL_SET)
+    return au_sets.LABEL_SETS
 
 
 def prediction_keys(task: Task) -> Sequence[str]:
