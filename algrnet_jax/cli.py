@@ -2,6 +2,9 @@
 
 Each subcommand lives in ``algrnet_jax/commands/<module>.py`` and exposes
 ``add_arguments(parser)`` (cheap imports only, so ``--help`` is fast) and ``run(args) -> int``.
+Config overrides are one mechanism for every subcommand (``algrnet_jax.configs.overrides``):
+``--config.train.lr=0.02`` or ``--set train.lr=0.02``, typed by the field. Third-party logs (TensorFlow,
+absl, tfds, orbax) are hidden unless ``--verbose`` or ``ALGRNET_VERBOSE=1`` (``algrnet_jax.verbosity``).
 """
 from __future__ import annotations
 
@@ -9,8 +12,13 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 
+from algrnet_jax import verbosity
+from algrnet_jax.configs import overrides
 from algrnet_jax.errors import EXIT_USER_ERROR, UserError
+
+VERBOSE_FLAG = "--verbose"
 
 # (words, module, one-line help). Nested words ("data", "build") become nested subcommands.
 COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
@@ -31,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="algrnet", description="ALGRNet / JAA-Net facial action unit recognition in JAX.")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks for user errors (also ALGRNET_DEBUG=1)")
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help=f"show third-party logs (TensorFlow, absl, tfds, orbax; also {verbosity.ENV_VAR}=1)")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command", required=True)}
     for words, module, help_text in COMMANDS:
         for depth in range(1, len(words)):
@@ -45,8 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _global_flags(argv: Sequence[str]) -> list[str]:
+    """The options before the subcommand (the first word that is not an option)."""
+    out = []
+    for a in argv:
+        if not a.startswith("-"):
+            break
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before any command module is imported: TensorFlow reads its C++ log level at import.
+    verbosity.configure(VERBOSE_FLAG in _global_flags(argv))
+    args = overrides.parse_args(build_parser(), argv)
     debug = args.debug or os.environ.get("ALGRNET_DEBUG", "") not in ("", "0")
     try:
         return int(args._module.run(args) or 0)

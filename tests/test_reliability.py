@@ -311,7 +311,7 @@ BAD_VALUES = [
     ("model.num_regions", 0), ("model.dtype", "int8"), ("model.param_dtype", "bfloat16"), ("data.dataset", "ck"),
     ("data.builder_config", 3),
     ("data.data_dir", None), ("data.fold", 4), ("data.batch_size", 0), ("data.eval_batch_size", 0),
-    ("data.shuffle_seed", -1), ("data.shuffle_buffer", 0), ("data.prefetch", -1), ("data.skip_bad", "no"),
+    ("data.shuffle_seed", -1), ("data.prefetch", -1), ("data.skip_bad", "no"),
     ("train.num_epochs", -1), ("train.lr", 0.0), ("train.lr_decay", 1.5), ("train.lr_decay_every_epochs", 0),
     ("train.momentum", 1.0), ("train.nesterov", 0), ("train.weight_decay", -1e-4), ("train.lambda_align", -0.5),
     ("train.seed", -1), ("train.log_every_steps", 0), ("train.checkpoint_every_steps", 0),

@@ -1,0 +1,18 @@
+"""``w_bi``: ablation of the paper's Tables V/VI: ALGRNet with a plain ConvBiLSTM instead of the skip-BiLSTM.
+
+``get_config(arg)``: ``arg`` names the size and the label set, e.g. ``"tiny"``, ``"small,disfa"``
+(``configs/common.py``).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from algrnet_jax.configs import algrnet, common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """ALGRNet with a plain ConvBiLSTM (no skip connection), at the size / label set of ``arg``."""
+    config = algrnet.get_config(arg)
+    config.name = common.config_name(__name__)
+    config.model.relation = "bilstm"
+    return config

@@ -1,0 +1,130 @@
+"""Named configs as files (algrnet_jax/configs), the one override mechanism and its use by every entry point."""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import ml_collections
+import pytest
+
+from algrnet_jax import au_sets, configs
+from algrnet_jax.configs import common, overrides
+from algrnet_jax.errors import UserError
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "configs_before_issue9.json"
+# Fields deleted (configs.DELETED_FIELDS) or added since the fixture was frozen.
+ADDED_FIELDS: tuple[str, ...] = ("data.val_fraction", "data.val_seed")  # the validation split (PIPELINE)
+
+
+def _thaw(x):
+    if isinstance(x, dict):
+        if set(x) == {"__tuple__"}:
+            return tuple(_thaw(v) for v in x["__tuple__"])
+        return {k: _thaw(v) for k, v in x.items()}
+    return x
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------- configs as files
+
+def test_every_config_equals_the_frozen_copy_field_for_field():
+    frozen = _thaw(json.loads(FIXTURE.read_text()))
+    names = {k.split("/")[0] for k in frozen}
+    assert set(configs.NAMES) == names
+    assert len(frozen) == len(configs.NAMES) * len(configs.SIZES) * len(au_sets.AU_SETS)
+    for key, before in frozen.items():
+        name, size, label_set = key.split("/")
+        now = _flat(configs.get_config(name, size, label_set).to_dict())
+        expected = {k: v for k, v in _flat(before).items() if k not in configs.DELETED_FIELDS}
+        assert {k: v for k, v in now.items() if k not in ADDED_FIELDS} == expected, key
+        for k, v in expected.items():                    # same Python types (an int stays an int, a tuple a tuple)
+            assert type(now[k]) is type(v), (key, k)
+
+
+def test_registry_is_the_files_and_each_file_takes_size_and_label_set():
+    files = {p.stem for p in pathlib.Path(configs.__file__).parent.glob("*.py")}
+    assert set(configs.NAMES) == files - {"__init__", "common", "overrides", "validate"}
+    from algrnet_jax.configs import jaanet, wo_fr
+
+    assert jaanet.get_config().to_dict() == configs.get_config("jaanet").to_dict()
+    assert wo_fr.get_config("small,disfa").to_dict() == configs.get_config("wo_fr", "small", "disfa").to_dict()
+    assert wo_fr.get_config("disfa, tiny").to_dict() == configs.get_config("wo_fr", "tiny", "disfa").to_dict()
+    assert common.parse_arg(None) == common.parse_arg("") == ("paper", "bp4d")
+    assert isinstance(configs.SIZES["small"], common.Size) and configs.SIZES["small"].crop_size == 64
+    with pytest.raises(configs.ConfigError, match="'huge' is neither a size"):
+        wo_fr.get_config("huge")
+
+
+def test_unknown_name_or_size_is_a_user_error():
+    with pytest.raises(UserError, match="unknown config 'resnet'; choose from algrnet"):
+        configs.get_config("resnet")
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        configs.get_config("algrnet", "huge")
+
+
+def test_deleted_fields_are_gone_and_dropped_from_saved_configs():
+    config = configs.get_config("algrnet", "tiny")
+    assert "shuffle_buffer" not in config.data
+    saved = config.to_dict()
+    saved["data"]["shuffle_buffer"] = 2048               # a checkpoint written before the field was deleted
+    cleaned = configs.drop_deleted_fields(saved)
+    assert cleaned == config.to_dict() and "shuffle_buffer" in saved["data"]
+
+
+# ------------------------------------------------------------------------------------ typed overrides
+
+def test_overrides_are_typed_by_the_field():
+    c = configs.from_args("algrnet", "tiny", "bp4d", [
+        "train.lr=1", "train.num_epochs=3", "train.nesterov=false", "data.skip_bad=True", "data.data_dir=123",
+        "aus=1,12", "model.map_scale=0.2", "train.weight_decay=5e-4", "data.builder_config=bp4d_tiny"])
+    assert c.train.lr == 1.0 and type(c.train.lr) is float
+    assert c.train.num_epochs == 3 and type(c.train.num_epochs) is int
+    assert c.train.nesterov is False and c.data.skip_bad is True
+    assert c.data.data_dir == "123"                      # a str field takes the text as it is
+    assert c.aus == (1, 12) and c.model.map_scale == 0.2 and c.train.weight_decay == 5e-4
+    for text in ("(1, 4)", "[1, 4]", "1,4", " 1 , 4 "):
+        assert configs.apply_overrides(configs.get_config("algrnet", "tiny"), [f"aus={text}"]).aus == (1, 4)
+    assert configs.apply_overrides(configs.get_config("algrnet", "tiny"), ["aus=4"]).aus == (4,)
+    assert configs.apply_overrides(configs.get_config("algrnet", "tiny"), ["data.data_dir=a=b"]).data.data_dir == "a=b"
+
+
+@pytest.mark.parametrize("item,message", [
+    ("train.lr=abc", "train.lr=abc: train.lr takes a number (now 0.01); 'abc' is not one"),
+    ("train.num_epochs=2.5", "train.num_epochs takes an integer"),
+    ("train.nesterov=maybe", "train.nesterov takes true or false"),
+    ("aus=1,x", "aus takes a tuple of integers"),
+    ("aus=1,,2", "aus takes a tuple of integers"),
+    ("train.nope=1", "unknown config key 'train.nope'"),
+    ("train.lrr=1", "did you mean train.lr"),
+    ("nosection.lr=1", "unknown config key 'nosection.lr'"),
+    ("train.lr.x=1", "unknown config key 'train.lr.x'"),
+    ("train=1", "train is a config section"),
+    ("train.lr", "is not of the form key=value"),
+])
+def test_bad_overrides_are_user_errors_naming_the_field(item, message):
+    with pytest.raises(configs.OverrideError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        configs.apply_overrides(configs.get_config("algrnet", "tiny"), [item])
+    assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+
+
+def test_config_flag_spelling_is_an_alias_of_set():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="algrnet")
+    configs.add_override_arguments(parser)
+    args = configs.parse_args(parser, ["--config", "jaanet", "--config.train.lr=0.02", "--set", "train.seed=3",
+                                       "--config.data.fold", "2"])
+    assert args.config == "jaanet"
+    assert args.overrides == ["train.lr=0.02", "train.seed=3", "data.fold=2"]   # one list, command-line order
+    assert overrides.normalize_argv(["--", "--config.a=1"]) == ["--", "--config.a=1"]
+    with pytest.raises(SystemExit):
+        configs.parse_args(parser, ["--config.train.lr"])
