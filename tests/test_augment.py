@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 
 from algrnet_jax import au_sets
-from data_pipelines import alignment, augment
-from data_pipelines.builders import common
+from data_pipelines import alignment, augment, images
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
 
@@ -56,7 +55,7 @@ def test_tf_and_numpy_landmark_maths_agree():
 def _dot_jpeg(x: int, y: int, size: int = 200) -> bytes:
     image = np.full((size, size, 3), 20, np.uint8)
     image[y - 2:y + 3, x - 2:x + 3] = 255
-    return common.encode_jpeg(image, quality=100)
+    return images.encode_jpeg(image, quality=100)
 
 
 def _centroid(image: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from algrnet_jax import au_sets
-from data_pipelines import alignment, builders
-from data_pipelines.builders import common, readers
+from data_pipelines import alignment, builders, errors, images
+from data_pipelines.builders import base, examples, folds, label_files, parts, raw_frames
 from data_pipelines.synthetic import raw_layouts
 
 
@@ -50,7 +50,7 @@ def _build(name, manual_dir, data_dir, config="default", **kwargs):
 
 def _records(b, split="part1+part2+part3"):
     out = {}
-    for r in tfds.as_numpy(b.as_dataset(split=split)):
+    for r in examples.read_back(b, split):
         key = (r["subject"].decode(), r["sequence"].decode(), int(r["frame"]))
         assert key not in out
         out[key] = r
@@ -84,18 +84,18 @@ def test_records_match_the_files_written(built, name, layout, kw):
     b, frames, manual = built(name, layout, kw)
     recs = _records(b)
     if name == "fpara" and layout == "release":                   # parts: the seeded stratified split
-        folds = readers.paralysis_folds(readers.read_fpara_csv(os.path.join(manual, "fpara.csv")))
-        frames = [dataclasses.replace(f, fold=folds[f.subject]) for f in frames]
-    assert {s: b.info.splits[s].num_examples for s in common.PARTS} == {
+        part_of = folds.paralysis_folds(label_files.read_fpara_csv(os.path.join(manual, "fpara.csv")))
+        frames = [dataclasses.replace(f, fold=part_of[f.subject]) for f in frames]
+    assert {s: b.info.splits[s].num_examples for s in parts.PARTS} == {
         f"part{p}": len(fs) for p, fs in raw_layouts.iter_parts(frames)}
     assert len(recs) == len(frames) == 18
-    folds = readers.load_folds(name.upper()) if name != "fpara" else None
+    part_of = folds.load_folds(name.upper()) if name != "fpara" else None
     for f in frames:
         r = recs[(f.subject, f.sequence, f.frame)]
         assert r["image"].shape == (200, 200, 3) and r["image"].dtype == np.uint8
         assert int(r["fold"]) == f.fold
-        if folds is not None:
-            assert folds[f.subject] == f.fold                      # fake ids sit in their folds.json part
+        if part_of is not None:
+            assert part_of[f.subject] == f.fold                      # fake ids sit in their folds.json part
         np.testing.assert_array_equal(r["labels"], f.labels)
         np.testing.assert_allclose(r["landmarks"], f.aligned_landmarks, atol=1e-3)
         np.testing.assert_allclose(r["interocular"], alignment.interocular(f.aligned_landmarks), rtol=1e-4)
@@ -116,7 +116,7 @@ def test_bp4d_raw_frames_are_aligned_at_build_time(built):
     assert any(f.frame < 1000 for f in frames) and any(f.frame >= 1000 for f in frames)
     assert sum((f.labels == -1).sum() for f in frames) == 6           # BP4D 9 -> -1, AU24 of 6 frames
     for f in frames:
-        raw = common.load_image(f.image_path)
+        raw = images.load_image(f.image_path)
         assert raw.shape[:2] != (200, 200)
         expected, _, _ = alignment.align_face(raw, f.raw_landmarks)
         got = recs[(f.subject, f.sequence, f.frame)]["image"]
@@ -127,7 +127,7 @@ def test_list_frames_are_kept(built):
     b, frames, _ = built("bp4d", "list", {})
     recs = _records(b)
     for f in frames:
-        kept = common.load_image(f.image_path)
+        kept = images.load_image(f.image_path)
         assert np.abs(recs[(f.subject, f.sequence, f.frame)]["image"].astype(float) - kept).mean() < 3.0
     assert b.info.metadata["list_au_weights"] == {f"BP4D_part{k}": [1.0] * 12 for k in (1, 2, 3)}
 
@@ -136,15 +136,15 @@ def test_explicit_layout_configs(built, tmp_path):
     _, _, manual = built("disfa", "list", {})
     b = _build("disfa", manual, tmp_path, config="list")
     assert b.info.splits["part1"].num_examples == 6
-    with pytest.raises(common.BadInputError, match=r"ActionUnit_Labels: not found; config 'release' needs the disfa release layout"):
+    with pytest.raises(errors.BadInputError, match=r"ActionUnit_Labels: not found; config 'release' needs the disfa release layout"):
         _build("disfa", manual, tmp_path / "r", config="release")
 
 
 def test_paralysis_split_is_seeded_subject_exclusive_and_stratified(built, tmp_path):
     b, frames, manual = built("fpara", "release", {})
     recs = _records(b)
-    videos = readers.read_fpara_csv(os.path.join(manual, "fpara.csv"))
-    expected = readers.paralysis_folds(videos, seed=0)
+    videos = label_files.read_fpara_csv(os.path.join(manual, "fpara.csv"))
+    expected = folds.paralysis_folds(videos, seed=0)
     parts_of = collections.defaultdict(set)
     for r in recs.values():
         parts_of[r["subject"].decode()].add(int(r["fold"]))
@@ -164,7 +164,7 @@ def _copy(manual, tmp_path):
 
 
 def _bad_build(name, manual, tmp_path, match, **kwargs):
-    with pytest.raises(common.BadInputError, match=match):
+    with pytest.raises(errors.BadInputError, match=match):
         _build(name, manual, tmp_path / "tfds_bad", **kwargs)
 
 
@@ -176,7 +176,7 @@ def test_bp4d_errors_name_file_and_line(built, tmp_path):
     _bad_build("bp4d", m, tmp_path, rf"{f.subject}_{f.sequence}.csv:3: frame {f.frame} is labelled but its image")
     b = _build("bp4d", m, tmp_path / "skip", skip_bad=True)          # skip_bad: skipped and reported
     assert sum(s.num_examples for s in b.info.splits.values()) == 17
-    with open(os.path.join(b.data_dir, common.BAD_FRAMES_FILE)) as fh:
+    with open(os.path.join(b.data_dir, base.BAD_FRAMES_FILE)) as fh:
         assert json.load(fh)["num_bad_frames"] == 1
     m = _copy(manual, tmp_path / "2")
     lm_file = m / "Landmarks" / f"{f.subject}_{f.sequence}.txt"
@@ -239,12 +239,12 @@ def test_release_build_resumes_from_finished_subjects(built, tmp_path, monkeypat
     broken = m / part2[1].subject / part2[1].sequence / f"{part2[1].frame:04d}.jpg"
     good = broken.read_bytes()
     broken.write_bytes(good[: len(good) // 2])                         # truncated JPEG: the build crashes
-    with pytest.raises(common.BadInputError, match="truncated JPEG"):
+    with pytest.raises(errors.BadInputError, match="truncated JPEG"):
         _build("bp4d", m, tmp_path / "tfds")
     broken.write_bytes(good)
     calls = []
-    align = readers.align_raw
-    monkeypatch.setattr(readers, "align_raw", lambda *a: calls.append(a[-1]) or align(*a))
+    align = raw_frames.align_raw
+    monkeypatch.setattr(raw_frames, "align_raw", lambda *a: calls.append(a[-1]) or align(*a))
     b = _build("bp4d", m, tmp_path / "tfds")                          # rerun: part 1 comes from the cache
     assert len(calls) == 12 and not any(f.image_path.endswith(c) for f in frames if f.fold == 1 for c in calls)
     assert not os.path.exists(os.path.join(tmp_path, "tfds", "downloads", "algrnet_cache"))  # removed after success

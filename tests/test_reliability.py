@@ -32,8 +32,8 @@ from algrnet_jax.configs.validate import ConfigError, config_problems, validate_
 from algrnet_jax.errors import UserError  # noqa: E402
 from algrnet_jax.locking import DirLock, LockedError  # noqa: E402
 from algrnet_jax.training import checkpoint as ckpt_lib  # noqa: E402
-from data_pipelines import builders  # noqa: E402
-from data_pipelines.builders import common  # noqa: E402
+from data_pipelines import builders, errors, images  # noqa: E402
+from data_pipelines.builders import base, examples, raw_frames  # noqa: E402
 from data_pipelines.synthetic import raw_layouts  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,11 +67,11 @@ def _build(name, manual, data_dir, *, overwrite=False, config="default", **kwarg
 def _count(data_dir, name="bp4d", config="default"):
     b = builders.get_builder(name, config, str(data_dir))
     assert b.is_prepared()
-    return sum(1 for _ in tfds.as_numpy(b.as_dataset(split="part1+part2+part3")))
+    return sum(1 for _ in examples.read_back(b, "part1+part2+part3", decode_images=False))
 
 
 def _bad_frames(b):
-    with open(os.path.join(b.data_dir, common.BAD_FRAMES_FILE)) as f:
+    with open(os.path.join(b.data_dir, base.BAD_FRAMES_FILE)) as f:
         report = json.load(f)
     return {row["key"]: row["error"] for rows in report["bad_frames"].values() for row in rows}
 
@@ -102,15 +102,15 @@ _KILLED_BUILD = textwrap.dedent("""
     import os, signal, sys
     import tensorflow_datasets as tfds
     from data_pipelines import builders
-    from data_pipelines.builders import readers
+    from data_pipelines.builders import raw_frames
     manual, data_dir = sys.argv[1:3]
-    align, n = readers.align_raw, [0]
+    align, n = raw_frames.align_raw, [0]
     def align_then_die(*a):
         n[0] += 1
         if n[0] == 8:                       # in the middle of part 2
             os.kill(os.getpid(), signal.SIGKILL)
         return align(*a)
-    readers.align_raw = align_then_die
+    raw_frames.align_raw = align_then_die
     b = builders.get_builder("bp4d", "default", data_dir)
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual, download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
@@ -126,7 +126,7 @@ def test_overwrite_keeps_the_old_dataset_until_the_rebuild_is_complete(bp4d_rele
     broken = _copy(manual, tmp_path / "broken")
     f = frames[7]
     _zero_second_half(broken / f.subject / f.sequence / f"{f.frame:04d}.jpg")
-    with pytest.raises(common.BadFrameError, match="corrupt image"):
+    with pytest.raises(errors.BadFrameError, match="corrupt image"):
         _build("bp4d", broken, data, overwrite=True)
     assert _count(data) == 18
     # A rebuild killed with SIGKILL: the old dataset is still there and readable; the next build cleans up.
@@ -134,7 +134,7 @@ def test_overwrite_keeps_the_old_dataset_until_the_rebuild_is_complete(bp4d_rele
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert _count(data) == 18
-    staging = data / common.STAGING_DIR / "bp4d" / "default"
+    staging = data / base.STAGING_DIR / "bp4d" / "default"
     assert (staging / "new").exists()                                   # what the kill left behind
     os.makedirs(data / "bp4d" / "default" / "incomplete.ABC123_1.0.0")  # as a killed plain build leaves
     b = _build("bp4d", broken, data, overwrite=True, skip_bad=True)    # the rebuild that works
@@ -150,7 +150,7 @@ def test_overwrite_keeps_the_old_dataset_until_the_rebuild_is_complete(bp4d_rele
 
 def test_two_builds_of_one_dataset_config_do_not_run_together(bp4d_release, tmp_path):
     manual, _ = bp4d_release
-    staging = tmp_path / common.STAGING_DIR / "bp4d" / "default"
+    staging = tmp_path / base.STAGING_DIR / "bp4d" / "default"
     with DirLock(staging / "build.lock", "test holder"):
         with pytest.raises(LockedError, match=rf"dataset bp4d/default .* in use by another process "
                                               rf"\(pid {os.getpid()}"):
@@ -233,7 +233,7 @@ def test_skip_bad_skips_nan_short_and_missing_landmark_rows(bp4d_release, tmp_pa
     lm_file.write_text("\n".join(lines) + "\n")
     other = frames[3]                                                   # the other sequence of that subject
     os.remove(m / "Landmarks" / f"{other.subject}_{other.sequence}.txt")
-    with pytest.raises(common.BadFrameError, match=rf"{lm_file.name}:1: NaN or infinite value\n\(pass --skip-bad"):
+    with pytest.raises(errors.BadFrameError, match=rf"{lm_file.name}:1: NaN or infinite value\n\(pass --skip-bad"):
         _build("bp4d", m, tmp_path / "strict")
     b = _build("bp4d", m, tmp_path / "skip", skip_bad=True)
     bad = _bad_frames(b)
@@ -262,9 +262,9 @@ def test_skip_bad_skips_bad_list_rows_but_a_missing_label_file_stays_fatal(tmp_p
     dframes = raw_layouts.write_disfa_release(str(d), raw_layouts.synthetic_examples("disfa", **SIZE), frames_as="jpg")
     sid = dframes[0].subject
     os.remove(d / "ActionUnit_Labels" / sid / f"{sid}_au9.txt")
-    with pytest.raises(common.BadInputError, match=rf"{sid}_au9.txt: label file of AU9 not found") as e:
+    with pytest.raises(errors.BadInputError, match=rf"{sid}_au9.txt: label file of AU9 not found") as e:
         _build("disfa", d, tmp_path / "d2", skip_bad=True)
-    assert not isinstance(e.value, common.BadFrameError)
+    assert not isinstance(e.value, errors.BadFrameError)
 
 
 def test_jpeg_with_a_zeroed_second_half_is_a_bad_frame(bp4d_release, tmp_path):
@@ -273,12 +273,12 @@ def test_jpeg_with_a_zeroed_second_half_is_a_bad_frame(bp4d_release, tmp_path):
     f = frames[4]
     path = m / f.subject / f.sequence / f"{f.frame:04d}.jpg"
     _zero_second_half(path)
-    assert common.decode_jpeg_strict(path.read_bytes())[0] is not None    # what let it through: it decodes
-    with pytest.raises(common.BadInputError, match=r"corrupt image \(the JPEG decoder reports: Corrupt JPEG data"):
-        common.load_image(path)
+    assert images.decode_jpeg_strict(path.read_bytes())[0] is not None    # what let it through: it decodes
+    with pytest.raises(errors.BadInputError, match=r"corrupt image \(the JPEG decoder reports: Corrupt JPEG data"):
+        images.load_image(path)
     b = _build("bp4d", m, tmp_path / "d", skip_bad=True)
     assert list(_bad_frames(b)) == [f"{f.subject}/{f.sequence}/{f.frame}"]
-    good = common.load_image(manual / f.subject / f.sequence / f"{f.frame:04d}.jpg")   # intact files: no warning
+    good = images.load_image(manual / f.subject / f.sequence / f"{f.frame:04d}.jpg")   # intact files: no warning
     assert good.shape[2] == 3
 
 
@@ -311,7 +311,7 @@ BAD_VALUES = [
     ("model.num_regions", 0), ("model.dtype", "int8"), ("model.param_dtype", "bfloat16"), ("data.dataset", "ck"),
     ("data.builder_config", 3),
     ("data.data_dir", None), ("data.fold", 4), ("data.batch_size", 0), ("data.eval_batch_size", 0),
-    ("data.shuffle_seed", -1), ("data.prefetch", -1), ("data.skip_bad", "no"),
+    ("data.shuffle_seed", -1), ("data.shuffle_buffer", 0), ("data.prefetch", -1), ("data.skip_bad", "no"),
     ("train.num_epochs", -1), ("train.lr", 0.0), ("train.lr_decay", 1.5), ("train.lr_decay_every_epochs", 0),
     ("train.momentum", 1.0), ("train.nesterov", 0), ("train.weight_decay", -1e-4), ("train.lambda_align", -0.5),
     ("train.seed", -1), ("train.log_every_steps", 0), ("train.checkpoint_every_steps", 0),

@@ -16,8 +16,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from algrnet_jax import au_sets
-from data_pipelines import alignment, builders, synthetic
-from data_pipelines.builders import common
+from data_pipelines import alignment, builders, errors, images, synthetic
+from data_pipelines.builders import base, checks, examples, parts, raw_frames
 
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
@@ -29,8 +29,7 @@ def data_dir(tmp_path_factory):
 
 
 def _read(builder, split, decode=True):
-    decoders = None if decode else {"image": tfds.decode.SkipDecoding()}
-    return list(tfds.as_numpy(builder.as_dataset(split=split, decoders=decoders)))
+    return list(examples.read_back(builder, split, decode_images=decode))
 
 
 @pytest.mark.parametrize("label_set", ["bp4d", "disfa", "paralysis"])
@@ -52,7 +51,7 @@ def test_builder_records_equal_generator(data_dir, label_set):
             assert int(r["frame"]) == g["frame"] and int(r["fold"]) == k
             assert r["image"].shape == (200, 200, 3) and r["image"].dtype == np.uint8
             # the stored bytes are the generator's image as a q95 JPEG ...
-            assert r["jpeg"] == common.encode_jpeg(g["image"])
+            assert r["jpeg"] == images.encode_jpeg(g["image"])
             # ... which is that image up to JPEG's removal of the generator's sensor noise (std 3)
             decoded = cv2.imdecode(np.frombuffer(r["jpeg"], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
             assert np.abs(decoded.astype(np.float64) - g["image"]).mean() < 4.0
@@ -79,7 +78,7 @@ def test_metadata_label_counts(data_dir):
         assert counts["num_examples"] == len(labels)
         assert counts["positives"] == (labels == 1).sum(0).tolist()
         assert counts["labelled"] == (labels >= 0).sum(0).tolist()
-    report = json.loads((epath.Path(builder.data_dir) / common.BAD_FRAMES_FILE).read_text())
+    report = json.loads((epath.Path(builder.data_dir) / base.BAD_FRAMES_FILE).read_text())
     assert report["num_bad_frames"] == 0
 
 
@@ -134,10 +133,10 @@ def test_default_data_dir(monkeypatch, tmp_path):
 
 
 def test_split_names():
-    assert common.train_split(1) == "part2+part3" and common.test_split(1) == "part1"
-    assert common.train_split(3) == "part1+part2"
+    assert parts.train_split(1) == "part2+part3" and parts.test_split(1) == "part1"
+    assert parts.train_split(3) == "part1+part2"
     with pytest.raises(ValueError, match="1..3"):
-        common.part_name(4)
+        parts.part_name(4)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -145,48 +144,48 @@ def test_split_names():
 
 def test_load_image_errors_name_the_file(tmp_path):
     missing = tmp_path / "missing.jpg"
-    with pytest.raises(common.BadInputError, match=f"{missing}: image file not found"):
-        common.load_image(missing)
+    with pytest.raises(errors.BadInputError, match=f"{missing}: image file not found"):
+        images.load_image(missing)
     good = (FIXTURES / "raw_BP4D_F001_T1_2440.jpg").read_bytes()
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(good[: len(good) // 2])
-    with pytest.raises(common.BadInputError, match=f"{truncated}: corrupt image"):
-        common.load_image(truncated)
+    with pytest.raises(errors.BadInputError, match=f"{truncated}: corrupt image"):
+        images.load_image(truncated)
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"not an image at all")
-    with pytest.raises(common.BadInputError, match=f"{garbage}: corrupt image"):
-        common.load_image(garbage)
+    with pytest.raises(errors.BadInputError, match=f"{garbage}: corrupt image"):
+        images.load_image(garbage)
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    with pytest.raises(common.BadInputError, match="empty"):
-        common.load_image(empty)
-    assert common.load_image(FIXTURES / "raw_BP4D_F001_T1_2440.jpg").shape == (1392, 1040, 3)
+    with pytest.raises(errors.BadInputError, match="empty"):
+        images.load_image(empty)
+    assert images.load_image(FIXTURES / "raw_BP4D_F001_T1_2440.jpg").shape == (1392, 1040, 3)
 
 
 def test_landmark_and_label_checks_name_the_source():
     lm = np.zeros((49, 2))
-    with pytest.raises(common.BadInputError, match="F001/T1/12: expected 49 landmarks"):
-        common.check_landmarks(np.zeros(96), "F001/T1/12")
+    with pytest.raises(errors.BadInputError, match="F001/T1/12: expected 49 landmarks"):
+        checks.check_landmarks(np.zeros(96), "F001/T1/12")
     bad = lm.copy()
     bad[20, 1] = np.nan
-    with pytest.raises(common.BadInputError, match=r"F001/T1/12: landmarks contain NaN/inf at \(0-based\) points \[20\]"):
-        common.check_landmarks(bad, "F001/T1/12")
-    assert common.check_landmarks(np.arange(98.0), "x").shape == (49, 2)
-    with pytest.raises(common.BadInputError, match="a.csv row 3: expected 12 AU labels .*got 11"):
-        common.check_labels(np.zeros(11), "bp4d", "a.csv row 3")
-    with pytest.raises(common.BadInputError, match=r"label values \[9\]"):
-        common.check_labels([9] + [0] * 11, "bp4d", "a.csv row 3")
-    with pytest.raises(common.BadInputError, match="expected 1 grade"):
-        common.check_labels([1, 2], "paralysis", "video 7")
-    np.testing.assert_array_equal(common.check_labels([-1, 0, 1, 0, 0, 0, 0, 0], "disfa", "x"),
+    with pytest.raises(errors.BadInputError, match=r"F001/T1/12: landmarks contain NaN/inf at \(0-based\) points \[20\]"):
+        checks.check_landmarks(bad, "F001/T1/12")
+    assert checks.check_landmarks(np.arange(98.0), "x").shape == (49, 2)
+    with pytest.raises(errors.BadInputError, match="a.csv row 3: expected 12 AU labels .*got 11"):
+        checks.check_labels(np.zeros(11), "bp4d", "a.csv row 3")
+    with pytest.raises(errors.BadInputError, match=r"label values \[9\]"):
+        checks.check_labels([9] + [0] * 11, "bp4d", "a.csv row 3")
+    with pytest.raises(errors.BadInputError, match="expected 1 grade"):
+        checks.check_labels([1, 2], "paralysis", "video 7")
+    np.testing.assert_array_equal(checks.check_labels([-1, 0, 1, 0, 0, 0, 0, 0], "disfa", "x"),
                                   [-1, 0, 1, 0, 0, 0, 0, 0])
 
 
-class RawFiles(common.AlgrnetBuilder, skip_registration=True):
+class RawFiles(base.AlgrnetBuilder, skip_registration=True):
     """Raw release-style frames (the JAA-Net BP4D samples) aligned at build time; part 1 has a bad one."""
 
     VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [common.AlgrnetBuilderConfig(name="bp4d", label_set="bp4d")]
+    BUILDER_CONFIGS = [base.AlgrnetBuilderConfig(name="bp4d", label_set="bp4d")]
     pkg_dir_path = epath.Path(__file__).parent      # tests/ is not a package; tfds looks for metadata here
     ROOT: pathlib.Path = FIXTURES
     BAD: str = "missing.jpg"
@@ -199,13 +198,13 @@ class RawFiles(common.AlgrnetBuilder, skip_registration=True):
         for k, name in enumerate(names):
             path = self.ROOT / name
             lm = raw[0] if name.endswith("2440.jpg") else raw[1]
-            yield common.Frame(key=f"{part}/{k}", subject=f"F00{part}", sequence="T1", frame=k, fold=part,
+            yield examples.Frame(key=f"{part}/{k}", subject=f"F00{part}", sequence="T1", frame=k, fold=part,
                                labels=[0, 1] * 6, source=str(path),
-                               load=functools.partial(common.load_and_align, path, lm))
+                               load=functools.partial(raw_frames.load_and_align, path, lm))
 
 
 def test_build_fails_naming_the_bad_file(tmp_path):
-    with pytest.raises(common.BadInputError, match="missing.jpg: image file not found"):
+    with pytest.raises(errors.BadInputError, match="missing.jpg: image file not found"):
         RawFiles(data_dir=str(tmp_path / "d")).download_and_prepare()
 
 
@@ -221,7 +220,7 @@ def test_skip_bad_reports_the_skipped_frames(tmp_path):
     builder = Corrupt(data_dir=str(tmp_path / "d"), skip_bad=True)
     builder.download_and_prepare()
     assert builder.info.splits["part1"].num_examples == 2 and builder.info.splits["part2"].num_examples == 2
-    report = json.loads((epath.Path(builder.data_dir) / common.BAD_FRAMES_FILE).read_text())
+    report = json.loads((epath.Path(builder.data_dir) / base.BAD_FRAMES_FILE).read_text())
     assert report["num_bad_frames"] == 1
     (bad,) = report["bad_frames"]["part1"]
     assert bad["source"] == str(root / "corrupt.jpg") and "corrupt image" in bad["error"]

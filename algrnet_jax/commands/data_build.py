@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from algrnet_jax.errors import UserError
     from data_pipelines import builders
-    from data_pipelines.builders import common
+    from data_pipelines.builders import base
 
     parts = _parts(args.parts)
     if args.name in builders.NEEDS_MANUAL_DIR:
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(builder, "cache_hits", 0):
         print(f"  reused {builder.cache_hits} finished subject(s) from the resume cache {builder.cache_dir} "
               "(their input files are unchanged)")
-    report = os.path.join(builder.data_dir, common.BAD_FRAMES_FILE)
+    report = os.path.join(builder.data_dir, base.BAD_FRAMES_FILE)
     if os.path.exists(report):
         with open(report) as f:
             n_bad = json.load(f)["num_bad_frames"]

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from algrnet_jax import configs
     from data_pipelines import builders
-    from data_pipelines.builders import common
+    from data_pipelines.builders import label_sets
 
     try:
         builder_cls = builders.builder_class(args.dataset)
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if label_set is None:
         print(f"algrnet data show: unknown config {args.config!r} of {args.dataset}", file=sys.stderr)
         return 2
-    if label_set == common.PARALYSIS:
+    if label_set == label_sets.PARALYSIS:
         config = configs.get_config("algrnet_paralysis", args.size)
     else:
         config = configs.get_config(args.model, args.size, label_set)

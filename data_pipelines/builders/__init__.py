@@ -3,14 +3,22 @@
 ``get_builder("synth_au", config="bp4d_small", data_dir=None)`` returns a builder instance; the
 data directory defaults to :func:`default_data_dir` (``$ALGRNET_DATA_DIR`` or ``./data/tfds``).
 Real datasets (bp4d, disfa, fpara) need the release files: ``manual_dir``.
+
+Modules (one job each): ``base`` (the two builder base classes), ``examples`` (record features, Frame,
+frame -> record), ``checks`` (image / landmark / label checks), ``parts`` (part and fold split names),
+``label_sets``, ``label_files`` (BP4D / DISFA / paralysis label formats), ``landmark_files``, ``folds``
+(subject -> part), ``raw_frames`` (videos, frame folders, alignment of a raw frame), ``list_layout``
+(the JAA-Net list layout), ``tables`` (numeric text and CSV tables), ``cache`` (the resume cache);
+the builders ``synth_au``, ``bp4d``, ``disfa``, ``fpara``. Importing this package does not import
+TensorFlow; the builders do.
 """
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
-from data_pipelines.builders import common
-from data_pipelines.builders.common import default_data_dir
+from algrnet_jax import tasks
 
 # name -> "module:Class". Real datasets read release files from a manual dir.
 REGISTRY: dict[str, str] = {
@@ -23,6 +31,11 @@ NEEDS_MANUAL_DIR: frozenset[str] = frozenset({"bp4d", "disfa", "fpara"})
 
 __all__ = ["REGISTRY", "NEEDS_MANUAL_DIR", "default_data_dir", "builder_class", "default_builder_config",
            "get_builder"]
+
+
+def default_data_dir() -> str:
+    """Where datasets live: ``$ALGRNET_DATA_DIR`` or ``./data/tfds`` in the working directory."""
+    return os.environ.get("ALGRNET_DATA_DIR") or os.path.join(os.getcwd(), "data", "tfds")
 
 
 def builder_class(name: str) -> type:
@@ -41,8 +54,7 @@ def default_builder_config(name: str, config: Any) -> str:
     """
     cls = builder_class(name)
     if name == "synth_au":
-        label_set = common.PARALYSIS if config.model.task == "paralysis" else config.label_set
-        return f"{label_set}_small"
+        return f"{tasks.get_task(config).data_label_set(config)}_small"
     return cls.DEFAULT_BUILDER_CONFIG_NAME or cls.BUILDER_CONFIGS[0].name
 
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from algrnet_jax import au_sets
-from data_pipelines.builders import common, readers
+from data_pipelines import errors
+from data_pipelines.builders import base, examples, folds, label_files, landmark_files, raw_frames
 
 LABEL_DIR = os.path.join("AUCoding", "AU_OCC")
 LANDMARK_DIR = "Landmarks"
@@ -49,12 +50,12 @@ folds.json; otherwise every prefix is read and subjects go to the parts of folds
 """
 
 
-class Bp4d(readers.ReleaseBuilder):
+class Bp4d(base.ReleaseBuilder):
     """BP4D: aligned 200x200 faces, 49 landmarks, 12 AU labels (-1 = not coded), folds.json parts."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = readers.release_configs("bp4d", "BP4D")
+    BUILDER_CONFIGS = base.release_configs("bp4d", "BP4D")
     DEFAULT_BUILDER_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     RELEASE_MARKER = LABEL_DIR
@@ -64,44 +65,44 @@ class Bp4d(readers.ReleaseBuilder):
         out: dict[str, list[tuple[str, str]]] = {}
         paths = sorted(glob.glob(os.path.join(manual_dir, LABEL_DIR, "*.csv")))
         if not paths:
-            raise common.BadInputError(f"{os.path.join(manual_dir, LABEL_DIR)}: no <subject>_<task>.csv label files")
+            raise errors.BadInputError(f"{os.path.join(manual_dir, LABEL_DIR)}: no <subject>_<task>.csv label files")
         for path in paths:
             m = re.fullmatch(r"(.+)_([^_]+)\.csv", os.path.basename(path))
             if m is None:
-                raise common.BadInputError(f"{path}: label file name is not <subject>_<task>.csv")
+                raise errors.BadInputError(f"{path}: label file name is not <subject>_<task>.csv")
             out.setdefault(m.group(1), []).append((m.group(2), path))
         return out
 
-    def _release_subjects(self, manual_dir: str) -> list[readers.ReleaseSubject]:
-        folds = readers.load_folds("BP4D")
+    def _release_subjects(self, manual_dir: str) -> list[base.ReleaseSubject]:
+        part_of = folds.load_folds("BP4D")
         out = []
         for subject, seqs in sorted(self._sequences(manual_dir).items()):
-            part = readers.fold_of(subject, folds, seqs[0][1])
+            part = folds.fold_of(subject, part_of, seqs[0][1])
             inputs = [p for _, p in seqs]
             inputs += [os.path.join(manual_dir, LANDMARK_DIR, f"{subject}_{task}.txt") for task, _ in seqs]
             inputs += [os.path.join(manual_dir, subject, task) for task, _ in seqs]
-            out.append(readers.ReleaseSubject(subject, part, tuple(inputs)))
+            out.append(base.ReleaseSubject(subject, part, tuple(inputs)))
         return out
 
-    def _subject_frames(self, subject: str, manual_dir: str) -> Iterator[common.Frame]:
-        part = readers.load_folds("BP4D")[subject]
+    def _subject_frames(self, subject: str, manual_dir: str) -> Iterator[examples.Frame]:
+        part = folds.load_folds("BP4D")[subject]
         aus = au_sets.AU_SETS["bp4d"]
         for task, csv_path in self._sequences(manual_dir)[subject]:
-            labels = readers.read_bp4d_labels(csv_path, aus)
+            labels = label_files.read_bp4d_labels(csv_path, aus)
             lm_path = os.path.join(manual_dir, LANDMARK_DIR, f"{subject}_{task}.txt")
-            landmarks = readers.read_landmark_rows(lm_path, strict=False)   # bad rows: per-frame errors
+            landmarks = landmark_files.read_landmark_rows(lm_path, strict=False)   # bad rows: per-frame errors
             folder = os.path.join(manual_dir, subject, task)
             for frame, lab, line in zip(labels.frames.tolist(), labels.labels, labels.lines.tolist()):
                 where = f"{csv_path}:{line}"
-                image = readers.frame_image(folder, frame, FRAME_PAD)
+                image = raw_frames.frame_image(folder, frame, FRAME_PAD)
                 if image is None:
-                    load = readers.raise_bad(f"{where}: frame {frame} is labelled but its image "
+                    load = raw_frames.raise_bad(f"{where}: frame {frame} is labelled but its image "
                                              f"{os.path.join(folder, f'{frame:0{FRAME_PAD}d}.jpg')} is missing")
                 else:
-                    load = lambda image=image, frame=frame, where=where: readers.align_raw(
+                    load = lambda image=image, frame=frame, where=where: raw_frames.align_raw(
                         image, landmarks.row_for(frame, where).points, image)
-                yield common.Frame(key=f"{subject}/{task}/{frame}", subject=subject, sequence=task, frame=frame,
+                yield examples.Frame(key=f"{subject}/{task}/{frame}", subject=subject, sequence=task, frame=frame,
                                    fold=part, labels=lab, source=image or where, load=load)
 
     def _list_folds(self, rows, parts):
-        return readers.folds_json_list_folds("BP4D")
+        return folds.folds_json_list_folds("BP4D")

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from algrnet_jax import au_sets
-from data_pipelines.builders import common, readers
+from data_pipelines import errors
+from data_pipelines.builders import base, examples, folds, label_files, landmark_files, list_layout, raw_frames
 
 LABEL_DIR = "ActionUnit_Labels"
 LANDMARK_DIR = "Landmarks"
@@ -49,12 +50,12 @@ otherwise every prefix is read and subjects go to the parts of folds.json.
 """
 
 
-class Disfa(readers.ReleaseBuilder):
+class Disfa(base.ReleaseBuilder):
     """DISFA: aligned 200x200 faces, 49 landmarks, 8 AU occurrence labels, folds.json parts."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = readers.release_configs("disfa", "DISFA")
+    BUILDER_CONFIGS = base.release_configs("disfa", "DISFA")
     DEFAULT_BUILDER_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     RELEASE_MARKER = LABEL_DIR
@@ -62,72 +63,72 @@ class Disfa(readers.ReleaseBuilder):
     @staticmethod
     def _video(manual_dir: str, subject: str) -> str | None:
         for d in VIDEO_DIRS:
-            p = os.path.join(manual_dir, d, f"{readers.disfa_sequence(subject)}.avi")
+            p = os.path.join(manual_dir, d, f"{list_layout.disfa_sequence(subject)}.avi")
             if os.path.isfile(p):
                 return os.path.normpath(p)
         return None
 
-    def _release_subjects(self, manual_dir: str) -> list[readers.ReleaseSubject]:
-        folds = readers.load_folds("DISFA")
+    def _release_subjects(self, manual_dir: str) -> list[base.ReleaseSubject]:
+        part_of = folds.load_folds("DISFA")
         label_dir = os.path.join(manual_dir, LABEL_DIR)
         subjects = sorted(s for s in os.listdir(label_dir) if os.path.isdir(os.path.join(label_dir, s)))
         if not subjects:
-            raise common.BadInputError(f"{label_dir}: no <SN> label folders")
+            raise errors.BadInputError(f"{label_dir}: no <SN> label folders")
         out = []
         for subject in subjects:
             if not re.fullmatch(r"SN\d+", subject):
-                raise common.BadInputError(f"{os.path.join(label_dir, subject)}: not a DISFA subject folder (SN<number>)")
-            part = readers.fold_of(subject, folds, os.path.join(label_dir, subject))
-            inputs = [readers.disfa_label_path(label_dir, subject, au) for au in au_sets.AU_SETS["disfa"]]
+                raise errors.BadInputError(f"{os.path.join(label_dir, subject)}: not a DISFA subject folder (SN<number>)")
+            part = folds.fold_of(subject, part_of, os.path.join(label_dir, subject))
+            inputs = [label_files.disfa_label_path(label_dir, subject, au) for au in au_sets.AU_SETS["disfa"]]
             inputs += [os.path.join(manual_dir, LANDMARK_DIR, f"{subject}.txt"), os.path.join(manual_dir, subject)]
-            inputs += [os.path.join(manual_dir, d, f"{readers.disfa_sequence(subject)}.avi") for d in VIDEO_DIRS]
-            out.append(readers.ReleaseSubject(subject, part, tuple(inputs)))
+            inputs += [os.path.join(manual_dir, d, f"{list_layout.disfa_sequence(subject)}.avi") for d in VIDEO_DIRS]
+            out.append(base.ReleaseSubject(subject, part, tuple(inputs)))
         return out
 
-    def _subject_frames(self, subject: str, manual_dir: str) -> Iterator[common.Frame]:
-        part = readers.load_folds("DISFA")[subject]
-        labels = readers.read_disfa_labels(os.path.join(manual_dir, LABEL_DIR), subject, au_sets.AU_SETS["disfa"])
+    def _subject_frames(self, subject: str, manual_dir: str) -> Iterator[examples.Frame]:
+        part = folds.load_folds("DISFA")[subject]
+        labels = label_files.read_disfa_labels(os.path.join(manual_dir, LABEL_DIR), subject, au_sets.AU_SETS["disfa"])
         lm_path = os.path.join(manual_dir, LANDMARK_DIR, f"{subject}.txt")
-        landmarks = readers.read_landmark_rows(lm_path, readers.DISFA_NUM_POINTS, strict=False)
-        sequence = readers.disfa_sequence(subject)
+        landmarks = landmark_files.read_landmark_rows(lm_path, landmark_files.DISFA_NUM_POINTS, strict=False)
+        sequence = list_layout.disfa_sequence(subject)
         wanted = {int(f) - LABEL_FRAME_OFFSET: (lab, f"{labels.path}:{line}")
                   for f, lab, line in zip(labels.frames.tolist(), labels.labels, labels.lines.tolist())}
         folder = os.path.join(manual_dir, subject)
         video = None if os.path.isdir(folder) else self._video(manual_dir, subject)
         if video is None and not os.path.isdir(folder):
-            raise common.BadInputError(
+            raise errors.BadInputError(
                 f"{subject}: no frames: neither {folder}/<i>.jpg nor "
                 f"{' or '.join(os.path.join(manual_dir, d, sequence + '.avi') for d in VIDEO_DIRS)}")
 
-        def frame(i: int, load, source: str) -> common.Frame:
+        def frame(i: int, load, source: str) -> examples.Frame:
             lab, where = wanted[i]
-            return common.Frame(key=f"{subject}/{sequence}/{i}", subject=subject, sequence=sequence, frame=i,
+            return examples.Frame(key=f"{subject}/{sequence}/{i}", subject=subject, sequence=sequence, frame=i,
                                 fold=part, labels=lab, source=source, load=load)
 
         def load_for(i: int, image, source: str):
-            return lambda: readers.align_raw(
-                image, readers.disfa_49(landmarks.row_for(i, wanted[i][1]).points), source)
+            return lambda: raw_frames.align_raw(
+                image, landmark_files.disfa_49(landmarks.row_for(i, wanted[i][1]).points), source)
 
         if video is None:
             for i in sorted(wanted):
-                image = readers.frame_image(folder, i)
+                image = raw_frames.frame_image(folder, i)
                 if image is None:
-                    load = readers.raise_bad(f"{wanted[i][1]}: frame {i} is labelled but its image "
+                    load = raw_frames.raise_bad(f"{wanted[i][1]}: frame {i} is labelled but its image "
                                              f"{os.path.join(folder, f'{i}.jpg')} is missing")
                     yield frame(i, load, wanted[i][1])
                 else:
                     yield frame(i, load_for(i, image, image), image)
             return
         done, count = set(), 0
-        for i, image in readers.iter_video(video):
+        for i, image in raw_frames.iter_video(video):
             count = i + 1
             if i in wanted:
                 source = f"{video} frame {i}"
                 done.add(i)
                 yield frame(i, load_for(i, image, source), source)
         for i in sorted(set(wanted) - done):
-            yield frame(i, readers.raise_bad(f"{wanted[i][1]}: frame {i} is labelled but {video} has only "
+            yield frame(i, raw_frames.raise_bad(f"{wanted[i][1]}: frame {i} is labelled but {video} has only "
                                              f"{count} readable frames"), wanted[i][1])
 
     def _list_folds(self, rows, parts):
-        return readers.folds_json_list_folds("DISFA")
+        return folds.folds_json_list_folds("DISFA")

@@ -15,27 +15,27 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from data_pipelines import synthetic
-from data_pipelines.builders import common
+from data_pipelines.builders import base, examples, label_sets
 
 
 @dataclasses.dataclass(eq=False)
-class SynthAuConfig(common.AlgrnetBuilderConfig):
+class SynthAuConfig(base.AlgrnetBuilderConfig):
     """A label set and a generator size (a key of ``synthetic.SIZES``)."""
 
     size: str = "tiny"
 
     def synth_config(self) -> synthetic.SynthConfig:
         cfg = synthetic.SIZES[self.size]
-        return dataclasses.replace(cfg, paralysis=self.label_set == common.PARALYSIS)
+        return dataclasses.replace(cfg, paralysis=self.label_set == label_sets.PARALYSIS)
 
 
 def _configs() -> list[SynthAuConfig]:
     return [SynthAuConfig(name=f"{label_set}_{size}", label_set=label_set, size=size,
                           description=f"synthetic faces, {label_set} labels, size {size}")
-            for label_set in common.LABEL_SETS for size in synthetic.SIZES]
+            for label_set in label_sets.LABEL_SETS for size in synthetic.SIZES]
 
 
-class SynthAu(common.AlgrnetBuilder):
+class SynthAu(base.AlgrnetBuilder):
     """Synthetic AU (or paralysis) faces, aligned 200x200, in three subject-exclusive parts."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -43,18 +43,18 @@ class SynthAu(common.AlgrnetBuilder):
     BUILDER_CONFIGS = _configs()
     DEFAULT_BUILDER_CONFIG_NAME = "bp4d_small"
 
-    def _frames(self, part: int, dl_manager) -> Iterator[common.Frame]:
+    def _frames(self, part: int, dl_manager) -> Iterator[examples.Frame]:
         cfg: SynthAuConfig = self.builder_config
         label_set = cfg.label_set
         for ex in synthetic.generate(cfg.synth_config()):
             if int(ex["fold"]) != part:
                 continue
-            if label_set == common.PARALYSIS:
+            if label_set == label_sets.PARALYSIS:
                 labels = [int(ex["grade"])]
             else:
                 labels = synthetic.occurrence(ex["intensity"], label_set)
             source = f"synth_au/{cfg.name} {ex['subject']}/{ex['sequence']}/{int(ex['frame'])}"
-            yield common.Frame(key=f"{ex['subject']}/{ex['sequence']}/{int(ex['frame'])}",
+            yield examples.Frame(key=f"{ex['subject']}/{ex['sequence']}/{int(ex['frame'])}",
                                subject=ex["subject"], sequence=ex["sequence"], frame=int(ex["frame"]),
                                fold=int(ex["fold"]), labels=labels, source=source,
                                image=ex["image"], landmarks=ex["landmarks"])

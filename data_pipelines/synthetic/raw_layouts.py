@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 
 from algrnet_jax import au_sets
+from data_pipelines import alignment, synthetic
+from data_pipelines.builders import folds
 
 PARTS = (1, 2, 3)
 BP4D_COLUMNS = tuple(range(1, 28))     # the AU columns of a fake AU_OCC csv
@@ -57,8 +59,6 @@ def synthetic_examples(label_set: str = "bp4d", *, subjects_per_part: int = 1, s
                        frames: int = 3, size: str = "tiny", seed: int | None = None) -> list[dict[str, Any]]:
     """A few synthetic examples (dicts of ``synthetic.generate``): per part ``subjects_per_part``
     subjects x ``sequences`` sequences x ``frames`` frames, read lazily from the generator."""
-    from data_pipelines import synthetic
-
     cfg = synthetic.SIZES[size]
     changes: dict[str, Any] = {"paralysis": label_set == "paralysis"}
     # Only as many subjects/sequences/frames as needed (the generator deals subjects to parts round robin).
@@ -112,10 +112,8 @@ def subject_ids(examples: list[dict[str, Any]], dataset: str) -> dict[str, str]:
         for ex in examples:
             out.setdefault(str(ex["subject"]), f"P{len(out) + 1:02d}")
         return out
-    from data_pipelines.builders import readers
-
-    folds = readers.load_folds(dataset)
-    free = {p: sorted(s for s, q in folds.items() if q == p) for p in PARTS}
+    part_of = folds.load_folds(dataset)
+    free = {p: sorted(s for s, q in part_of.items() if q == p) for p in PARTS}
     for ex in examples:
         s = str(ex["subject"])
         if s not in out:
@@ -131,15 +129,11 @@ def _sequences(examples: list[dict[str, Any]]) -> dict[tuple[str, str], list[dic
 
 
 def _raw(ex: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    from data_pipelines import synthetic
-
     image, lm = synthetic.to_raw(np.asarray(ex["image"]), np.asarray(ex["landmarks"], np.float64), rng)
     return np.asarray(image, np.uint8), np.asarray(lm, np.float64)
 
 
 def _aligned(raw_image: np.ndarray, raw_lm: np.ndarray) -> np.ndarray:
-    from data_pipelines import alignment
-
     return alignment.align_face(raw_image, raw_lm)[1]
 
 
@@ -155,8 +149,6 @@ def _landmark_row(frame: int, points: np.ndarray) -> str:
 
 
 def _occurrence(ex: dict[str, Any], label_set: str) -> np.ndarray:
-    from data_pipelines import synthetic
-
     return np.asarray(synthetic.occurrence(ex["intensity"], label_set), np.int8).reshape(-1)
 
 
@@ -323,8 +315,6 @@ def write_list(root: str, examples: list[dict[str, Any]], label_set: str, name: 
     """JAA-Net list layout of aligned frames: ``<root>/list/<Name>_part<k>_*.txt`` and images
     ``<root>/imgs/<subject>/<sequence>/<frame>.jpg`` (DISFA: ``imgs/<SN>/<i>.jpg``); labels
     ``_AUoccur.txt`` (paralysis: ``_grade.txt``), biocular SQUARED, ``_weight.txt`` if ``weights``."""
-    from data_pipelines import alignment
-
     dataset = {"bp4d": "BP4D", "disfa": "DISFA", "paralysis": "paralysis"}[label_set]
     name = name or {"bp4d": "BP4D", "disfa": "DISFA", "paralysis": "FPara"}[label_set]
     ids = subject_ids(examples, dataset)
