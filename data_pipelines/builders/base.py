@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from tensorflow_datasets.core.utils import tqdm_utils
+from tqdm import tqdm
 
+from algrnet_jax import verbosity
 from algrnet_jax.locking import DirLock
 from data_pipelines.builders.cache import SubjectCache
 from data_pipelines.builders.examples import Frame, LabelCounter, features, make_example
@@ -153,7 +154,10 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         name = part_name(part)
         counter = LabelCounter(self.label_set)
         bad: list[dict[str, Any]] = []
+        bar = tqdm(desc=f"{self.name}/{self.builder_config.name} {name}", unit=" frames", leave=False,
+                   disable=None)                      # our progress: shown on a terminal, hidden in logs
         for frame in self._frames(part, dl_manager):
+            bar.update(1)
             try:
                 example = make_example(frame, self.label_set)
             except BadInputError as e:
@@ -167,6 +171,7 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 raise BadInputError(f"{frame.source}: frame of fold {frame.fold} generated for {name}")
             counter.add(example["labels"])
             yield frame.key, example
+        bar.close()
         if counter.num_examples == 0:
             why = f"all {len(bad)} of its frames are bad (see the warnings above)" if bad else "no frames found"
             raise BadInputError(f"{self.name}/{self.builder_config.name}: {name} is empty ({why}); "
@@ -187,6 +192,8 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def download_and_prepare(self, *, download_dir: Any = None,
                              download_config: tfds.download.DownloadConfig | None = None, **kwargs: Any) -> None:
         download_config = download_config or tfds.download.DownloadConfig()
+        if not verbosity.is_verbose():
+            tfds.disable_progress_bar()               # tfds' bars are third-party output: --verbose shows them
         version_dir, config_dir, staging = self._staging()
         full_name = f"{self.name}/{self.builder_config.name}"
         with DirLock(os.path.join(staging, "build.lock"), f"dataset {full_name} in {self.data_dir_root}",
@@ -217,6 +224,16 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             shutil.rmtree(replaced)
             shutil.rmtree(os.path.join(staging, "new"), ignore_errors=True)
             self.info.update_data_dir(version_dir)
+
+    def _log_download_bytes(self) -> None:
+        """tfds prints "Downloading and preparing dataset ..." here: only at the verbose level."""
+        if verbosity.is_verbose():
+            super()._log_download_bytes()
+
+    def _log_download_done(self) -> None:
+        """tfds prints "Dataset ... downloaded and prepared ..." here: only at the verbose level."""
+        if verbosity.is_verbose():
+            super()._log_download_done()
 
     def _clean_stale(self, version_dir: str, config_dir: str, staging: str) -> None:
         """Removes what a killed build left (under the build lock, so no build is using it)."""
@@ -331,7 +348,7 @@ class ReleaseBuilder(AlgrnetBuilder, skip_registration=True):
             return
         subjects = [s for s in self._release_subjects(manual) if s.part == part]
         cache = SubjectCache(self._cache_dir(dl_manager))
-        bar = tqdm_utils.tqdm(subjects, desc=f"{self.name} part{part}", unit=" subject", leave=False)
+        bar = tqdm(subjects, desc=f"{self.name} part{part}", unit=" subject", leave=False, disable=None)
         for subject in bar:
             bar.set_postfix_str(subject.name)
             hits = cache.hits
