@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from algrnet_jax import au_sets
+from algrnet_jax import au_sets, cli
 from data_pipelines import alignment, builders, errors, images
-from data_pipelines.builders import base, examples, folds, label_files, parts, raw_frames
+from data_pipelines.builders import base, bp4d, disfa, examples, folds, fpara, label_files, parts, raw_frames
 from data_pipelines.synthetic import raw_layouts
 
 
@@ -257,8 +257,6 @@ def test_release_build_resumes_from_finished_subjects(built, tmp_path, monkeypat
 
 
 def test_data_stats_command(built, tmp_path, capsys):
-    from algrnet_jax import cli
-
     b, frames, _ = built("bp4d", "release", {})
     data_dir = os.path.dirname(os.path.dirname(os.path.dirname(b.data_dir)))
     out = tmp_path / "stats.png"
@@ -278,8 +276,6 @@ def test_data_stats_command(built, tmp_path, capsys):
 
 
 def test_data_stats_on_synth_au(tmp_path, capsys):
-    from algrnet_jax import cli
-
     _build("synth_au", tmp_path, tmp_path / "tfds", config="bp4d_tiny")
     assert cli.main(["data", "stats", "synth_au", "--builder-config", "bp4d_tiny", "--data-dir",
                      str(tmp_path / "tfds"), "--out", str(tmp_path / "s.png")]) == 0
@@ -288,8 +284,6 @@ def test_data_stats_on_synth_au(tmp_path, capsys):
 
 
 def test_manual_instructions_name_every_file():
-    from data_pipelines.builders import bp4d, disfa, fpara
-
     for text, names in ((bp4d.Bp4d.MANUAL_DOWNLOAD_INSTRUCTIONS, ["AUCoding/AU_OCC", "Landmarks/", "_path.txt",
                                                                   "_biocular.txt", "SQUARED"]),
                         (disfa.Disfa.MANUAL_DOWNLOAD_INSTRUCTIONS, ["ActionUnit_Labels", "LeftVideo", "x66 y66"]),
@@ -300,8 +294,6 @@ def test_manual_instructions_name_every_file():
 
 
 def test_data_build_command_on_a_release_dir(built, tmp_path, capsys):
-    from algrnet_jax import cli
-
     _, _, manual = built("fpara", "release", {})
     assert cli.main(["data", "build", "fpara", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "d")]) == 0
     assert "part1: 6 examples" in capsys.readouterr().out

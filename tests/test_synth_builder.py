@@ -1,4 +1,4 @@
-"""synth_au builder (records = what the generator made) and the shared bad-input checks of common.py."""
+"""synth_au builder (records = what the generator made) and the frame checks of builders/checks.py."""
 from __future__ import annotations
 
 import functools
@@ -17,7 +17,7 @@ from etils import epath
 
 from algrnet_jax import au_sets
 from data_pipelines import alignment, builders, errors, images, synthetic
-from data_pipelines.builders import base, checks, examples, parts, raw_frames
+from data_pipelines.builders import base, checks, examples, parts, raw_frames, synth_au
 
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
@@ -86,8 +86,6 @@ def test_metadata_label_counts(data_dir):
                     reason="the tfds command line needs the tfds-cli extra (requirements-tfds-cli.txt)")
 def test_tfds_command_line_builds_the_dataset(tmp_path):
     """The shell command `tfds build data_pipelines/builders/synth_au.py --config bp4d_tiny` itself."""
-    from data_pipelines.builders import synth_au
-
     tfds_cli = pathlib.Path(sys.executable).parent / "tfds"
     proc = subprocess.run([str(tfds_cli), "build", synth_au.__file__, "--config", "bp4d_tiny",
                            "--data_dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
@@ -98,9 +96,7 @@ def test_tfds_command_line_builds_the_dataset(tmp_path):
 
 def test_tfds_build_finds_the_builder_module(tmp_path):
     """What `tfds build data_pipelines/builders/synth_au.py --config bp4d_tiny` runs (minus its beam import)."""
-    from tensorflow_datasets.scripts.cli import build, cli_utils
-
-    from data_pipelines.builders import synth_au
+    from tensorflow_datasets.scripts.cli import build, cli_utils     # the tfds command line's own modules
 
     path = pathlib.Path(synth_au.__file__)
     build.Args(positional_datasets=[str(path)], paths=cli_utils.PathOptions(data_dir=str(tmp_path)),
@@ -110,8 +106,6 @@ def test_tfds_build_finds_the_builder_module(tmp_path):
 
 
 def test_configs_and_registry():
-    from data_pipelines.builders import synth_au
-
     names = {c.name for c in synth_au.SynthAu.BUILDER_CONFIGS}
     for label_set in ("bp4d", "disfa", "paralysis"):
         for size in synthetic.SIZES:
@@ -140,26 +134,6 @@ def test_split_names():
 
 
 # ----------------------------------------------------------------------------- bad input
-
-
-def test_load_image_errors_name_the_file(tmp_path):
-    missing = tmp_path / "missing.jpg"
-    with pytest.raises(errors.BadInputError, match=f"{missing}: image file not found"):
-        images.load_image(missing)
-    good = (FIXTURES / "raw_BP4D_F001_T1_2440.jpg").read_bytes()
-    truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes(good[: len(good) // 2])
-    with pytest.raises(errors.BadInputError, match=f"{truncated}: corrupt image"):
-        images.load_image(truncated)
-    garbage = tmp_path / "garbage.png"
-    garbage.write_bytes(b"not an image at all")
-    with pytest.raises(errors.BadInputError, match=f"{garbage}: corrupt image"):
-        images.load_image(garbage)
-    empty = tmp_path / "empty.jpg"
-    empty.write_bytes(b"")
-    with pytest.raises(errors.BadInputError, match="empty"):
-        images.load_image(empty)
-    assert images.load_image(FIXTURES / "raw_BP4D_F001_T1_2440.jpg").shape == (1392, 1040, 3)
 
 
 def test_landmark_and_label_checks_name_the_source():

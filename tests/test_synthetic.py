@@ -11,7 +11,7 @@ import pytest
 
 from algrnet_jax import au_sets
 from data_pipelines import alignment, synthetic
-from data_pipelines.synthetic import face, generator
+from data_pipelines.synthetic import face, generator, preview
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "jaanet_samples")
 TINY = synthetic.SIZES["tiny"]
@@ -218,8 +218,6 @@ def test_interocular_is_the_alignment_one():
 
 
 def test_preview_script_writes_a_grid(tmp_path):
-    from data_pipelines.synthetic import preview
-
     out = tmp_path / "grid.png"
     assert preview.main(["--out", str(out), "--size", "tiny", "--timing-frames", "0"]) == 0
     img = cv2.imread(str(out))
