@@ -18,8 +18,6 @@ from algrnet_jax import verbosity
 from algrnet_jax.configs import overrides
 from algrnet_jax.errors import EXIT_USER_ERROR, UserError
 
-VERBOSE_FLAG = "--verbose"
-
 # (words, module, one-line help). Nested words ("data", "build") become nested subcommands.
 COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("data", "build"), "data_build", "build a tfds dataset (synth_au, bp4d, disfa, fpara)"),
@@ -39,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="algrnet", description="ALGRNet / JAA-Net facial action unit recognition in JAX.")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks for user errors (also ALGRNET_DEBUG=1)")
-    parser.add_argument(VERBOSE_FLAG, action="store_true",
-                        help=f"show third-party logs (TensorFlow, absl, tfds, orbax; also {verbosity.ENV_VAR}=1)")
+    verbosity.add_argument(parser)
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command", required=True)}
     for words, module, help_text in COMMANDS:
         for depth in range(1, len(words)):
@@ -68,7 +65,7 @@ def _global_flags(argv: Sequence[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Before any command module is imported: TensorFlow reads its C++ log level at import.
-    verbosity.configure(VERBOSE_FLAG in _global_flags(argv))
+    verbosity.configure(verbosity.FLAG in _global_flags(argv))
     args = overrides.parse_args(build_parser(), argv)
     debug = args.debug or os.environ.get("ALGRNET_DEBUG", "") not in ("", "0")
     try:

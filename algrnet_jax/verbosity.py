@@ -11,6 +11,7 @@ third-party progress bar).
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import warnings
@@ -18,6 +19,7 @@ import warnings
 from absl import logging as absl_logging
 
 ENV_VAR = "ALGRNET_VERBOSE"
+FLAG = "--verbose"
 
 # Python loggers of the stack whose records below ERROR are third-party noise by default.
 THIRD_PARTY_LOGGERS: tuple[str, ...] = (
@@ -32,6 +34,12 @@ QUIET_ENV: dict[str, str] = {
 }
 # Warning categories raised by third-party code that we hide in quiet mode.
 QUIET_WARNINGS: tuple[type[Warning], ...] = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--verbose`` (``args.verbose``) to an entry point's parser; pass it to :func:`configure`."""
+    parser.add_argument(FLAG, action="store_true",
+                        help=f"show third-party logs (TensorFlow, absl, tfds, orbax; also {ENV_VAR}=1)")
 
 
 def is_verbose() -> bool:

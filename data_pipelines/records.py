@@ -106,9 +106,8 @@ def reader(builder: tfds.core.DatasetBuilder, split: str) -> Sequence[bytes]:
 
 def read(source: Sequence[bytes], indices: np.ndarray) -> np.ndarray:
     """Serialized records at ``indices`` int ``[k]``: object array of bytes ``[k]``."""
-    keys = np.asarray(indices).tolist()
-    records = source.__getitems__(keys) if keys else []
-    return np.array(list(records) + [b""], dtype=object)[:-1]
+    # One read per record: __getitems__ would start a thread pool per call, 3-4x slower for a batch here.
+    return np.array([source[i] for i in np.asarray(indices).tolist()] + [b""], dtype=object)[:-1]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -9,7 +9,7 @@ Examples::
 
     python -m experiments.ablation --dataset disfa --paper --workdir runs/disfa_ablation
     python -m experiments.ablation --size small --workdir runs/synth_ablation --folds 1 \
-        --variants wo_full algrnet --set train.num_epochs=2
+        --variants wo_full algrnet --config.train.num_epochs=2
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from algrnet_jax import evaluation
+from algrnet_jax import configs, evaluation, verbosity
+from algrnet_jax.commands import config_args
 from experiments import cross_validation
 
 # variant config name -> the paper's row name (Tables V / VI), in the paper's order.
@@ -62,16 +63,20 @@ def run_ablation(args: argparse.Namespace, variants: Sequence[str]) -> dict[str,
     return aggregates
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.ablation", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cross_validation.add_config_arguments(parser)
     parser.add_argument("--workdir", required=True, help="output directory (one sub-directory per variant)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--folds", type=int, nargs="+", default=list(cross_validation.FOLDS),
-                        choices=cross_validation.FOLDS)
+    parser.add_argument("--folds", type=int, nargs="+", default=list(config_args.FOLDS), choices=config_args.FOLDS)
     parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = configs.parse_args(build_parser(), argv)
+    verbosity.configure(args.verbose)
     run_ablation(args, args.variants)
     return 0
 

@@ -12,7 +12,7 @@ Examples::
     python -m experiments.cross_validation --dataset bp4d --paper --workdir runs/bp4d_cv
     # a quick look on the synthetic set, small model, 2 epochs
     python -m experiments.cross_validation --config algrnet --size small --workdir runs/synth_cv \
-        --set train.num_epochs=2
+        --config.train.num_epochs=2
 """
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from algrnet_jax import evaluation, metrics
+from algrnet_jax import configs, evaluation, metrics, verbosity
+from algrnet_jax.commands import config_args
+from experiments import paper_configs
 
-FOLDS = (1, 2, 3)
+FOLDS = config_args.FOLDS
 
 
 def run_fold(config: Any, workdir: str | pathlib.Path, fold: int, *, resume: bool = False) -> dict[str, Any]:
@@ -119,49 +121,38 @@ def run_cross_validation(config: Any, workdir: str | pathlib.Path, *, folds: Seq
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by the experiment runners to pick a config."""
-    parser.add_argument("--config", default="algrnet", help="named model config (algrnet_jax.configs)")
-    parser.add_argument("--size", default="small", choices=("paper", "small", "tiny"), help="model/data size")
-    parser.add_argument("--dataset", default="synth_au", help="tfds dataset: synth_au | bp4d | disfa")
-    parser.add_argument("--builder-config", default=None, help="tfds builder config")
-    parser.add_argument("--label-set", default=None, choices=("bp4d", "disfa"),
-                        help="AU set (default: the dataset's, bp4d for synth_au)")
-    parser.add_argument("--data-dir", default="", help="tfds data dir (default $ALGRNET_DATA_DIR or ./data/tfds)")
-    parser.add_argument("--paper", action="store_true", help="the paper's setting (experiments.paper_configs)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set train.num_epochs=2 (repeatable)")
+    """Arguments shared by the experiment runners to pick a config (``commands.config_args``; defaults: the
+    ``algrnet`` config, size small, the synthetic set) and ``--paper``."""
+    config_args.add_config_arguments(parser, config="algrnet", size="small", dataset="synth_au", data_dir="")
+    verbosity.add_argument(parser)
+    parser.add_argument("--paper", action="store_true",
+                        help=f"the paper's setting of a real dataset ({', '.join(paper_configs.PAPER_DATASETS)}; "
+                             "experiments.paper_configs)")
 
 
 def config_from_args(args: argparse.Namespace, name: str | None = None) -> Any:
     """Builds a config from ``add_config_arguments`` arguments (``name`` replaces ``--config``)."""
-    from algrnet_jax.configs import get_config
-    from experiments.paper_configs import apply_overrides, paper_config
-
-    name = name or args.config
-    label_set = args.label_set or (args.dataset if args.dataset in ("bp4d", "disfa") else "bp4d")
     if args.paper:
-        config = paper_config(args.dataset, name, data_dir=args.data_dir, builder_config=args.builder_config)
-    else:
-        config = get_config(name, size=args.size, label_set=label_set)
-        config.data.dataset = args.dataset
-        config.data.data_dir = args.data_dir
-        if args.builder_config is not None:
-            config.data.builder_config = args.builder_config
-        else:
-            from data_pipelines import builders
-
-            config.data.builder_config = builders.default_builder_config(args.dataset, config)
-    return apply_overrides(config, args.set)
+        config = paper_configs.paper_config(args.dataset, name or args.config, data_dir=args.data_dir,
+                                            builder_config=args.builder_config)
+        return configs.apply_overrides(config, args.overrides)
+    return config_args.config_from_args(args, name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.cross_validation",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--workdir", required=True, help="output directory (one sub-directory per fold)")
-    parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=FOLDS)
+    parser.add_argument("--folds", type=int, nargs="+", default=list(config_args.FOLDS), choices=config_args.FOLDS)
     parser.add_argument("--resume", action="store_true", help="resume each fold from its latest checkpoint")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = configs.parse_args(build_parser(), argv)
+    verbosity.configure(args.verbose)
     run_cross_validation(config_from_args(args), args.workdir, folds=args.folds, resume=args.resume)
     return 0
 

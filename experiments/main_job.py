@@ -25,10 +25,15 @@ import pathlib
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
+import ml_collections
+
+from algrnet_jax import configs, verbosity
+
 # Settings of the main job: (config name, size, label set, builder config, overrides). The overrides are
-# config data (``experiments.paper_configs.apply_overrides``), not a copy of the model definition.
+# config data (``configs.apply_overrides``), not a copy of the model definition.
 MAIN_JOB: dict[str, Any] = {
     "name": "algrnet", "size": "small", "label_set": "bp4d", "builder_config": "bp4d_small",
     "overrides": [
@@ -48,20 +53,13 @@ ATTENTION_FACES = 3
 
 
 def job_config(settings: dict[str, Any], *, data_dir: str, epochs: int | None = None,
-               overrides: list[str] = ()) -> Any:
-    """The config of the main job (or of ``--quick``): ``get_config`` + the settings' overrides."""
-    from algrnet_jax.configs import get_config
-    from experiments.paper_configs import apply_overrides
-
-    config = get_config(settings["name"], size=settings["size"], label_set=settings["label_set"])
-    config.data.dataset = "synth_au"
-    config.data.builder_config = settings["builder_config"]
-    config.data.data_dir = data_dir
-    config.data.fold = 1
-    apply_overrides(config, list(settings["overrides"]))
-    if epochs is not None:
-        config.train.num_epochs = epochs
-    return apply_overrides(config, list(overrides))
+               overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config of the main job (or of ``--quick``): the named config, the job's data and overrides, then
+    ``--epochs`` and the command line's overrides, all through ``configs.apply_overrides`` (typed by the field)."""
+    return configs.from_args(settings["name"], settings["size"], settings["label_set"], [
+        "data.dataset=synth_au", f"data.builder_config={settings['builder_config']}", f"data.data_dir={data_dir}",
+        "data.fold=1", *settings["overrides"], *([f"train.num_epochs={epochs}"] if epochs is not None else []),
+        *overrides])
 
 
 def ensure_dataset(config: Any) -> float:
@@ -122,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     workdir = pathlib.Path(args.workdir)
     settings = QUICK if args.quick else MAIN_JOB
-    config = job_config(settings, data_dir=args.data_dir, epochs=args.epochs, overrides=args.set)
+    config = job_config(settings, data_dir=args.data_dir, epochs=args.epochs, overrides=args.overrides)
     validate_config(config)
     print(f"[config] {config.name} size={config.size} crop={config.crop_size} unit={config.model.unit} "
           f"AUs={tuple(config.aus)} epochs={config.train.num_epochs} batch={config.data.batch_size} "
@@ -191,13 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a much smaller smoke run (< 1 min) for tests")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir instead of restarting")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override, e.g. --set train.lr=0.02 (repeatable)")
+    verbosity.add_argument(parser)
+    configs.add_override_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
+    args = configs.parse_args(build_parser(), argv)
+    verbosity.configure(args.verbose)
+    run(args)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The paper's experimental settings for BP4D and DISFA, and command-line config overrides.
+"""The paper's experimental settings for BP4D and DISFA.
 
 The numbers themselves have one home, ``algrnet_jax.configs.get_config(size="paper")`` (crop 176 from
 200, batch 8, 20 epochs, SGD Nesterov 0.9, weight decay 5e-4, lr 0.01 halved every 2 epochs);
@@ -12,13 +12,9 @@ Example (needs the licensed data built with ``algrnet data build bp4d ...``)::
 """
 from __future__ import annotations
 
-import ast
-from collections.abc import Sequence
-from typing import Any
-
 import ml_collections
 
-from algrnet_jax.configs import MODEL_NAMES, get_config
+from algrnet_jax import configs
 from algrnet_jax.evaluation import paper_tables
 
 PAPER_DATASETS = ("bp4d", "disfa")
@@ -33,15 +29,13 @@ def paper_config(dataset: str, name: str = "algrnet", *, fold: int = 1, data_dir
         (the empty string in ``config.data.builder_config``).
     """
     if dataset not in PAPER_DATASETS:
-        raise ValueError(f"paper settings exist for {PAPER_DATASETS}, not {dataset!r}")
-    if name not in MODEL_NAMES or name == "algrnet_paralysis":
-        raise ValueError(f"{name!r} is not an AU model; choose from {[m for m in MODEL_NAMES if m != 'algrnet_paralysis']}")
-    config = get_config(name, size="paper", label_set=dataset)
-    config.data.dataset = dataset
-    config.data.builder_config = builder_config or ""
-    config.data.fold = fold
-    config.data.data_dir = data_dir
-    return config
+        raise configs.ConfigError(f"paper settings exist for {', '.join(PAPER_DATASETS)}, not {dataset!r}")
+    au_models = [m for m in configs.NAMES if configs.get_config(m).model.task == "au"]
+    if name not in au_models:
+        raise configs.ConfigError(f"{name!r} is not an AU model; choose from {', '.join(au_models)}")
+    return configs.from_args(name, "paper", dataset, [
+        f"data.dataset={dataset}", f"data.builder_config={builder_config or ''}", f"data.fold={fold}",
+        f"data.data_dir={data_dir}"])
 
 
 def paper_differences(config: ml_collections.ConfigDict) -> list[str]:
@@ -56,30 +50,3 @@ def paper_differences(config: ml_collections.ConfigDict) -> list[str]:
         "fixed_region_scale_without_ada": config.model.map_scale,
     }
     return [f"{k}: ours {v!r}, paper {paper[k]!r}" for k, v in ours.items() if v != paper[k]]
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """Applies ``section.key=value`` strings (values parsed as Python literals, else kept as strings).
-
-    Example: ``["train.num_epochs=2", "data.batch_size=16", "aus=(1, 2, 4)"]``. Unknown keys are an error.
-    """
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value: Any = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        *sections, leaf = key.strip().split(".")
-        parent = config
-        for part in sections:
-            if part not in parent or not isinstance(parent[part], ml_collections.ConfigDict):
-                raise ValueError(f"override {item!r}: no config section {part!r}")
-            parent = parent[part]
-        if leaf not in parent:
-            raise ValueError(f"override {item!r}: unknown config key {key!r}")
-        if isinstance(parent[leaf], tuple) and isinstance(value, list):
-            value = tuple(value)
-        parent[leaf] = value
-    return config

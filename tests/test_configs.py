@@ -128,3 +128,57 @@ def test_config_flag_spelling_is_an_alias_of_set():
     assert overrides.normalize_argv(["--", "--config.a=1"]) == ["--", "--config.a=1"]
     with pytest.raises(SystemExit):
         configs.parse_args(parser, ["--config.train.lr"])
+
+
+# --------------------------------------------------------------------- every entry point, one mechanism
+
+def _entry_point_configs(tmp_path) -> dict[str, ml_collections.ConfigDict]:
+    """The config each entry point builds from ``--set data.data_dir=123 --config.train.seed=7``."""
+    from algrnet_jax.commands import data_show as show_cmd
+    from algrnet_jax.commands import train as train_cmd
+    from experiments import ablation, cross_validation, main_job
+
+    extra = ["--set", "data.data_dir=123", "--config.train.seed=7"]
+    out = {}
+    p = argparse.ArgumentParser()
+    train_cmd.add_arguments(p)
+    out["algrnet train"] = train_cmd.build_config(configs.parse_args(
+        p, ["--config", "jaanet", "--size", "tiny", "--dataset", "synth_au", "--fold", "1", "--workdir", "w", *extra]))
+    p = argparse.ArgumentParser()
+    show_cmd.add_arguments(p)
+    out["algrnet data show"] = show_cmd.build_config(configs.parse_args(p, ["--size", "tiny", *extra]))
+    out["cross_validation"] = cross_validation.config_from_args(configs.parse_args(cross_validation.build_parser(), [
+        "--workdir", "w", *extra]))
+    out["cross_validation --paper"] = cross_validation.config_from_args(configs.parse_args(
+        cross_validation.build_parser(), ["--workdir", "w", "--paper", "--dataset", "bp4d", *extra]))
+    out["ablation"] = cross_validation.config_from_args(configs.parse_args(ablation.build_parser(), [
+        "--workdir", "w", *extra]), name="wo_fr")
+    args = configs.parse_args(main_job.build_parser(), ["--quick", *extra])
+    out["main_job"] = main_job.job_config(main_job.QUICK, data_dir=args.data_dir, overrides=args.overrides)
+    return out
+
+
+def test_every_entry_point_types_overrides_the_same_way(tmp_path):
+    built = _entry_point_configs(tmp_path)
+    assert set(built) == {"algrnet train", "algrnet data show", "cross_validation", "cross_validation --paper",
+                          "ablation", "main_job"}
+    for where, config in built.items():
+        assert config.data.data_dir == "123", where     # the str field keeps the text (the runners once gave 123)
+        assert config.train.seed == 7, where
+
+
+def test_command_line_choices_come_from_the_registries():
+    from algrnet_jax import cli
+    from data_pipelines import builders
+
+    parser = cli.build_parser()
+    text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    for name in configs.NAMES:
+        assert name in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--config", "resnet", "--dataset", "synth_au", "--fold", "1", "--workdir", "w"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--config", "algrnet", "--dataset", "ck", "--fold", "1", "--workdir", "w"])
+    args = configs.parse_args(parser, ["train", "--config", "algrnet", "--dataset", next(iter(builders.REGISTRY)),
+                                       "--fold", "1", "--workdir", "w", "--config.train.lr=0.5"])
+    assert args.overrides == ["train.lr=0.5"]
