@@ -12,10 +12,26 @@ a training work directory, a step directory or a ``convert-jaanet`` output) and 
   ``final_au_prob`` [B, n]); traced once per batch shape;
 - ``run(images)``: numpy in, numpy out, in fixed-size batches (the last one padded, so one trace);
 - the output names: ``class_names`` (``AU01``.. or the grades) and ``prob_key`` (the headline
-  probability output).
+  probability output), from the checkpoint's task (``tasks.get_task(config)``);
+- ``run_arrays(images)``: ``run`` with the outputs in the names and layouts of the PyTorch JAA-Net release
+  (``torch_layout``), what ``algrnet run-arrays`` writes.
 
 Evaluation and the trainer can call ``forward`` on their device batches; ``algrnet run-arrays`` and
 ``algrnet predict`` use ``run``.
+
+Arrays of already cropped and scaled faces (``to_nhwc``) are float ``[B, C, C, 3]`` (NHWC) or
+``[B, 3, C, C]`` (NCHW, the PyTorch release's layout and the parity fixture's ``input``). Release layouts:
+
+| name | shape |
+|---|---|
+| ``landmarks`` | [B, 98] (x1, y1, x2, y2, ...) crop pixels |
+| ``initial_au_maps`` | [B, n, M, M] |
+| ``refined_au_maps`` | [B, n, M-8, M-8] |
+| ``au_prob``, ``local_au_prob`` | [B, n] |
+| ``au_logprob``, ``local_au_logprob`` | [B, 2, n] (absent, present) x AU |
+
+plus, where the model has them, ``final_au_prob`` [B, n], ``offsets`` [B, n, 2], ``scales`` [B, n] and
+``grade_logprob`` [B, 4] in the model's own layout.
 """
 from __future__ import annotations
 
@@ -27,7 +43,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from algrnet_jax import au_sets
+from algrnet_jax import tasks
+from algrnet_jax.models.networks import create_model
+from algrnet_jax.training.checkpoint import load_for_inference
 
 RECORD_SIZE = 200   # side of the aligned faces in the records and of the alignment (SPEC section 2)
 
@@ -35,6 +53,11 @@ RECORD_SIZE = 200   # side of the aligned faces in the records and of the alignm
 OUTPUT_KEYS: tuple[str, ...] = (
     "landmarks", "initial_au_maps", "refined_au_maps", "local_au_logprob", "au_logprob", "local_au_prob",
     "au_prob", "final_au_prob", "offsets", "scales", "grade_logprob", "local_grade_logprob", "final_grade_prob")
+LAYOUTS = ("auto", "nchw", "nhwc")
+# Model outputs that run-arrays writes; the first seven in the release's names and layouts.
+_TORCH_LAYOUT = ("landmarks", "initial_au_maps", "refined_au_maps", "au_prob", "local_au_prob",
+                 "au_logprob", "local_au_logprob")
+_PASS_THROUGH = ("final_au_prob", "offsets", "scales", "grade_logprob")
 
 
 # ------------------------------------------------------------------------------ preprocessing
@@ -47,7 +70,8 @@ def resize_aligned(images: np.ndarray, size: int) -> np.ndarray:
     if x.shape[-2] == size:
         return x
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf  # only for sizes other than the records' (the paper size never resizes)
+    # TensorFlow (seconds to import) only for sizes other than the records' (the paper size never resizes).
+    import tensorflow as tf
 
     flat = x.reshape((-1,) + x.shape[-3:])
     y = tf.image.resize(flat, [size, size], method="bilinear", antialias=True)
@@ -79,6 +103,73 @@ def crop_to_aligned(points: np.ndarray, aligned_size: int, crop_size: int,
     return (p + 0.5) * (record_size / aligned_size) - 0.5
 
 
+# ------------------------------------------------------------------------- arrays of cropped faces
+
+
+def to_nhwc(x: np.ndarray, crop_size: int, layout: str = "auto", name: str = "input") -> tuple[np.ndarray, str]:
+    """Validates a face array and returns it as float32 NHWC [B, C, C, 3] with the layout it had.
+
+    ``layout="auto"`` picks NCHW when axis 1 has 3 channels and NHWC when the last axis does; an array
+    where both are 3 is ambiguous and must be given explicitly. ``name`` is used in error messages.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D array of faces [B, 3, {crop_size}, {crop_size}] (NCHW) or "
+                         f"[B, {crop_size}, {crop_size}, 3] (NHWC), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name}: expected float pixels scaled to [-1, 1], got dtype {x.dtype}")
+    if layout == "auto":
+        nchw, nhwc = x.shape[1] == 3, x.shape[3] == 3
+        if nchw and nhwc:
+            raise ValueError(f"{name}: shape {x.shape} is ambiguous; pass --layout nchw or nhwc")
+        if not (nchw or nhwc):
+            raise ValueError(f"{name}: shape {x.shape} has no axis of 3 colour channels (axis 1 for NCHW, "
+                             "axis 3 for NHWC)")
+        layout = "nchw" if nchw else "nhwc"
+    y = x.transpose(0, 2, 3, 1) if layout == "nchw" else x
+    if y.shape[1:] != (crop_size, crop_size, 3):
+        raise ValueError(f"{name}: as {layout.upper()} this is {y.shape[1]}x{y.shape[2]} with {y.shape[3]} "
+                         f"channels; the checkpoint wants {crop_size}x{crop_size} RGB crops")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return np.ascontiguousarray(y, np.float32), layout
+
+
+def torch_layout(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Model outputs (docs/design.md) -> the release's names and layouts (see module docstring)."""
+    out: dict[str, np.ndarray] = {}
+    for k in _TORCH_LAYOUT + _PASS_THROUGH:
+        if k not in outputs:
+            continue
+        v = np.asarray(outputs[k])
+        if k == "landmarks":
+            v = v.reshape(v.shape[0], -1)                 # [B, 49, 2] -> [B, 98]
+        elif k in ("au_logprob", "local_au_logprob"):
+            v = v.transpose(0, 2, 1)                      # [B, n, 2] -> [B, 2, n]
+        out[k] = v
+    return out
+
+
+def check_range(x: np.ndarray, name: str = "input", tolerance: float = 1e-3) -> None:
+    """Raises ValueError unless every value of ``x`` lies in [-1, 1] (within ``tolerance``)."""
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo < -1.0 - tolerance or hi > 1.0 + tolerance:
+        hint = (" It looks like unscaled 0..255 pixels: scale them with v / 127.5 - 1." if hi > 2.0 else "")
+        raise ValueError(f"{name}: values span [{lo:.4g}, {hi:.4g}], but faces must be scaled to [-1, 1].{hint} "
+                         "Pass --no-range-check to run anyway.")
+
+
+def check_finite(outputs: Mapping[str, np.ndarray], source: str) -> None:
+    """Raises ValueError naming the outputs that hold NaN or infinite values."""
+    bad = [k for k, v in outputs.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise ValueError(f"{source}: the model produced NaN or infinite values in {', '.join(bad)}; the "
+                         "checkpoint's weights are probably not finite (re-convert or retrain it)")
+
+
+
 # ---------------------------------------------------------------------------------- predictor
 
 
@@ -108,8 +199,6 @@ class Predictor:
 
     def __init__(self, config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
                  model: Any = None, batch_size: int = 16, source: str = ""):
-        from algrnet_jax.models.networks import create_model
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.config = config
@@ -122,8 +211,6 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, batch_size: int = 16, model: Any = None) -> "Predictor":
         """Loads a checkpoint (training work dir, step dir, or converted JAA-Net checkpoint)."""
-        from algrnet_jax.training.checkpoint import load_for_inference
-
         config, variables = load_for_inference(path)
         return cls(config, variables, model=model, batch_size=batch_size, source=os.fspath(path))
 
@@ -137,20 +224,24 @@ class Predictor:
         return int(self.config.aligned_size)
 
     @property
+    def task_spec(self) -> tasks.Task:
+        """The checkpoint's task object (``tasks.get_task(config)``)."""
+        return tasks.get_task(self.config)
+
+    @property
     def task(self) -> str:
-        return str(self.config.model.task)
+        """The task's name (``config.model.task``): "au" | "paralysis"."""
+        return self.task_spec.name
 
     @property
     def class_names(self) -> list[str]:
         """``AU01``, ``AU02``, ... (config.aus order) or the paralysis grades."""
-        if self.task == "paralysis":
-            return list(au_sets.GRADES)
-        return [f"AU{int(a):02d}" for a in self.config.aus]
+        return self.task_spec.class_names(self.config)
 
     @property
     def prob_key(self) -> str:
         """The headline probability output: ``final_au_prob`` [B, n] or ``final_grade_prob`` [B, 4]."""
-        return "final_grade_prob" if self.task == "paralysis" else "final_au_prob"
+        return self.task_spec.prob_key
 
     # -- preprocessing
     def preprocess(self, aligned: np.ndarray) -> np.ndarray:
@@ -168,6 +259,8 @@ class Predictor:
         dicts. ``kwargs`` go to :func:`algrnet_jax.predict.run` (e.g. ``out_dir``, ``options``).
         Inputs that cannot be read raise ValueError naming them (the command line reports and goes on).
         """
+        # The face/video layer (OpenCV, detectors, alignment) sits above this module: evaluation and the
+        # trainer's eval import inference without it.
         from algrnet_jax import predict as predict_lib
 
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
@@ -214,3 +307,8 @@ class Predictor:
             out = jax.device_get(self.forward(part, keys))
             chunks.append({k: np.asarray(v)[:real] for k, v in out.items()})
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+    def run_arrays(self, images_nhwc: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """:meth:`run` over faces ``[N, C, C, 3]`` (``to_nhwc``) -> the outputs of :func:`torch_layout`
+        (the PyTorch release's names and layouts; what ``algrnet run-arrays`` writes)."""
+        return torch_layout(self.run(images_nhwc, keys=_TORCH_LAYOUT + _PASS_THROUGH, batch_size=batch_size))

@@ -56,6 +56,7 @@ class Task(abc.ABC):
     name: ClassVar[str]                       # config.model.task value
     title: ClassVar[str]                      # human-readable
     exclusive: ClassVar[bool]                 # one class per face (argmax) rather than independent classes
+    branch_per_class: ClassVar[bool]          # branch t (its attention map) belongs to class t
     classes_key: ClassVar[str]                # result key of the class names ("aus" / "grades")
     prob_key: ClassVar[str]                   # headline probability output [B, K]
     logprob_keys: ClassVar[tuple[str, str]]   # (integrated, local) log-probability outputs the loss reads
@@ -161,6 +162,7 @@ class AUTask(Task):
     name = "au"
     title = "AU occurrence"
     exclusive = False
+    branch_per_class = True
     classes_key = "aus"
     prob_key = "final_au_prob"
     logprob_keys = ("au_logprob", "local_au_logprob")
@@ -243,6 +245,7 @@ class GradingTask(Task):
     name = "paralysis"
     title = "paralysis grade"
     exclusive = True
+    branch_per_class = False
     classes_key = "grades"
     prob_key = "final_grade_prob"
     logprob_keys = ("grade_logprob", "local_grade_logprob")
@@ -329,7 +332,10 @@ register(GradingTask())
 
 
 def get_task(config_or_name: Any) -> Task:
-    """The task of a config (``config.model.task``) or of a name; ValueError naming the choices."""
+    """The task of a config (``config.model.task``), of a name, or the task itself; ValueError naming the
+    registered names."""
+    if isinstance(config_or_name, Task):
+        return config_or_name
     name = config_or_name if isinstance(config_or_name, str) else config_or_name.model.task
     try:
         return TASKS[name]

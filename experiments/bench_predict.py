@@ -7,7 +7,7 @@ compilation is not timed):
   pass and an O-Net check in between (the default of ``algrnet predict``);
 - ``every_frame``: MTCNN and two passes on every frame;
 - the network alone per face (batch 1, the same aligned crops) for JAX ALGRNet, JAX JAA-Net and the
-  PyTorch JAA-Net baseline (``interop.torch_jaanet``, ``torch.set_num_threads(2)``).
+  PyTorch JAA-Net baseline (``reference.torch_jaanet``, ``torch.set_num_threads(2)``).
 
 The paper-size weights are random (no trained paper-size checkpoint here): tracking is forced
 (``track_threshold 0``) so every tracked frame does the work it does with a trained model (one warp,
@@ -126,7 +126,7 @@ def network_ms(crops: np.ndarray, size: str, repeats: int) -> dict:
     if timing.torch_available():
         import torch
 
-        from algrnet_jax.interop import torch_jaanet
+        from algrnet_jax.reference import torch_jaanet
 
         timing.set_torch_threads()
         config = configs.get_config("jaanet", size)

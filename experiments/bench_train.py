@@ -4,7 +4,7 @@ One process builds every runner of a size, then times them in turn, round after 
 same machine state), and reports medians:
 
 - train: the project's jitted ``training.steps.train_step`` (our loss and SGD-Nesterov optimizer, state donated)
-  for the JAX configs; the PyTorch JAA-Net baseline (``interop.torch_jaanet``: release structure, the release's
+  for the JAX configs; the PyTorch JAA-Net baseline (``reference.torch_jaanet``: release structure, the release's
   losses, SGD Nesterov + weight decay) for PyTorch; batch ``--batch-size`` (paper: 8).
 - eval: the jitted eval-mode forward (``model.apply(train=False)``) against PyTorch in ``inference_mode`` at
   batch 8 and 32 (``--eval-batch-sizes``).
@@ -112,7 +112,7 @@ def torch_runner(size: str, batch_size: int, mode: str):
     """(runner, facts): the PyTorch JAA-Net baseline, a train step or an inference-mode forward."""
     import torch
 
-    from algrnet_jax.interop import torch_jaanet
+    from algrnet_jax.reference import torch_jaanet
 
     timing.set_torch_threads()
     torch.manual_seed(0)

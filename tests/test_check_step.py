@@ -1,7 +1,7 @@
 """``algrnet check-step``: one float64 training step against a PyTorch reference step.
 
 A tiny fixture of the shared one's form (crop 64, unit 1, 8 AUs, batch 2) is written by our PyTorch baseline
-(``interop/torch_jaanet``) in float64. Fast: the criteria, report and exit codes, with the step's result
+(``reference/torch_jaanet``) in float64. Fast: the criteria, report and exit codes, with the step's result
 replaced by the PyTorch one (a perturbed reference fails with exit 1; a bad folder or no torch exits 2).
 Slow (XLA compiles the float64 train step for 3-4 min on the 2-core machine, at any model size): our JAX step
 on the tiny fixture and on the shared fixture of the public PyTorch JAA-Net (paper size, 12 AUs).
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from algrnet_jax import au_sets, cli
-from algrnet_jax.interop import recipe, step_parity
+from algrnet_jax.reference import recipe, step_parity
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SHARED_STEP = FIXTURES / "jaanet_train_step64_bp4d"
@@ -28,7 +28,7 @@ def write_tiny_fixture(folder: pathlib.Path, crop: int = 64, unit: int = 1, batc
     """
     import torch
 
-    from algrnet_jax.interop import torch_jaanet
+    from algrnet_jax.reference import torch_jaanet
 
     aus = au_sets.AU_SETS["disfa"]
     model = torch_jaanet.TorchJAANet(aus, crop_size=crop, unit_dim=unit).double()

@@ -1,4 +1,4 @@
-"""JAA-Net release conversion: the recipe rebuild, the by-name mapping, its errors, array layouts."""
+"""JAA-Net release conversion: the recipe rebuild, the by-name mapping, its errors."""
 import json
 import pathlib
 
@@ -8,7 +8,8 @@ import pytest
 
 from algrnet_jax.configs import get_config
 from algrnet_jax.errors import UserError
-from algrnet_jax.interop import arrays, convert, recipe
+from algrnet_jax.interop import convert
+from algrnet_jax.reference import recipe
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d"
 
@@ -112,26 +113,3 @@ def test_unreadable_or_missing_pth_names_the_file(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "local_au_net_7.pth")
     with pytest.raises(convert.ConversionError, match=r"local_au_net_7\.pth: not a state_dict"):
         convert.load_release(tmp_path, 7)
-
-
-def test_array_layouts_and_errors():
-    x = np.zeros((2, 3, 32, 32), np.float32)
-    y, layout = arrays.to_nhwc(x, 32)
-    assert layout == "nchw" and y.shape == (2, 32, 32, 3)
-    y, layout = arrays.to_nhwc(x.transpose(0, 2, 3, 1), 32)
-    assert layout == "nhwc" and y.shape == (2, 32, 32, 3)
-    with pytest.raises(ValueError, match="ambiguous"):
-        arrays.to_nhwc(np.zeros((1, 3, 3, 3), np.float32), 3)
-    with pytest.raises(ValueError, match="faces.npy: as NCHW this is 32x32 with 3 channels; the checkpoint wants 176x176"):
-        arrays.to_nhwc(x, 176, name="faces.npy")
-    with pytest.raises(ValueError, match="float pixels"):
-        arrays.to_nhwc(x.astype(np.uint8), 32)
-    with pytest.raises(ValueError, match="4-D"):
-        arrays.to_nhwc(x[0], 32)
-    bad = x.copy()
-    bad[0, 0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        arrays.to_nhwc(bad, 32)
-    out = arrays.torch_layout({"landmarks": np.zeros((2, 49, 2)), "au_logprob": np.arange(12.).reshape(1, 6, 2)})
-    assert out["landmarks"].shape == (2, 98)
-    np.testing.assert_array_equal(out["au_logprob"][0, 1], [1, 3, 5, 7, 9, 11])

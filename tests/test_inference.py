@@ -1,5 +1,6 @@
-"""Inference module: host preprocessing equals the eval input pipeline on real records; the Predictor's
-one jitted forward, fixed-shape batching and output names."""
+"""Inference module: host preprocessing (``Predictor.preprocess``) equals the eval input pipeline on real
+records; the Predictor's one jitted forward, fixed-shape batching and output names, on a trained and on a
+converted JAA-Net checkpoint; face arrays in the PyTorch release's layouts (run-arrays)."""
 from __future__ import annotations
 
 import pathlib
@@ -10,11 +11,13 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from algrnet_jax import configs, inference
+from algrnet_jax import cli, configs, inference
+from algrnet_jax.interop import convert
+from algrnet_jax.models.networks import create_model
 from algrnet_jax.training.checkpoint import save_inference_checkpoint
 from data_pipelines import builders, pipeline
+from data_pipelines.builders import examples
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from tiny_au_model import tiny_model  # noqa: E402
@@ -34,15 +37,16 @@ def test_preprocess_equals_the_eval_pipeline_on_records(data_dir, size):
     c = configs.get_config("algrnet", size)
     c.data.data_dir, c.data.builder_config, c.data.eval_batch_size = data_dir, "bp4d_tiny", 4
     builder = builders.get_builder("synth_au", "bp4d_tiny", data_dir)
-    records = list(tfds.as_numpy(builder.as_dataset(split="part1", decoders={"image": tfds.decode.SkipDecoding()})))
+    records = list(examples.read_back(builder, "part1", decode_images=False))
     batches = list(pipeline.eval_batches(c))
     images = np.concatenate([b["image"] for b in batches])[:len(records)]
     landmarks = np.concatenate([b["landmarks"] for b in batches])[:len(records)]
     raw = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(r["image"], np.uint8), cv2.IMREAD_COLOR),
                                  cv2.COLOR_BGR2RGB) for r in records])
-    ours = inference.preprocess(raw, c.aligned_size, c.crop_size)
+    ours = inference.Predictor(c, {"params": {}}).preprocess(raw)
     assert ours.shape == images.shape == (len(records), c.crop_size, c.crop_size, 3)
     np.testing.assert_array_equal(ours, images)
+    np.testing.assert_array_equal(inference.preprocess(raw, c.aligned_size, c.crop_size), images)
     back = inference.crop_to_aligned(landmarks, c.aligned_size, c.crop_size)
     np.testing.assert_allclose(back, np.stack([r["landmarks"] for r in records]), atol=2e-4)
 
@@ -95,8 +99,6 @@ def test_predictor_runs_padded_fixed_batches_with_one_trace(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def jaanet_checkpoints(tmp_path_factory):
     """A tiny JAA-Net checkpoint (the real network) and a copy with one NaN weight: (good, bad, crop)."""
-    from algrnet_jax.models.networks import create_model
-
     config = configs.get_config("jaanet", "tiny")
     shapes = jax.eval_shape(create_model(config).init, jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
     # Cheap finite weights without the (slow, eager) init: small constants, unit running variances.
@@ -112,8 +114,6 @@ def jaanet_checkpoints(tmp_path_factory):
 
 
 def test_run_arrays_checks_range_finiteness_and_reports_the_real_file(jaanet_checkpoints, capsys):
-    from algrnet_jax import cli
-
     good, bad, tmp = jaanet_checkpoints
     faces = np.random.default_rng(0).uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)
     np.save(tmp / "faces.npy", faces)
@@ -145,3 +145,49 @@ def test_run_arrays_checks_range_finiteness_and_reports_the_real_file(jaanet_che
     assert cli.main(["run-arrays", "--checkpoint", str(tmp / "nowhere"), "--input", str(tmp / "faces.npy"),
                      "--out", str(tmp / "e.npz")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_predictor_loads_a_converted_jaanet_checkpoint(tmp_path):
+    """Release state_dicts -> convert_state_dicts -> an inference checkpoint as convert-jaanet writes it ->
+    Predictor.from_checkpoint: names of the AU task, outputs equal to the model on the original weights."""
+    config = configs.get_config("jaanet", "tiny")
+    model = create_model(config)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
+    rng = np.random.default_rng(0)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, s: (rng.uniform(0.5, 1.5, s.shape) if "var" in jax.tree_util.keystr(path)
+                         else 0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+    converted = convert.convert_state_dicts(convert.flax_to_state_dicts(variables, config), config)
+    path = save_inference_checkpoint(tmp_path / "converted", config, converted, source="release",
+                                     source_epoch="1", converted_from="PyTorch JAA-Net release")
+    p = inference.Predictor.from_checkpoint(path, batch_size=2)
+    assert (p.task, p.prob_key, p.class_names, p.crop_size) == ("au", "final_au_prob", ["AU01", "AU04", "AU12"], 32)
+    x = rng.uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)
+    out = p.run_arrays(x)
+    ref = model.apply(variables, x, train=False)
+    np.testing.assert_allclose(out["au_logprob"], np.asarray(ref["au_logprob"]).transpose(0, 2, 1), atol=1e-5)
+    np.testing.assert_allclose(out["landmarks"], np.asarray(ref["landmarks"]).reshape(3, 98), atol=1e-4)
+    np.testing.assert_allclose(out["final_au_prob"], np.asarray(ref["final_au_prob"]), atol=1e-5)
+
+
+def test_array_layouts_and_errors():
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    y, layout = inference.to_nhwc(x, 32)
+    assert layout == "nchw" and y.shape == (2, 32, 32, 3)
+    y, layout = inference.to_nhwc(x.transpose(0, 2, 3, 1), 32)
+    assert layout == "nhwc" and y.shape == (2, 32, 32, 3)
+    with pytest.raises(ValueError, match="ambiguous"):
+        inference.to_nhwc(np.zeros((1, 3, 3, 3), np.float32), 3)
+    with pytest.raises(ValueError, match="faces.npy: as NCHW this is 32x32 with 3 channels; the checkpoint wants 176x176"):
+        inference.to_nhwc(x, 176, name="faces.npy")
+    with pytest.raises(ValueError, match="float pixels"):
+        inference.to_nhwc(x.astype(np.uint8), 32)
+    with pytest.raises(ValueError, match="4-D"):
+        inference.to_nhwc(x[0], 32)
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        inference.to_nhwc(bad, 32)
+    out = inference.torch_layout({"landmarks": np.zeros((2, 49, 2)), "au_logprob": np.arange(12.).reshape(1, 6, 2)})
+    assert out["landmarks"].shape == (2, 98)
+    np.testing.assert_array_equal(out["au_logprob"][0, 1], [1, 3, 5, 7, 9, 11])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from algrnet_jax.errors import UserError
-from algrnet_jax.interop import recipe
+from algrnet_jax.reference import recipe
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d"
 EVAL_KEYS = ("landmarks", "initial_au_maps", "refined_au_maps", "au_prob", "local_au_prob", "au_logprob",
@@ -93,7 +93,7 @@ def _assert_update_norms_match_float64_reference(after, release):
 def test_torch_baseline_reproduces_the_reference(release, expected):
     """Our PyTorch JAA-Net (release keys) reproduces eval outputs, losses and one SGD step (update norms)."""
     torch = pytest.importorskip("torch")
-    from algrnet_jax.interop import torch_jaanet
+    from algrnet_jax.reference import torch_jaanet
 
     torch.set_num_threads(2)
     model = torch_jaanet.TorchJAANet()
@@ -158,7 +158,7 @@ def test_reference_post_step_sums_are_input_sensitive(release, expected):
     move with the kernels the CPU runs), by up to several percent, when its input moves by 1e-7 (ReLU / max-pool decisions flip and
     the per-tensor sums of the cell and branch gradients cancel)."""
     torch = pytest.importorskip("torch")
-    from algrnet_jax.interop import torch_jaanet
+    from algrnet_jax.reference import torch_jaanet
 
     torch.set_num_threads(2)
     model = torch_jaanet.TorchJAANet()
@@ -181,8 +181,8 @@ def jax_step(converted, expected):
     import jax
     import jax.numpy as jnp
 
-    from algrnet_jax.interop import step_parity
-    from algrnet_jax.interop.arrays import torch_layout
+    from algrnet_jax.reference import step_parity
+    from algrnet_jax.inference import torch_layout
     from algrnet_jax.training.checkpoint import load_for_inference
 
     config, variables = load_for_inference(converted[0])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import time
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # quiet: no XLA "very slow compile" alarm on a busy CPU
-
-    from algrnet_jax.interop import step_parity
+    # jax and the model load here (after the log level), not when the CLI builds its parser.
+    from algrnet_jax.reference import step_parity
 
     start = time.perf_counter()
     print(f"check-step: {args.fixture_dir}: one float64 step (XLA compiles it first: ~4 min on 2 CPU cores) ...",

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from algrnet_jax.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,16 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from algrnet_jax.errors import UserError
+    # orbax, jax and the model load here, not when the CLI builds its parser (``algrnet --help`` stays fast).
+    from algrnet_jax.interop.convert import ConversionError, convert_release, count_parameters
     from algrnet_jax.training.checkpoint import check_inference_target
 
     check_inference_target(args.out)          # before the (slow) conversion: never overwrite other data
     if not os.path.isdir(args.torch_dir):
         raise UserError(f"--torch-dir {args.torch_dir}: not a directory (the released <module>_<epoch>.pth files)")
-    from algrnet_jax.interop.convert import ConversionError, convert_release, count_parameters
-
     try:
         config, variables = convert_release(args.torch_dir, args.epoch, args.au_num, args.out)
     except ConversionError as e:

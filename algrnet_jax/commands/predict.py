@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from algrnet_jax.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -42,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # OpenCV, jax, the model and orbax load here, not when the CLI builds its parser (``--help`` stays fast).
     from algrnet_jax import predict
-    from algrnet_jax.errors import UserError
     from algrnet_jax.inference import Predictor
     from algrnet_jax.training.checkpoint import CheckpointError
 
@@ -63,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
     except CheckpointError as e:
         raise UserError(f"predict: {e}") from e
-    if args.attention and predictor.task == "paralysis":
-        print("predict: --attention draws per-AU maps; this checkpoint grades paralysis, so none are written",
-              file=sys.stderr)
+    if args.attention and not predictor.task_spec.branch_per_class:
+        print(f"predict: --attention draws per-AU maps; this checkpoint's task is {predictor.task_spec.title}, "
+              "so none are written", file=sys.stderr)
     options = predict.Options(passes=args.passes, keyframe_every=args.keyframe_every,
                               track_threshold=args.track_threshold, threshold=args.threshold,
                               max_faces=args.max_faces, attention=args.attention, min_face_size=args.min_face_size)

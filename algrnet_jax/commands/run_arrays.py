@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
+
+from algrnet_jax.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -35,11 +39,8 @@ def output_path(out: str, input_path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from algrnet_jax.errors import UserError
-    from algrnet_jax.inference import Predictor
-    from algrnet_jax.interop.arrays import check_finite, check_range, run_arrays, to_nhwc
+    # jax, the model and orbax load here, not when the CLI builds its parser (``algrnet --help`` stays fast).
+    from algrnet_jax.inference import Predictor, check_finite, check_range, to_nhwc
     from algrnet_jax.training.checkpoint import CheckpointError
 
     if not os.path.isfile(args.input):
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.input}: holds no faces (shape {x.shape})")
         if not args.no_range_check:
             check_range(images, args.input)
-        outputs = run_arrays(predictor, images, args.batch_size)
+        outputs = predictor.run_arrays(images, args.batch_size)
         check_finite(outputs, args.checkpoint)
     except ValueError as e:
         raise UserError(f"run-arrays: {e}") from e

@@ -1,6 +1,6 @@
 """Released PyTorch JAA-Net state_dicts <-> Flax variables of ``create_model(get_config("jaanet"))``.
 
-The release saves six state_dicts per epoch (``recipe.MODULES``); every entry maps to one Flax leaf
+The release saves six state_dicts per epoch (``release.MODULES``); every entry maps to one Flax leaf
 (or one slice of a leaf that carries a leading cell / AU axis), as documented in
 ``algrnet_jax/models/networks.py``:
 
@@ -30,10 +30,17 @@ import math
 import os
 from typing import Any, Iterator, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from algrnet_jax import au_sets, tasks
+from algrnet_jax.configs import get_config
 from algrnet_jax.errors import UserError
-from algrnet_jax.interop.recipe import MODULES, StateDicts, pth_path
+from algrnet_jax.interop.release import MODULES, StateDicts, pth_path
+from algrnet_jax.models.networks import create_model
+from algrnet_jax.training.checkpoint import save_inference_checkpoint
+from algrnet_jax.training.precision import param_dtype
 
 _HLFEAT_CONVS = (0, 3, 7, 10, 14, 17)
 _HLFEAT_BNS = (1, 4, 8, 11, 15, 18)
@@ -169,11 +176,6 @@ def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[t
 
 def abstract_variables(config: Any) -> dict[str, Any]:
     """Shapes/dtypes of the model's variables (``jax.eval_shape`` of init: nothing is computed)."""
-    import jax
-    import jax.numpy as jnp
-
-    from algrnet_jax.models.networks import create_model
-
     model = create_model(config)
     x = jnp.zeros((1, config.crop_size, config.crop_size, 3), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
@@ -181,7 +183,7 @@ def abstract_variables(config: Any) -> dict[str, Any]:
 
 
 def _check_config(config: Any) -> int:
-    if config.model.arch != "jaanet" or config.model.task != "au":
+    if config.model.arch != "jaanet" or tasks.get_task(config).name != "au":
         raise ConversionError(f"the JAA-Net release converts into the 'jaanet' AU model, not "
                               f"{config.model.arch!r} / task {config.model.task!r}")
     return len(config.aus)
@@ -194,8 +196,6 @@ def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]], config: An
     ``dtype``: numpy dtype of the result; None -> ``config.model.param_dtype`` (float32 by default).
     Raises ConversionError listing every unused, missing, mis-shaped or non-finite entry by name.
     """
-    from algrnet_jax.training.precision import param_dtype
-
     dtype = np.dtype(dtype if dtype is not None else param_dtype(config))
     n = _check_config(config)
     abstract = abstract_variables(config)
@@ -281,7 +281,7 @@ def load_release(torch_dir: str | os.PathLike, epoch: int | str) -> StateDicts:
     Raises ConversionError naming the file if one is missing, unreadable or not a state_dict.
     """
     try:
-        import torch
+        import torch  # the optional extra
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ConversionError("reading .pth files needs PyTorch: pip install -r requirements-torch.txt") from e
     out: StateDicts = {}
@@ -304,8 +304,6 @@ def load_release(torch_dir: str | os.PathLike, epoch: int | str) -> StateDicts:
 
 def label_set_for(num_aus: int) -> str:
     """The label set of a release with ``num_aus`` AUs: 12 -> bp4d, 8 -> disfa."""
-    from algrnet_jax import au_sets
-
     for name, aus in au_sets.AU_SETS.items():
         if len(aus) == num_aus:
             return name
@@ -316,9 +314,6 @@ def label_set_for(num_aus: int) -> str:
 def convert_release(torch_dir: str | os.PathLike, epoch: int | str, num_aus: int, out: str | os.PathLike,
                     size: str = "paper") -> tuple[Any, dict[str, Any]]:
     """Reads a release, converts it and writes an inference checkpoint; returns (config, variables)."""
-    from algrnet_jax.configs import get_config
-    from algrnet_jax.training.checkpoint import save_inference_checkpoint
-
     config = get_config("jaanet", size=size, label_set=label_set_for(num_aus))
     variables = convert_state_dicts(load_release(torch_dir, epoch), config)
     save_inference_checkpoint(out, config, variables, source=os.path.abspath(os.fspath(torch_dir)),

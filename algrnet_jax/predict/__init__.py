@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from algrnet_jax.errors import UserError
 from algrnet_jax.predict import media, outputs
@@ -89,14 +90,12 @@ def run(predictor: Any, inputs: Sequence[str | os.PathLike | np.ndarray], *, out
     """Predicts every input; writes outputs under ``out_dir`` when given (see module docstring)."""
     options = options or Options()
     engine = Engine(predictor, options, detector)
-    names, task = predictor.class_names, predictor.task
+    names, task = predictor.class_names, predictor.task_spec
     header = outputs.columns(names, task)
     sources, failures, notes = media.discover(inputs)
     report = Report([], header, failures, notes, [], [], engine.timing)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(unit="frame", dynamic_ncols=True, leave=False, disable=None)
     try:
         for src in sources:
@@ -123,7 +122,7 @@ def _one(engine: Engine, src: media.Source, csv_path: str | None, header: list[s
          overlay: bool, landmarks: dict[str, list[np.ndarray]] | None, aligned: bool, report: Report,
          bar: Any) -> list[dict[str, Any]]:
     pred = engine.predictor
-    names, task, thr = pred.class_names, pred.task, options.threshold
+    names, task, thr = pred.class_names, pred.task_spec, options.threshold
     writer = outputs.CsvWriter(csv_path, header) if csv_path else None
     rows: list[dict[str, Any]] = []
     ok = False
@@ -158,7 +157,7 @@ def _one(engine: Engine, src: media.Source, csv_path: str | None, header: list[s
                 path = csv_path[:-4] + ".overlay.jpg"
                 outputs.save_image(path, outputs.draw(rgb, faces, names, thr))
                 report.written.append(path)
-            if csv_path and options.attention and task != "paralysis":
+            if csv_path and options.attention and task.branch_per_class:
                 for f in (f for f in faces if f.maps is not None):
                     path = csv_path[:-4] + f".attention_{f.face_id}.png"
                     outputs.attention_figure(path, f, names, pred.crop_size)
@@ -175,7 +174,7 @@ def _one(engine: Engine, src: media.Source, csv_path: str | None, header: list[s
 def _video(engine: Engine, src: media.Source, writer: Any, csv_path: str | None, overlay: bool,
            landmarks: dict[str, list[np.ndarray]] | None, report: Report, bar: Any) -> list[dict[str, Any]]:
     pred, options = engine.predictor, engine.options
-    names, task, thr = pred.class_names, pred.task, options.threshold
+    names, task, thr = pred.class_names, pred.task_spec, options.threshold
     video = media.open_video(src.path)
     writer_ov = None
     if csv_path and overlay:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from algrnet_jax.predict.faces import Face, box_iou, landmarks_box
+from algrnet_jax.predict.faces import Face, MTCNNDetector, box_iou, landmarks_box
 from data_pipelines import alignment
 
 ALIGNED = alignment.ALIGNED_SIZE
@@ -98,8 +98,6 @@ class Engine:
     @property
     def detector(self) -> Any:
         if self._detector is None:
-            from algrnet_jax.predict.faces import MTCNNDetector
-
             self._detector = MTCNNDetector(min_face_size=self.options.min_face_size)
         return self._detector
 

@@ -17,24 +17,27 @@ from typing import Any
 
 import cv2
 import numpy as np
+import matplotlib
+from matplotlib.figure import Figure   # the object-oriented API: no pyplot state, no backend to choose
 
+from algrnet_jax import tasks
 from algrnet_jax.fileio import atomic_path
 from algrnet_jax.predict.engine import FaceResult
 
 NUM_LANDMARKS = 49
 
 
-def columns(class_names: Sequence[str], task: str) -> list[str]:
-    """The CSV header (module docstring)."""
+def columns(class_names: Sequence[str], task: str | tasks.Task) -> list[str]:
+    """The CSV header (module docstring); ``task`` a ``tasks`` name or object."""
     head = ["input", "frame", "face_id", "timestamp", "confidence", "success", "face_x", "face_y", "face_w", "face_h"]
     head += [f"x_{i}" for i in range(NUM_LANDMARKS)] + [f"y_{i}" for i in range(NUM_LANDMARKS)]
-    if task == "paralysis":
+    if tasks.get_task(task).exclusive:
         return head + [f"{c}_p" for c in class_names] + ["grade"]
     return head + [f"{c}_p" for c in class_names] + [f"{c}_c" for c in class_names]
 
 
 def face_row(name: str, frame: int, timestamp: float, face: FaceResult | None, class_names: Sequence[str],
-             task: str, threshold: float) -> dict[str, Any]:
+             task: str | tasks.Task, threshold: float) -> dict[str, Any]:
     """One CSV row as a dict (``face`` None: the no-face row)."""
     row: dict[str, Any] = {"input": name, "frame": frame, "timestamp": round(float(timestamp), 6)}
     if face is None:
@@ -48,7 +51,7 @@ def face_row(name: str, frame: int, timestamp: float, face: FaceResult | None, c
     probs = np.asarray(face.probs, np.float64)
     for c, p in zip(class_names, probs):
         row[f"{c}_p"] = round(float(p), 6)
-    if task == "paralysis":
+    if tasks.get_task(task).exclusive:
         row["grade"] = class_names[int(np.argmax(probs))]
     else:
         for c, p in zip(class_names, probs):
@@ -90,7 +93,8 @@ class CsvWriter(_Partial):
         self._f.close()
 
 
-def summary(rows: list[dict[str, Any]], class_names: Sequence[str], task: str, fps: float | None) -> dict[str, Any]:
+def summary(rows: list[dict[str, Any]], class_names: Sequence[str], task: str | tasks.Task,
+            fps: float | None) -> dict[str, Any]:
     """Per-video summary: frames, faces, success rate, per-AU occurrence rate (or the mean grade
     probabilities and the video's grade)."""
     frames = sorted({r["frame"] for r in rows})
@@ -98,7 +102,7 @@ def summary(rows: list[dict[str, Any]], class_names: Sequence[str], task: str, f
     ok_frames = {r["frame"] for r in ok}
     out: dict[str, Any] = {"frames": len(frames), "fps": fps, "faces": len({r["face_id"] for r in ok}),
                            "face_rows": len(ok), "success_rate": len(ok_frames) / max(len(frames), 1)}
-    if task == "paralysis":
+    if tasks.get_task(task).exclusive:
         mean = [float(np.mean([r[f"{c}_p"] for r in ok])) if ok else None for c in class_names]
         out["mean_grade_prob"] = dict(zip(class_names, mean))
         out["grade"] = class_names[int(np.argmax(mean))] if ok else None
@@ -153,18 +157,14 @@ def save_image(path: str, rgb: np.ndarray) -> None:
 
 def attention_figure(path: str, face: FaceResult, class_names: Sequence[str], crop: int) -> None:
     """Per-AU refined attention maps over the aligned face's centre crop (as in the training report)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     maps = np.asarray(face.maps)
     o = (face.aligned.shape[0] - crop) // 2
     base = face.aligned[o:o + crop, o:o + crop] if 0 <= o else face.aligned
     n = maps.shape[0]
     cols = min(n, 6)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.2 * rows), squeeze=False)
+    fig = Figure(figsize=(2 * cols, 2.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k < n:
@@ -175,18 +175,13 @@ def attention_figure(path: str, face: FaceResult, class_names: Sequence[str], cr
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
 
 
 def time_plot(path: str, rows: list[dict[str, Any]], class_names: Sequence[str], title: str) -> None:
     """Probability of each class over time (first face id seen; gaps where no face)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = [r for r in rows if r["success"] == 1]
-    fig, ax = plt.subplots(figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    ax = fig.subplots()
     if ok:
         fid = min(r["face_id"] for r in ok)
         by_frame = {r["frame"]: r for r in ok if r["face_id"] == fid}
@@ -194,7 +189,7 @@ def time_plot(path: str, rows: list[dict[str, Any]], class_names: Sequence[str],
         frames = sorted({r["frame"] for r in rows})
         for k, c in enumerate(class_names):
             y = np.array([by_frame[f][f"{c}_p"] if f in by_frame else np.nan for f in frames], np.float64)
-            ax.plot(t, y, label=c, color=plt.cm.tab20(k % 20), lw=1.2)
+            ax.plot(t, y, label=c, color=matplotlib.colormaps["tab20"](k % 20), lw=1.2)
         ax.set_title(f"{title} (face {fid})", fontsize=9)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
@@ -203,7 +198,6 @@ def time_plot(path: str, rows: list[dict[str, Any]], class_names: Sequence[str],
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
 
 
 class VideoOverlay(_Partial):

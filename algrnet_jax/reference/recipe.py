@@ -17,6 +17,7 @@ the JAA-Net release.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -25,12 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# The six state_dict files of a JAA-Net release, in the order the reference builds them.
-MODULES: tuple[str, ...] = (
-    "region_learning", "align_net", "local_attention_refine", "local_au_net", "global_au_feat", "au_net")
-
-StateDicts = dict[str, dict[str, np.ndarray]]
-
+from algrnet_jax.interop.release import MODULES, StateDicts, pth_path
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Reads ``recipe.json``; raises ValueError naming the file if it is not a JAA-Net recipe."""
@@ -88,16 +84,9 @@ def rebuild_state_dicts(recipe: Mapping[str, Any], dtype: Any = np.float32) -> S
     return out
 
 
-def pth_path(directory: str | os.PathLike, module: str, epoch: int | str) -> str:
-    """``<directory>/<module>_<epoch>.pth`` as the JAA-Net release names its files."""
-    return os.path.join(os.fspath(directory), f"{module}_{epoch}.pth")
-
-
 def save_pth(state_dicts: StateDicts, directory: str | os.PathLike, epoch: int | str) -> list[str]:
     """Writes the six ``<module>_<epoch>.pth`` files (OrderedDicts of tensors). Needs torch."""
-    import collections
-
-    import torch
+    import torch  # the optional extra
 
     os.makedirs(directory, exist_ok=True)
     paths = []

@@ -3,7 +3,7 @@
 A fixture folder (e.g. ``shared/reference/jaanet_train_step64_bp4d``, copied to
 ``tests/fixtures/jaanet_train_step64_bp4d``) holds ``recipe.json`` (the seeded weights, tag, AU count) and
 ``train_step64.npz``: the batch (``input`` [B, 3, C, C] NCHW, ``au_labels`` [B, n], ``gt_landmarks`` [B, 98],
-``biocular`` [B] (squared inter-ocular distance), ``au_weight`` [n]), the reference's train-mode outputs and
+``biocular`` [B] (squared inter-ocular distance), ``au_weight`` [n], the AU loss weights), the reference's train-mode outputs and
 four losses, and per state_dict entry the update d = after - before as ``update_sumsq`` (sum d^2) and
 ``update_proj`` (sum d * r, r seeded by ``crc32(f"{tag}:proj:{name}")``, norm ``proj_norm``).
 
@@ -21,9 +21,18 @@ import tempfile
 import zlib
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from algrnet_jax.configs import get_config
 from algrnet_jax.errors import UserError
+from algrnet_jax.inference import torch_layout
+from algrnet_jax.interop import convert
+from algrnet_jax.models.networks import create_model
+from algrnet_jax.reference import recipe as recipe_lib
+from algrnet_jax.training import optim, steps
+from algrnet_jax.training.state import TrainState
 
 STEP_FILE = "train_step64.npz"
 RECIPE_FILE = "recipe.json"
@@ -72,8 +81,6 @@ class Criterion:
 
 def load_fixture(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(recipe, arrays) of a fixture folder; UserError naming the file for anything missing or unreadable."""
-    from algrnet_jax.interop import recipe as recipe_lib
-
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: no such fixture folder (it must hold {RECIPE_FILE} and {STEP_FILE})")
@@ -107,10 +114,7 @@ def load_fixture(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
 def fixture_config(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
     """The float64 ``jaanet`` config of a fixture: AU count and unit width (first conv: 4u filters) from the
     recipe, crop from the input."""
-    from algrnet_jax.configs import get_config
-    from algrnet_jax.interop.convert import label_set_for
-
-    config = get_config("jaanet", size="paper", label_set=label_set_for(int(rec["au_num"])))
+    config = get_config("jaanet", size="paper", label_set=convert.label_set_for(int(rec["au_num"])))
     config.crop_size = int(arrays["input"].shape[-1])
     first = dict((k, v) for k, v in rec["modules"].get("region_learning", [])).get("multiscale_feat.0.conv.weight")
     if not first or first[0] % 4:
@@ -124,8 +128,6 @@ def fixture_config(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
 def fixture_batch(arrays: Mapping[str, np.ndarray], dtype: Any) -> dict[str, Any]:
     """The fixture's batch as the train step takes it (NHWC images, [B, 49, 2] landmarks, inter-ocular
     distance = sqrt of the fixture's squared ``biocular``), floats in ``dtype``."""
-    import jax.numpy as jnp
-
     b = arrays["input"].shape[0]
     return {
         "image": jnp.asarray(arrays["input"].transpose(0, 2, 3, 1), dtype),
@@ -136,38 +138,26 @@ def fixture_batch(arrays: Mapping[str, np.ndarray], dtype: Any) -> dict[str, Any
     }
 
 
-def one_step(config: Any, variables: Mapping[str, Any], batch: Mapping[str, Any], au_weight: Any) -> tuple[
+def one_step(config: Any, variables: Mapping[str, Any], batch: Mapping[str, Any], loss_weights: Any) -> tuple[
         dict[str, Any], dict[str, Any], Any]:
     """ONE step of our loss and optimizer (SGD of ``config.train``, step 0) from ``variables``, jitted:
     (train-mode outputs, loss terms in the loss dtype, the new TrainState)."""
-    import jax
-
-    from algrnet_jax.models.networks import create_model
-    from algrnet_jax.training import optim, steps
-    from algrnet_jax.training.state import TrainState
-
     model = create_model(config)
     state = TrainState.create(apply_fn=model.apply, params=variables["params"],
                               tx=optim.make_optimizer(config.train, steps_per_epoch=1),
                               batch_stats=variables["batch_stats"], rng=jax.random.PRNGKey(0))
 
     @jax.jit
-    def step(state, batch, au_weight):
-        outputs, metrics, grads, batch_stats = steps.loss_and_grads(state, batch, au_weight, config=config)
+    def step(state, batch, loss_weights):
+        outputs, metrics, grads, batch_stats = steps.loss_and_grads(state, batch, loss_weights, config=config)
         return outputs, metrics, state.apply_gradients(grads=grads, batch_stats=batch_stats)
 
-    return step(state, batch, au_weight)
+    return step(state, batch, loss_weights)
 
 
 def _reference_step(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> tuple[
         dict[str, np.ndarray], dict[str, float], dict[str, np.ndarray]]:
     """Runs the step in float64: (train-mode outputs in the release layout, losses, updates per entry)."""
-    import jax
-    import jax.numpy as jnp
-
-    from algrnet_jax.interop import convert, recipe as recipe_lib
-    from algrnet_jax.interop.arrays import torch_layout
-
     with jax.enable_x64(True):
         config = fixture_config(rec, arrays)
         with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +186,7 @@ def check_step(folder: str | os.PathLike) -> list[Criterion]:
     """Runs the check on a fixture folder; returns the four criteria (``TOLERANCES``) with every row."""
     rec, arrays = load_fixture(folder)
     try:
-        import torch  # noqa: F401  (the weights travel through .pth files, as a release does)
+        import torch  # noqa: F401  (the optional extra: the weights travel through .pth files, as a release does)
     except ImportError as e:
         raise UserError("check-step needs the torch extra: pip install -r requirements-torch.txt") from e
     outputs, losses, updates = _reference_step(rec, arrays)

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from algrnet_jax import au_sets
-from algrnet_jax.interop.recipe import MODULES
+from algrnet_jax.interop.release import MODULES
 
 
 class LocalConv2dReLU(nn.Module):
