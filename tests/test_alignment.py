@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from data_pipelines import alignment
-from data_pipelines.builders import raw_frames
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
 FRAMES = ("2440", "2441")
@@ -60,15 +59,6 @@ def test_border_is_grey_and_size_parameter():
     assert aligned.shape == (100, 100, 3)
     assert (aligned[-1] == 128).all()          # below the cut image: border value
     assert not (aligned[0] == 128).all()
-
-
-def test_load_and_align_reads_one_based_release_files():
-    raw = np.loadtxt(FIXTURES / "raw_land_49.txt")[1]
-    aligned, lm = raw_frames.load_and_align(FIXTURES / "raw_BP4D_F001_T1_2441.jpg", raw)
-    ref_lm = np.loadtxt(FIXTURES / "aligned_land_49.txt").reshape(-1, 49, 2)[1]
-    ref_img = cv2.imread(str(FIXTURES / "aligned_BP4D_F001_T1_2441.jpg"))[..., ::-1]   # RGB
-    np.testing.assert_allclose(lm, ref_lm, atol=1e-4)
-    assert np.abs(aligned.astype(np.float64) - ref_img).mean() < 2.0
 
 
 def test_bad_landmarks_rejected():
