@@ -58,6 +58,7 @@ class Task(abc.ABC):
     exclusive: ClassVar[bool]                 # one class per face (argmax) rather than independent classes
     branch_per_class: ClassVar[bool]          # branch t (its attention map) belongs to class t
     classes_key: ClassVar[str]                # result key of the class names ("aus" / "grades")
+    table_label: ClassVar[str]                # what the F1 table's columns are ("AU" / "Grade")
     prob_key: ClassVar[str]                   # headline probability output [B, K]
     logprob_keys: ClassVar[tuple[str, str]]   # (integrated, local) log-probability outputs the loss reads
     output_keys: ClassVar[tuple[str, ...]]    # outputs of the task's heads
@@ -164,6 +165,7 @@ class AUTask(Task):
     exclusive = False
     branch_per_class = True
     classes_key = "aus"
+    table_label = "AU"
     prob_key = "final_au_prob"
     logprob_keys = ("au_logprob", "local_au_logprob")
     output_keys = ("local_au_logprob", "au_logprob", "local_au_prob", "au_prob", "final_au_prob")
@@ -247,6 +249,7 @@ class GradingTask(Task):
     exclusive = True
     branch_per_class = False
     classes_key = "grades"
+    table_label = "Grade"
     prob_key = "final_grade_prob"
     logprob_keys = ("grade_logprob", "local_grade_logprob")
     output_keys = ("grade_logprob", "local_grade_logprob", "final_grade_prob")
