@@ -20,7 +20,7 @@ from algrnet_jax.errors import EXIT_USER_ERROR, UserError
 
 # (words, module, one-line help). Nested words ("data", "build") become nested subcommands.
 COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
-    (("data", "build"), "data_build", "build a tfds dataset (synth_au, bp4d, disfa, fpara)"),
+    (("data", "build"), "data_build", "build a tfds dataset of the project (data_pipelines.builders)"),
     (("data", "show"), "data_show", "write a PNG grid of one input-pipeline batch with landmarks"),
     (("data", "stats"), "data_stats", "per-fold frame counts and AU base rates, with a plot"),
     (("train",), "train", "train a model (data-parallel over all local devices)"),

@@ -57,6 +57,7 @@ class Task(abc.ABC):
     title: ClassVar[str]                      # human-readable
     exclusive: ClassVar[bool]                 # one class per face (argmax) rather than independent classes
     branch_per_class: ClassVar[bool]          # branch t (its attention map) belongs to class t
+    reads_aus: ClassVar[bool]                 # config.aus selects the classes (and branches)
     classes_key: ClassVar[str]                # result key of the class names ("aus" / "grades")
     table_label: ClassVar[str]                # what the F1 table's columns are ("AU" / "Grade")
     prob_key: ClassVar[str]                   # headline probability output [B, K]
@@ -164,6 +165,7 @@ class AUTask(Task):
     title = "AU occurrence"
     exclusive = False
     branch_per_class = True
+    reads_aus = True
     classes_key = "aus"
     table_label = "AU"
     prob_key = "final_au_prob"
@@ -248,6 +250,7 @@ class GradingTask(Task):
     title = "paralysis grade"
     exclusive = True
     branch_per_class = False
+    reads_aus = False
     classes_key = "grades"
     table_label = "Grade"
     prob_key = "final_grade_prob"

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from algrnet_jax.commands import config_args
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="orbax checkpoint directory (a step or a run directory)")
-    parser.add_argument("--dataset", default=None, help="tfds dataset name (default: the checkpoint's)")
+    parser.add_argument("--dataset", default=None, choices=config_args.DATASETS,
+                        help="tfds dataset (default: the checkpoint's)")
     parser.add_argument("--builder-config", default=None, help="tfds builder config (default: the checkpoint's)")
-    parser.add_argument("--fold", type=int, choices=(1, 2, 3), default=None,
-                        help="test part 1..3 (default: the checkpoint's)")
+    parser.add_argument("--fold", type=int, choices=config_args.FOLDS, default=None,
+                        help=f"{config_args.fold_help()} (default: the checkpoint's)")
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default: the checkpoint's)")
     parser.add_argument("--split", default=None, help="tfds split expression instead of the fold's test part")
     parser.add_argument("--batch-size", type=int, default=None, help="eval batch size (default: the checkpoint's)")

@@ -26,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from algrnet_jax import tasks
 from algrnet_jax.configs.common import DEFAULT_LABEL_SET, DEFAULT_SIZE, SIZES, Size
 from algrnet_jax.configs.overrides import (OverrideError, add_override_arguments, apply_override, apply_overrides,
                                            parse_args)
@@ -94,5 +95,5 @@ def drop_deleted_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def num_outputs(config: ml_collections.ConfigDict) -> int:
-    """Number of AU (or paralysis-region) branches of a config."""
-    return config.model.num_regions if config.model.task == "paralysis" else len(config.aus)
+    """Number of AU (or paralysis-region) branches of a config (``tasks.Task.num_outputs``)."""
+    return tasks.get_task(config).num_outputs(config)

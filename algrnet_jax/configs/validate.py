@@ -11,11 +11,11 @@ from typing import Any
 
 import ml_collections
 
-from algrnet_jax import au_sets
+from algrnet_jax import au_sets, tasks
 from algrnet_jax.errors import UserError
 
 ARCHS = ("jaanet", "algrnet")
-TASKS = ("au", "paralysis")
+TASKS = tuple(tasks.TASKS)   # the registered tasks (algrnet_jax.tasks)
 DATASETS = ("synth_au", "bp4d", "disfa", "fpara")
 
 
@@ -125,7 +125,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     present, aus = lookup(config, "aus")
     _, label_set = lookup(config, "label_set")
     _, task = lookup(config, "model.task")
-    if present and task != "paralysis":
+    if present and task in tasks.TASKS and tasks.get_task(task).reads_aus:
         allowed = au_sets.AU_SETS.get(label_set, ())
         try:
             values = tuple(aus)
