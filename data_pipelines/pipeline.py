@@ -131,9 +131,9 @@ def split_for(config: ml_collections.ConfigDict, train: bool) -> str:
     return records.train_split(fold) if train else records.test_split(fold)
 
 
-def _check_divisible(config: ml_collections.ConfigDict) -> None:
+def _check_divisible(config: ml_collections.ConfigDict, keys: Sequence[str]) -> None:
     n = jax.device_count()
-    bad = [f"config.data.{k} = {v}" for k in ("batch_size", "eval_batch_size")
+    bad = [f"config.data.{k} = {v}" for k in keys
            for v in [int(config.data[k])] if v <= 0 or v % n]
     if bad:
         raise DataError(f"{' and '.join(bad)} must be a positive multiple of the number of devices ({n}); "
@@ -298,12 +298,11 @@ class DataSource:
         b = self.eval_batch_size
         if part == "val":
             if not self.has_validation:
-                raise DataError("no validation split: data.val_fraction is 0")
+                raise DataError("no validation split: data.val_fraction is 0" if self.steps_per_epoch else
+                                "no validation split: this source was made for evaluation only")
             split, indices = self.train_split, self.val_records
-        elif part == "test":
-            split, indices = self.test_split, np.arange(self.num_test, dtype=np.int64)
         else:
-            split = part
+            split = self.test_split if part == "test" else part
             indices = np.arange(records.num_examples(self._batcher.builder, split), dtype=np.int64)
         n = len(indices)
         if n == 0:
@@ -324,24 +323,36 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def make_source(config: ml_collections.ConfigDict) -> DataSource:
+def make_source(config: ml_collections.ConfigDict, *, training: bool = True) -> DataSource:
     """The :class:`DataSource` of ``config.data`` (dataset, fold, batch sizes, seeds, validation fraction).
 
     Checks everything before reading records: the dataset is built (array_record), its label set fits the
-    config's task and AUs, batch sizes divide over the devices, the training split has a batch.
+    config's task and AUs, batch sizes divide over the devices and, when ``training``, the training parts
+    are built and their training records fill a batch. ``training=False`` makes a source for evaluating on
+    the test part (or any split of the dataset): the training parts are not read (nor need they be built,
+    ``--parts``); it has no training records, ``steps_per_epoch`` 0, ``loss_weights`` ``[0]`` and no
+    validation part.
 
     Raises:
       DatasetNotBuiltError: with the command that builds the dataset.
       DataError: naming the config field that does not fit the data.
     """
     d = config.data
-    _check_divisible(config)
+    _check_divisible(config, ("batch_size", "eval_batch_size") if training else ("eval_batch_size",))
     builder = dataset_builder(config)
     columns = label_columns(config, records.label_set(builder))
     train_split, test_split = split_for(config, True), split_for(config, False)
-    num_test = records.num_examples(builder, test_split)
-    records.num_examples(builder, train_split)
-    index = records.split_index(builder, train_split)
+    built = set(builder.info.splits)
+    num_test = records.num_examples(builder, test_split) if test_split in built else 0
+    missing = [p for p in records.split_names(train_split) if p not in built]
+    if training and missing:
+        raise DataError(f"{d.dataset}/{builder.builder_config.name} in {builder.data_dir} has no {', '.join(missing)} "
+                        f"(built with --parts {','.join(sorted(p[4:] for p in built))}); training on fold {d.fold} "
+                        f"needs {train_split}: build the missing parts or choose data.fold")
+    if missing or not training:
+        index = records.SplitIndex(np.zeros(0, str), np.zeros((0, 1), np.int64))
+    else:
+        index = records.split_index(builder, train_split)
     fraction = float(d.get("val_fraction", DEFAULT_VAL_FRACTION))
     val_subjects = validation_subjects(index.subjects, fraction, int(d.get("val_seed", 0)))
     is_val = np.isin(index.subjects, np.asarray(val_subjects, dtype=index.subjects.dtype))
@@ -349,21 +360,23 @@ def make_source(config: ml_collections.ConfigDict) -> DataSource:
     val_records = np.flatnonzero(is_val).astype(np.int64)
     batch_size = int(d.batch_size)
     steps = len(train_records) // batch_size
-    if steps == 0:
+    if training and steps == 0:
         raise DataError(f"the training records of {d.dataset}/{d.builder_config} fold {d.fold} ({len(train_records)} "
                         f"in {train_split} without the validation subjects) are fewer than one batch of "
                         f"data.batch_size = {batch_size}")
+    task = tasks.get_task(config)
+    weights = (loss_weights(task, index.labels[train_records], columns) if len(train_records)
+               else np.zeros(0, np.float32))
     n_train_subjects = len(set(index.subjects[train_records].tolist()))
     description = (f"{d.dataset}/{builder.builder_config.name} fold {d.fold}: "
                    f"{_plural(len(train_records), 'train frame')} ({_plural(n_train_subjects, 'subject')}) / "
                    f"{_plural(len(val_records), 'val frame')} ({_plural(len(val_subjects), 'subject')}) / "
                    f"{_plural(num_test, 'test frame')}")
     return DataSource(
-        steps_per_epoch=steps, loss_weights=loss_weights(tasks.get_task(config), index.labels[train_records], columns),
-        has_validation=bool(len(val_records)), description=description, train_records=train_records,
-        val_records=val_records, val_subjects=val_subjects, num_test=num_test, batch_size=batch_size,
-        eval_batch_size=int(d.eval_batch_size), shuffle_seed=int(d.shuffle_seed), train_split=train_split,
-        test_split=test_split, _batcher=_Batcher(config, builder, columns))
+        steps_per_epoch=steps, loss_weights=weights, has_validation=bool(len(val_records)), description=description,
+        train_records=train_records, val_records=val_records, val_subjects=val_subjects, num_test=num_test,
+        batch_size=batch_size, eval_batch_size=int(d.eval_batch_size), shuffle_seed=int(d.shuffle_seed),
+        train_split=train_split, test_split=test_split, _batcher=_Batcher(config, builder, columns))
 
 
 # ---------------------------------------------------- config-level functions (callers not yet on DataSource)
@@ -390,8 +403,8 @@ def train_batches(config: ml_collections.ConfigDict, *, epoch: int, start_batch:
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, split: str | None = None) -> Iterator[Batch]:
-    """``make_source(config).eval_batches(split or "test")``."""
-    yield from make_source(config).eval_batches(split or "test")
+    """``make_source(config, training=False).eval_batches(split or "test")`` (evaluation only)."""
+    yield from make_source(config, training=split == "val").eval_batches(split or "test")
 
 
 def _label_set(builder: tfds.core.DatasetBuilder) -> str:

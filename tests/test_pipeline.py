@@ -330,6 +330,23 @@ def test_tfrecord_dataset_asks_for_a_rebuild(tmp_path):
     assert pipeline.make_source(c).steps_per_epoch == 4
 
 
+def test_evaluation_source_needs_only_the_test_part(tmp_path):
+    """A dataset built with --parts 1: evaluation on part 1 works; training on fold 1 says what is missing."""
+    builders.get_builder("synth_au", "bp4d_tiny", str(tmp_path), parts=(1,)).download_and_prepare()
+    c = _config(str(tmp_path), val_fraction=0.25)
+    s = pipeline.make_source(c, training=False)
+    assert s.steps_per_epoch == 0 and not s.has_validation and s.loss_weights.shape == (0,)
+    assert sum(b["mask"].sum() for b in s.eval_batches("test")) == 8
+    assert sum(b["mask"].sum() for b in pipeline.eval_batches(c)) == 8
+    with pytest.raises(pipeline.DataError, match="evaluation only"):
+        next(s.eval_batches("val"))
+    with pytest.raises(pipeline.DataError, match=r"has no part2, part3 \(built with --parts 1\)"):
+        pipeline.make_source(c)
+    c.data.fold = 2
+    with pytest.raises(pipeline.DataError, match="split 'part2' is not in"):
+        next(pipeline.make_source(c, training=False).eval_batches("test"))
+
+
 class DotFaces(base.AlgrnetBuilder, skip_registration=True):
     """Grey faces with one bright dot at landmark 19 (left eye corner); tests geometry end to end."""
 

@@ -415,12 +415,14 @@ def test_eval_user_errors_are_one_message(trained, data_dir, tmp_path, capsys, s
             (["--data-dir", str(tmp_path / "nowhere")], "dataset synth_au/bp4d_tiny is not built in"),
             (["--split", "part4"], "split 'part4' is not in synth_au/bp4d_tiny"),
             (["--builder-config", "disfa_small"], "dataset synth_au/disfa_small is not built in"),
-            (["--dataset", "nope"], "unknown dataset 'nope'"),
             (["--batch-size", "0"], "data.eval_batch_size = 0: must be a positive integer")):
         rc, _, err = _cli(["eval", "--checkpoint", ckpt, *extra], capsys)
         assert rc == 2, (extra, err)
         _one_message(err)
         assert message in err, (extra, err)
+    with pytest.raises(SystemExit) as e:               # a dataset outside the registry: refused by --dataset's choices
+        cli.main(["eval", "--checkpoint", ckpt, "--dataset", "nope"])
+    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
     rc, _, err = _cli(["eval", "--checkpoint", str(tmp_path / "missing")], capsys)
     assert rc == 2 and "no such checkpoint or directory" in err
     with pytest.raises(UserError):                                          # --debug: the traceback
