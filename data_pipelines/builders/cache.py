@@ -16,6 +16,7 @@ from algrnet_jax.fileio import atomic_path
 from data_pipelines.builders.examples import Frame
 from data_pipelines.builders.raw_frames import raise_bad
 from data_pipelines.errors import BadInputError
+from data_pipelines.images import decode_image
 
 
 def fingerprint(paths: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -65,6 +66,8 @@ class SubjectCache:
 
     def frames(self, subject: str, inputs: Sequence[str],
                make: Callable[[], Iterator[Frame]]) -> Iterator[Frame]:
+        """The frames of ``subject``: replayed when ``inputs`` (files or folders) are unchanged, else those of
+        ``make()``, recorded as they are consumed."""
         if self.directory is None:
             yield from make()
             return
@@ -131,10 +134,10 @@ class SubjectCache:
                     except EOFError:
                         return
                     frame = Frame(**{k: rec[k] for k in ("key", "subject", "sequence", "frame", "fold",
-                                                                "labels", "source", "interocular")})
+                                                     "labels", "source", "interocular")})
                     if "png" in rec:
-                        image = cv2.imdecode(np.frombuffer(rec["png"], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-                        frame.image, frame.landmarks = np.ascontiguousarray(image), rec["landmarks"]
+                        frame.image = decode_image(rec["png"], f"{path} ({frame.key})")
+                        frame.landmarks = rec["landmarks"]
                     else:
                         frame.load = raise_bad(rec["error"])
                     yield frame
