@@ -66,6 +66,7 @@ class AlgrnetMetadata(tfds.core.MetadataDict):
     """Dataset metadata (``metadata.json``); also writes the bad-frame report ``bad_frames.json``."""
 
     def save_metadata(self, data_dir):
+        """Writes ``metadata.json`` and, when frames were checked, ``bad_frames.json`` into ``data_dir``."""
         super().save_metadata(data_dir)
         bad = self.get("bad_frames")
         if bad is not None:
@@ -119,6 +120,7 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     @property
     def label_set(self) -> str:
+        """The config's label set: "bp4d", "disfa" or "paralysis"."""
         return self.builder_config.label_set
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -191,6 +193,8 @@ class AlgrnetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def download_and_prepare(self, *, download_dir: Any = None,
                              download_config: tfds.download.DownloadConfig | None = None, **kwargs: Any) -> None:
+        """tfds' build under the config's lock, after cleaning a killed build's leftovers; a rebuild
+        (``download_mode`` overwrite) goes to a staging directory swapped in when complete."""
         download_config = download_config or tfds.download.DownloadConfig()
         if not verbosity.is_verbose():
             tfds.disable_progress_bar()               # tfds' bars are third-party output: --verbose shows them
@@ -321,6 +325,7 @@ class ReleaseBuilder(AlgrnetBuilder, skip_registration=True):
 
     # ---- layout
     def layout(self, manual_dir: str) -> str:
+        """"release" or "list": the config's layout, or the one detected in ``manual_dir`` (config "default")."""
         layout = self.builder_config.layout
         if layout == "auto":
             return detect_layout(manual_dir, self.RELEASE_MARKER, self.name)

@@ -25,6 +25,7 @@ class SynthAuConfig(base.AlgrnetBuilderConfig):
     size: str = "tiny"
 
     def synth_config(self) -> synthetic.SynthConfig:
+        """The generator config of this size (paralysis faces for the paralysis label set)."""
         cfg = synthetic.SIZES[self.size]
         return dataclasses.replace(cfg, paralysis=self.label_set == label_sets.PARALYSIS)
 

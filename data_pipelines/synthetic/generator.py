@@ -46,10 +46,12 @@ SIZES: dict[str, SynthConfig] = {
 
 
 def num_frames(cfg: SynthConfig) -> int:
+    """Frames the generator yields: subjects x sequences x frames per sequence."""
     return cfg.num_subjects * cfg.sequences_per_subject * cfg.frames_per_sequence
 
 
 def subject_id(i: int) -> str:
+    """``subject_id(0) == "S001"``."""
     return f"S{i + 1:03d}"
 
 
@@ -146,6 +148,7 @@ class Subject:
 
 
 def make_subject(cfg: SynthConfig, i: int) -> Subject:
+    """Subject ``i`` of ``cfg`` (its face identity and noise bank), seeded by ``(cfg.seed, i)``."""
     rng = np.random.default_rng((cfg.seed, i, 0xFACE))
     ident = face.sample_identity(rng, subject_grade(cfg, i))
     n = cfg.image_size + NOISE_PAD

@@ -65,6 +65,7 @@ def sample_tiles(cfg: generator.SynthConfig, n: int) -> list[np.ndarray]:
 
 
 def single_au_tiles(cfg: generator.SynthConfig, subject: int) -> list[np.ndarray]:
+    """Tiles ``[S, S, 3]`` of one subject: neutral, then each AU alone at full intensity."""
     subj = generator.make_subject(cfg, subject)
     size, pose = cfg.image_size, np.zeros(4)
     noise = subj.noise[:size, :size]
@@ -80,6 +81,7 @@ def single_au_tiles(cfg: generator.SynthConfig, subject: int) -> list[np.ndarray
 
 
 def paralysis_and_raw_tiles(cfg: generator.SynthConfig) -> list[np.ndarray]:
+    """Tiles ``[S, S, 3]`` of paralysis faces of each grade and of raw (unaligned) frames."""
     pcfg = dataclasses.replace(cfg, paralysis=True)
     x = np.zeros(face.NUM_AUS, np.float32)
     for au in (1, 2, 12, 26):
@@ -104,6 +106,7 @@ def paralysis_and_raw_tiles(cfg: generator.SynthConfig) -> list[np.ndarray]:
 
 
 def grid(tiles: list[np.ndarray], columns: int = COLUMNS) -> np.ndarray:
+    """Tiles ``[S, S, 3]`` in rows of ``columns`` (the last row padded white): ``[rows * S, columns * S, 3]``."""
     rows = []
     blank = np.full_like(tiles[0], 255)
     for r in range(0, len(tiles), columns):
@@ -114,6 +117,7 @@ def grid(tiles: list[np.ndarray], columns: int = COLUMNS) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Writes the sample grid (and prints the generator's frames per second); returns the exit code."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="docs/synth_samples.png", help="output PNG")
     p.add_argument("--size", default="small", choices=sorted(generator.SIZES), help="generator size")
