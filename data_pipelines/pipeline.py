@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 
-DEFAULT_VAL_FRACTION = 0.1   # configs saved before data.val_fraction existed read this
-EVAL_PARTS = ("val", "test")
+# Configs saved before data.val_fraction existed (checkpoints) trained on every training subject: 0 keeps that.
+# New configs have the field (algrnet_jax/configs: 0.1).
+LEGACY_VAL_FRACTION = 0.0
 
 __all__ = ["Batch", "DataSource", "make_source", "validation_subjects", "epoch_permutation", "epoch_augmentation",
            "DataError", "DatasetNotBuiltError", "dataset_builder", "split_for", "num_examples", "steps_per_epoch",
@@ -353,7 +354,7 @@ def make_source(config: ml_collections.ConfigDict, *, training: bool = True) -> 
         index = records.SplitIndex(np.zeros(0, str), np.zeros((0, 1), np.int64))
     else:
         index = records.split_index(builder, train_split)
-    fraction = float(d.get("val_fraction", DEFAULT_VAL_FRACTION))
+    fraction = float(d.get("val_fraction", LEGACY_VAL_FRACTION))
     val_subjects = validation_subjects(index.subjects, fraction, int(d.get("val_seed", 0)))
     is_val = np.isin(index.subjects, np.asarray(val_subjects, dtype=index.subjects.dtype))
     train_records = np.flatnonzero(~is_val).astype(np.int64)

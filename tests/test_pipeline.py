@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -290,6 +291,9 @@ def test_validation_fraction_zero_is_the_whole_training_split(data_dir):
     assert not s.has_validation and s.val_subjects == () and s.steps_per_epoch == n // 4
     with pytest.raises(pipeline.DataError, match="val_fraction is 0"):
         next(s.eval_batches("val"))
+    # a config saved before the field existed (a checkpoint's) trained on every training subject: so it does
+    c.data = ml_collections.ConfigDict({k: v for k, v in c.data.items() if k not in ("val_fraction", "val_seed")})
+    np.testing.assert_array_equal(pipeline.make_source(c).train_records, np.arange(n))
 
 
 def test_loss_weights_come_from_the_training_subjects(data_dir):
