@@ -114,6 +114,27 @@ class Task(abc.ABC):
         """Whether records of ``label_set`` carry this task's labels."""
 
     @abc.abstractmethod
+    def record_label_names(self, label_set: str) -> list[str]:
+        """Names of the entries of the records' ``labels`` feature for ``label_set`` (its length L)."""
+
+    @abc.abstractmethod
+    def record_label_values(self) -> tuple[int, ...]:
+        """Values a record label may hold (unknown included where the data has it)."""
+
+    @abc.abstractmethod
+    def describe_record_labels(self, label_set: str) -> str:
+        """What a record of ``label_set`` carries, for error messages (e.g. ``12 AU labels (AU1, ...)``)."""
+
+    @abc.abstractmethod
+    def label_set_classes(self, label_set: str) -> list[str]:
+        """Class names of data of ``label_set`` (``AU1``.. or the grades), the order of :meth:`rates`."""
+
+    @abc.abstractmethod
+    def rates(self, counts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Per-class rates of :meth:`count_labels` counts: AU base rates (NaN where nothing is labelled) or
+        grade shares."""
+
+    @abc.abstractmethod
     def label_columns(self, config: Any, label_set: str) -> np.ndarray | None:
         """Columns [n] of the record labels the config selects; None when records hold one label as is."""
 
@@ -201,6 +222,23 @@ class AUTask(Task):
     def accepts_label_set(self, label_set: str) -> bool:
         return label_set in au_sets.AU_SETS
 
+    def record_label_names(self, label_set: str) -> list[str]:
+        return au_sets.au_names(label_set)
+
+    def record_label_values(self) -> tuple[int, ...]:
+        return (-1, 0, 1)
+
+    def describe_record_labels(self, label_set: str) -> str:
+        names = self.record_label_names(label_set)
+        return f"{len(names)} AU labels ({', '.join(names)})"
+
+    def label_set_classes(self, label_set: str) -> list[str]:
+        return au_sets.au_names(label_set)
+
+    def rates(self, counts: Mapping[str, np.ndarray]) -> np.ndarray:
+        pos, lab = np.asarray(counts["positives"], np.int64), np.asarray(counts["labelled"], np.int64)
+        return np.where(lab > 0, pos / np.maximum(lab, 1), np.nan)
+
     def label_columns(self, config: Any, label_set: str) -> np.ndarray:
         aus = au_sets.AU_SETS[label_set]
         missing = [a for a in config.aus if a not in aus]
@@ -282,12 +320,29 @@ class GradingTask(Task):
     def accepts_label_set(self, label_set: str) -> bool:
         return label_set == PARALYSIS_LABEL_SET
 
+    def record_label_names(self, label_set: str) -> list[str]:
+        return ["grade"]
+
+    def record_label_values(self) -> tuple[int, ...]:
+        return tuple(range(len(au_sets.GRADES)))
+
+    def describe_record_labels(self, label_set: str) -> str:
+        return "1 grade"
+
+    def label_set_classes(self, label_set: str) -> list[str]:
+        return list(au_sets.GRADES)
+
+    def rates(self, counts: Mapping[str, np.ndarray]) -> np.ndarray:
+        grades = np.asarray(counts["grades"], np.int64)
+        return grades / max(int(grades.sum()), 1)
+
     def label_columns(self, config: Any, label_set: str) -> None:
         return None
 
     def count_labels(self, labels: np.ndarray) -> dict[str, np.ndarray]:
-        return {"grades": np.bincount(np.asarray(labels, np.int64).reshape(len(labels), -1)[:, 0],
-                                      minlength=len(au_sets.GRADES))}
+        labels = np.asarray(labels, np.int64)
+        grades = labels[:, 0] if labels.ndim == 2 else labels          # records [N, 1] or batches [N]
+        return {"grades": np.bincount(grades, minlength=len(au_sets.GRADES))}
 
     def loss_weights(self, counts: Mapping[str, np.ndarray], columns: np.ndarray | None,
                      warn: Callable[[str], None] | None = None) -> np.ndarray:
@@ -350,11 +405,11 @@ def get_task(config_or_name: Any) -> Task:
 
 
 def task_for_label_set(label_set: str) -> Task:
-    """The task whose labels records of ``label_set`` carry."""
+    """The task whose labels records of ``label_set`` carry; ValueError naming the known label sets."""
     for task in TASKS.values():
         if task.accepts_label_set(label_set):
             return task
-    raise ValueError(f"no task reads label set {label_set!r}")
+    raise ValueError(f"unknown label set {label_set!r}; choose from {', '.join(label_sets())}")
 
 
 def label_sets() -> tuple[str, ...]:

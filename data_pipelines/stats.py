@@ -13,9 +13,8 @@ import matplotlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from algrnet_jax import au_sets
+from algrnet_jax import tasks
 from data_pipelines.builders.examples import LabelCounter, read_back
-from data_pipelines.builders.label_sets import PARALYSIS, label_set_aus
 from data_pipelines.builders.parts import PARTS
 
 matplotlib.use("Agg")
@@ -32,8 +31,8 @@ def dataset_stats(builder: tfds.core.DatasetBuilder, subjects: bool = False) -> 
     """
     md = builder.info.metadata or {}
     label_set = getattr(builder.builder_config, "label_set", None) or md.get("label_set")
-    paralysis = label_set == PARALYSIS
-    names = list(au_sets.GRADES) if paralysis else [f"AU{a}" for a in label_set_aus(label_set)]
+    task = tasks.task_for_label_set(label_set)    # its count_labels keys and rates
+    names = task.label_set_classes(label_set)
     stored = md.get("label_counts", {})
     parts: dict[str, dict[str, Any]] = {}
     for part in PARTS:
@@ -41,23 +40,15 @@ def dataset_stats(builder: tfds.core.DatasetBuilder, subjects: bool = False) -> 
             continue
         counts = stored.get(part) or _count_labels(builder, part, label_set)
         entry: dict[str, Any] = {"frames": int(builder.info.splits[part].num_examples)}
-        if paralysis:
-            grades = np.asarray(counts["grades"], np.int64)
-            entry.update(grades=grades, rate=grades / max(int(grades.sum()), 1))
-        else:
-            pos, lab = np.asarray(counts["positives"], np.int64), np.asarray(counts["labelled"], np.int64)
-            entry.update(positives=pos, labelled=lab, rate=np.where(lab > 0, pos / np.maximum(lab, 1), np.nan))
+        entry.update({k: np.asarray(v, np.int64) for k, v in counts.items() if k != "num_examples"})
+        entry["rate"] = task.rates(entry)
         if subjects:
             entry["subjects"] = sorted(_subjects(builder, part))
         parts[part] = entry
     total: dict[str, Any] = {"frames": sum(p["frames"] for p in parts.values())}
-    if paralysis:
-        g = sum(p["grades"] for p in parts.values())
-        total.update(grades=g, rate=g / max(int(g.sum()), 1))
-    else:
-        pos = sum(p["positives"] for p in parts.values())
-        lab = sum(p["labelled"] for p in parts.values())
-        total.update(positives=pos, labelled=lab, rate=np.where(lab > 0, pos / np.maximum(lab, 1), np.nan))
+    keys = [k for k in next(iter(parts.values()), {}) if k not in ("frames", "rate", "subjects")]
+    total.update({k: sum(p[k] for p in parts.values()) for k in keys})
+    total["rate"] = task.rates(total) if keys else np.full(len(names), np.nan)
     return {"label_set": label_set, "names": names, "parts": parts, "total": total}
 
 
@@ -76,7 +67,7 @@ def _subjects(builder: tfds.core.DatasetBuilder, split: str) -> set[str]:
 def format_stats(stats: dict[str, Any], title: str) -> str:
     """A text table: one row per part (+ total): frames, [subjects], rate per AU (%) or grade counts."""
     names = stats["names"]
-    paralysis = stats["label_set"] == PARALYSIS
+    paralysis = tasks.task_for_label_set(stats["label_set"]).exclusive    # grade counts, not AU rates
     rows = [*stats["parts"].items(), ("total", stats["total"])]
     has_subj = any("subjects" in p for p in stats["parts"].values())
     head = f"{'split':<7}{'frames':>8}" + (f"{'subj':>6}" if has_subj else "") + "".join(f"{n:>8}" for n in names)
@@ -99,7 +90,7 @@ def plot_stats(stats: dict[str, Any], out: str, title: str) -> str:
     """Bar plots written to ``out`` (PNG): frames per part, and the base rate (or grade share) of each AU
     per part. Returns ``out``."""
     names, parts = stats["names"], stats["parts"]
-    paralysis = stats["label_set"] == PARALYSIS
+    paralysis = tasks.task_for_label_set(stats["label_set"]).exclusive    # grade shares, not AU rates
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(3 + 0.6 * len(names) + 3, 3.4),
                                    gridspec_kw={"width_ratios": [1, max(2, len(names) / 2)]})
     ax0.bar(list(parts), [p["frames"] for p in parts.values()], color="tab:gray")

@@ -123,3 +123,18 @@ def test_tasks_module_is_neutral():
             "'data_pipelines', 'experiments', 'tensorflow'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_record_label_spec_and_rates():
+    au, grading = tasks.task_for_label_set("bp4d"), tasks.task_for_label_set("paralysis")
+    assert len(au.record_label_names("bp4d")) == 12 and grading.record_label_names("paralysis") == ["grade"]
+    assert au.describe_record_labels("disfa").startswith("8 AU labels (AU1, AU2")
+    assert au.record_label_values() == (-1, 0, 1) and grading.record_label_values() == (0, 1, 2, 3)
+    assert au.label_set_classes("disfa")[-1] == "AU26" and grading.label_set_classes("paralysis") == list(au_sets.GRADES)
+    rates = au.rates({"positives": np.array([1, 0, 0]), "labelled": np.array([4, 2, 0])})
+    np.testing.assert_allclose(rates[:2], [0.25, 0.0])
+    assert np.isnan(rates[2])
+    np.testing.assert_allclose(grading.rates({"grades": np.array([1, 1, 2, 0])}), [0.25, 0.25, 0.5, 0.0])
+    np.testing.assert_array_equal(grading.count_labels(np.zeros((0, 1), np.int64))["grades"], [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="unknown label set 'ck'; choose from bp4d, disfa, paralysis"):
+        tasks.task_for_label_set("ck")

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from algrnet_jax import au_sets
-from data_pipelines.builders.label_sets import PARALYSIS, num_labels
+from algrnet_jax import au_sets, tasks
+from data_pipelines.builders.label_sets import num_labels
 from data_pipelines.errors import BadInputError
 
 
@@ -55,12 +55,12 @@ def check_labels(labels: Any, label_set: str, source: str) -> np.ndarray:
         lab = np.asarray(labels, np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
         raise BadInputError(f"{source}: labels are not numbers ({e})") from e
+    task = tasks.task_for_label_set(label_set)
     if lab.size != n:
-        what = "1 grade" if label_set == PARALYSIS else f"{n} AU labels ({', '.join(au_sets.au_names(label_set))})"
-        raise BadInputError(f"{source}: expected {what}, got {lab.size} values")
+        raise BadInputError(f"{source}: expected {task.describe_record_labels(label_set)}, got {lab.size} values")
     if not np.isfinite(lab).all() or (lab != np.round(lab)).any():
         raise BadInputError(f"{source}: labels must be integers, got {lab.tolist()}")
-    allowed = set(range(len(au_sets.GRADES))) if label_set == PARALYSIS else {-1, 0, 1}
+    allowed = set(task.record_label_values())
     bad = sorted({int(v) for v in lab} - allowed)
     if bad:
         raise BadInputError(f"{source}: label values {bad} not in {sorted(allowed)}")

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from algrnet_jax import au_sets
+from algrnet_jax import au_sets, tasks
 from data_pipelines import alignment
 from data_pipelines.builders.checks import check_image, check_labels, check_landmarks
-from data_pipelines.builders.label_sets import PARALYSIS, num_labels
+from data_pipelines.builders.label_sets import num_labels
 from data_pipelines.builders.parts import NUM_PARTS
 from data_pipelines.errors import BadInputError
 from data_pipelines.images import encode_jpeg
@@ -89,36 +89,25 @@ def make_example(frame: Frame, label_set: str) -> dict[str, Any]:
 
 
 class LabelCounter:
-    """Per-part label statistics: AU positives and labelled counts ``[n]``, or grade counts ``[4]``."""
+    """Per-part label statistics (``tasks.Task.count_labels`` of the label set's task): AU positives and
+    labelled counts ``[n]``, or grade counts ``[4]``."""
 
     def __init__(self, label_set: str):
         self.label_set = label_set
+        self.task = tasks.task_for_label_set(label_set)
         self.num_examples = 0
-        if label_set == PARALYSIS:
-            self.grades = np.zeros(len(au_sets.GRADES), np.int64)
-        else:
-            n = num_labels(label_set)
-            self.positives = np.zeros(n, np.int64)
-            self.labelled = np.zeros(n, np.int64)
+        self.counts = {k: np.zeros_like(v) for k, v in
+                       self.task.count_labels(np.zeros((0, num_labels(label_set)), np.int64)).items()}
 
     def add(self, labels: np.ndarray) -> None:
         """Counts one record's labels ``[n]`` (int8, -1 unknown) or ``[1]`` grade."""
         self.num_examples += 1
-        if self.label_set == PARALYSIS:
-            self.grades[int(labels[0])] += 1
-        else:
-            self.positives += labels == 1
-            self.labelled += labels >= 0
+        for k, v in self.task.count_labels(np.asarray(labels, np.int64)[None]).items():
+            self.counts[k] += v
 
     def as_json(self) -> dict[str, Any]:
         """``{"num_examples", "positives" [n], "labelled" [n]}`` or ``{"num_examples", "grades" [4]}``."""
-        out: dict[str, Any] = {"num_examples": self.num_examples}
-        if self.label_set == PARALYSIS:
-            out["grades"] = self.grades.tolist()
-        else:
-            out["positives"] = self.positives.tolist()
-            out["labelled"] = self.labelled.tolist()
-        return out
+        return {"num_examples": self.num_examples, **{k: v.tolist() for k, v in self.counts.items()}}
 
 
 def read_back(builder: tfds.core.DatasetBuilder, split: str, *, decode_images: bool = True
