@@ -182,3 +182,10 @@ def test_command_line_choices_come_from_the_registries():
     args = configs.parse_args(parser, ["train", "--config", "algrnet", "--dataset", next(iter(builders.REGISTRY)),
                                        "--fold", "1", "--workdir", "w", "--config.train.lr=0.5"])
     assert args.overrides == ["train.lr=0.5"]
+
+
+def test_validated_dataset_names_are_the_builders_registry():
+    from algrnet_jax.configs import validate
+    from data_pipelines import builders
+
+    assert validate.DATASETS == tuple(builders.REGISTRY)

@@ -16,6 +16,8 @@ from algrnet_jax.errors import UserError
 
 ARCHS = ("jaanet", "algrnet")
 TASKS = tuple(tasks.TASKS)   # the registered tasks (algrnet_jax.tasks)
+# The dataset registry is data_pipelines.builders.REGISTRY, which this neutral module must not import;
+# tests/test_configs.py checks that the two agree.
 DATASETS = ("synth_au", "bp4d", "disfa", "fpara")
 
 
