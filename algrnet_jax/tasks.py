@@ -150,8 +150,9 @@ class Task(abc.ABC):
 
     # -- heads (jax; called inside the model's compact __call__)
     @abc.abstractmethod
-    def head_units(self, num_branches: int, config_like: Any) -> tuple[int, int]:
-        """(classes of each local branch head, units of the integrated head)."""
+    def head_units(self, num_branches: int, num_grades: int) -> tuple[int, int]:
+        """(classes of each local branch head, units of the integrated head) for ``num_branches`` branches
+        (``num_grades``: the model's grade count, read by grading tasks)."""
 
     @abc.abstractmethod
     def head_outputs(self, logits: jax.Array, local_logits: jax.Array, final_mean: bool) -> dict[str, jax.Array]:
@@ -259,7 +260,7 @@ class AUTask(Task):
         return inverse_rate_weights(pos.astype(np.float64) / np.maximum(lab, 1).astype(np.float64), "AU weights",
                                     warn)
 
-    def head_units(self, num_branches: int, config_like: Any) -> tuple[int, int]:
+    def head_units(self, num_branches: int, num_grades: int) -> tuple[int, int]:
         return 2, 2 * num_branches
 
     def head_outputs(self, logits: jax.Array, local_logits: jax.Array, final_mean: bool) -> dict[str, jax.Array]:
@@ -348,9 +349,8 @@ class GradingTask(Task):
                      warn: Callable[[str], None] | None = None) -> np.ndarray:
         return inverse_rate_weights(counts["grades"], "grade weights", warn)
 
-    def head_units(self, num_branches: int, config_like: Any) -> tuple[int, int]:
-        g = len(au_sets.GRADES)
-        return g, g
+    def head_units(self, num_branches: int, num_grades: int) -> tuple[int, int]:
+        return num_grades, num_grades
 
     def head_outputs(self, logits: jax.Array, local_logits: jax.Array, final_mean: bool) -> dict[str, jax.Array]:
         grade = jax.nn.log_softmax(logits)

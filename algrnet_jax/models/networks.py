@@ -134,7 +134,7 @@ class ALGRNet(nn.Module):
         glob = HLFeat(u, train, name="global_au_feat", **kw)(region)        # [B, 5, 5, 20u]
         if self.fusion_refine:
             local = FusionRefine(local.shape[-1], name="fusion_refine", **dt)(local, glob)
-        classes, units = task.head_units(n, self)
+        classes, units = task.head_units(n, self.num_grades)
         local_logits = DenseHead(8 * u, classes, copies=n, name="local_au_output", **dt)(local)  # [n, B, classes]
         local_logits = local_logits.astype(geo["dtype"])
         concat = jnp.concatenate([align, glob, jax.lax.stop_gradient(jnp.mean(local, axis=0))], axis=-1)
