@@ -247,7 +247,8 @@ class DataSource:
         4 val frames (1 subject) / 8 test frames``.
       train_records, val_records: int64 record indices within the fold's training split (``split_for``).
       val_subjects: the validation subjects (sorted).
-      num_test: records of the test part.
+      num_test: records of the test part (0 when it is not built).
+      label_set: the dataset's label set (an AU set of ``au_sets.AU_SETS`` or the grading set).
     """
 
     steps_per_epoch: int
@@ -258,6 +259,7 @@ class DataSource:
     val_records: np.ndarray
     val_subjects: tuple[str, ...]
     num_test: int
+    label_set: str
     batch_size: int
     eval_batch_size: int
     shuffle_seed: int
@@ -289,6 +291,24 @@ class DataSource:
                                    offsets[positions], flips[positions], rows, with_ids=False)
         yield from ds.as_numpy_iterator()
 
+    def _part(self, part: str) -> tuple[str, np.ndarray]:
+        """(split, record indices int64 [N] within it) of an eval ``part``; DataError when it has no records."""
+        if part == "val":
+            if not self.has_validation:
+                raise DataError("no validation split: data.val_fraction is 0" if self.steps_per_epoch else
+                                "no validation split: this source was made for evaluation only")
+            return self.train_split, self.val_records
+        split = self.test_split if part == "test" else part
+        n = records.num_examples(self._batcher.builder, split)
+        if n == 0:
+            raise DataError(f"split {split} of {self._batcher.builder.name} in {self._batcher.builder.data_dir} "
+                            f"is empty")
+        return split, np.arange(n, dtype=np.int64)
+
+    def num_records(self, part: str = "test") -> int:
+        """Records of an eval ``part`` (see :meth:`eval_batches`); DataError when it is absent or empty."""
+        return len(self._part(part)[1])
+
     def eval_batches(self, part: str = "test") -> Iterator[Batch]:
         """Batches of ``part`` in record order (``config.data.eval_batch_size``), the last one padded.
 
@@ -297,17 +317,8 @@ class DataSource:
         them before sending a batch to devices.
         """
         b = self.eval_batch_size
-        if part == "val":
-            if not self.has_validation:
-                raise DataError("no validation split: data.val_fraction is 0" if self.steps_per_epoch else
-                                "no validation split: this source was made for evaluation only")
-            split, indices = self.train_split, self.val_records
-        else:
-            split = self.test_split if part == "test" else part
-            indices = np.arange(records.num_examples(self._batcher.builder, split), dtype=np.int64)
+        split, indices = self._part(part)
         n = len(indices)
-        if n == 0:
-            raise DataError(f"split {split} of {self._batcher.builder.name} is empty")
         padded = -(-n // b) * b
         idx = np.full(padded, indices[0], np.int64)
         idx[:n] = indices
@@ -341,7 +352,8 @@ def make_source(config: ml_collections.ConfigDict, *, training: bool = True) -> 
     d = config.data
     _check_divisible(config, ("batch_size", "eval_batch_size") if training else ("eval_batch_size",))
     builder = dataset_builder(config)
-    columns = label_columns(config, records.label_set(builder))
+    label_set = records.label_set(builder)
+    columns = label_columns(config, label_set)
     train_split, test_split = split_for(config, True), split_for(config, False)
     built = set(builder.info.splits)
     num_test = records.num_examples(builder, test_split) if test_split in built else 0
@@ -376,8 +388,9 @@ def make_source(config: ml_collections.ConfigDict, *, training: bool = True) -> 
     return DataSource(
         steps_per_epoch=steps, loss_weights=weights, has_validation=bool(len(val_records)), description=description,
         train_records=train_records, val_records=val_records, val_subjects=val_subjects, num_test=num_test,
-        batch_size=batch_size, eval_batch_size=int(d.eval_batch_size), shuffle_seed=int(d.shuffle_seed),
-        train_split=train_split, test_split=test_split, _batcher=_Batcher(config, builder, columns))
+        label_set=label_set, batch_size=batch_size, eval_batch_size=int(d.eval_batch_size),
+        shuffle_seed=int(d.shuffle_seed), train_split=train_split, test_split=test_split,
+        _batcher=_Batcher(config, builder, columns))
 
 
 # ---------------------------------------------------- config-level functions (callers not yet on DataSource)

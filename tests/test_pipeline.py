@@ -259,6 +259,7 @@ def test_validation_split_is_subject_exclusive(data_dir, fold):
         np.testing.assert_array_equal(labels[row], r["labels"][cols])
     val = list(s.eval_batches("val"))
     n_val = len(s.val_records)
+    assert s.num_records("val") == n_val and s.num_records("test") == s.num_test
     val_subjects = np.concatenate([b["subject"] for b in val])
     assert val_subjects[:n_val].tolist() == subjects[s.val_records].tolist()       # record order
     assert set(val_subjects[n_val:]) <= {""} and np.concatenate([b["mask"] for b in val]).sum() == n_val
@@ -341,6 +342,7 @@ def test_evaluation_source_needs_only_the_test_part(tmp_path):
     s = pipeline.make_source(c, training=False)
     assert s.steps_per_epoch == 0 and not s.has_validation and s.loss_weights.shape == (0,)
     assert sum(b["mask"].sum() for b in s.eval_batches("test")) == 8
+    assert s.num_records("test") == 8 and s.num_records("part1") == 8 and s.label_set == "bp4d"
     assert sum(b["mask"].sum() for b in pipeline.eval_batches(c)) == 8
     with pytest.raises(pipeline.DataError, match="evaluation only"):
         next(s.eval_batches("val"))
@@ -349,6 +351,8 @@ def test_evaluation_source_needs_only_the_test_part(tmp_path):
     c.data.fold = 2
     with pytest.raises(pipeline.DataError, match="split 'part2' is not in"):
         next(pipeline.make_source(c, training=False).eval_batches("test"))
+    with pytest.raises(pipeline.DataError, match="split 'part2' is not in"):
+        pipeline.make_source(c, training=False).num_records("test")
 
 
 class DotFaces(base.AlgrnetBuilder, skip_registration=True):
