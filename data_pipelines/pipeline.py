@@ -157,8 +157,9 @@ def _parse_spec(features: tfds.features.FeaturesDict) -> dict[str, tf.io.FixedLe
 class _Batcher:
     """Records of a split at given indices -> decoded, cropped, normalised batches (tf.data).
 
-    Holds what every batch stream of one source shares: the builder, the parsing spec, sizes, label
-    columns and one random-access reader per split (opened on first use).
+    Holds what every batch stream of one source shares: the builder, the parsing spec, sizes and label
+    columns. Each stream opens its own random-access reader (a few ms), so streams alive at the same time
+    (training and a mid-epoch evaluation) never share one.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
@@ -170,12 +171,6 @@ class _Batcher:
         self.aligned, self.crop = int(config.aligned_size), int(config.crop_size)
         self.columns = columns
         self.prefetch = max(int(config.data.prefetch), 1)
-        self._readers: dict[str, Sequence[bytes]] = {}
-
-    def reader(self, split: str) -> Sequence[bytes]:
-        if split not in self._readers:
-            self._readers[split] = records.reader(self.builder, split)
-        return self._readers[split]
 
     def dataset(self, split: str, indices: np.ndarray, valid: np.ndarray, offsets: np.ndarray, flips: np.ndarray,
                 batch_size: int, with_ids: bool) -> tf.data.Dataset:
@@ -185,7 +180,7 @@ class _Batcher:
         row's crop and flip. Reading is by random access; parsing, landmark maths and normalisation are
         batched; JPEG decoding (only the crop window when no resize is needed) runs per image.
         """
-        source = self.reader(split)
+        source = records.reader(self.builder, split)
         spec, src_size, aligned, crop, cols = self.spec, self.src_size, self.aligned, self.crop, self.columns
         b = batch_size
 

@@ -355,6 +355,24 @@ def test_evaluation_source_needs_only_the_test_part(tmp_path):
         pipeline.make_source(c, training=False).num_records("test")
 
 
+def test_streams_interleaved_equal_streams_alone(data_dir):
+    """A training epoch and evaluations drawn between its batches (as a trainer's mid-epoch eval) do not
+    disturb each other."""
+    s = pipeline.make_source(_config(data_dir, val_fraction=0.25))
+    alone_train, alone_val = list(s.train_batches(1)), list(s.eval_batches("val"))
+    train, vals = [], []
+    for b in s.train_batches(1):
+        train.append(b)
+        vals.append(list(s.eval_batches("val")))
+    for x, y in zip(alone_train, train, strict=True):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    for v in vals:
+        for x, y in zip(alone_val, v, strict=True):
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+
+
 class DotFaces(base.AlgrnetBuilder, skip_registration=True):
     """Grey faces with one bright dot at landmark 19 (left eye corner); tests geometry end to end."""
 
