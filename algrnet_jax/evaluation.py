@@ -1,7 +1,8 @@
-"""Evaluation loop and tables beside the paper's.
+"""The evaluation loop: model variables + eval batches -> a result dict (tables: ``algrnet_jax.reporting``).
 
 ``evaluate_variables(config, variables)`` runs one jitted eval step (traced once: eval batches are
-padded to a fixed size and carry a ``mask``) over the test part of ``config.data.fold`` and reports:
+padded to a fixed size and carry a ``mask``) over the test part of ``config.data.fold`` (or the batches
+given, e.g. a ``DataSource``'s validation part) and reports:
 
 - AU task: per-AU F1 and accuracy of the local (per-AU branch), integrated and final (averaged)
   predictions, the trivial all-present predictor on the same frames, and landmark error / failure rate;
@@ -9,25 +10,25 @@ padded to a fixed size and carry a ``mask``) over the test part of ``config.data
   per-region heads), integrated and final (averaged) grade predictions, and landmark error.
 
 Every F1 / accuracy / error in a result dict is a PERCENTAGE, as in the paper's tables. Top-level
-``result["mean_f1"]`` is the headline number (final AU prediction, or grades) that the trainer uses
-to keep the best checkpoint. Importing this module is cheap: the data pipeline and the model are
-imported on first use.
+``result["mean_f1"]`` is the headline number (final AU prediction, or grades); on the validation part it
+selects the trainer's best checkpoint (``make_evaluator`` builds the trainer's evaluators).
+``evaluate_checkpoint`` goes through the inference module (``inference.Predictor.from_checkpoint``):
+layers point one way, the trainer never imports this module and this module never imports the trainer.
 """
 from __future__ import annotations
 
-import functools
-import json
-import math
+import copy
 import pathlib
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from algrnet_jax import metrics, tasks
+from algrnet_jax import inference, metrics, tasks
+from algrnet_jax.configs.validate import validate_config
 from algrnet_jax.errors import UserError
+from algrnet_jax.models import networks
+from data_pipelines import builders, pipeline
 
 # Model outputs the evaluator reads (docs/design.md): every task's predictions and the landmarks; anything
 # else is dropped inside the jitted step.
@@ -37,12 +38,6 @@ _EVAL_OUTPUTS = tuple(dict.fromkeys(
 AU_PREDICTIONS = tuple((p.key, p.output, p.label) for p in tasks.get_task("au").predictions)
 GRADE_PREDICTIONS = tuple((p.key, p.output, p.label) for p in tasks.get_task("paralysis").predictions)
 TRIVIAL = tasks.TRIVIAL
-# Paper table of each (task, label set) and the landmark-error column of each dataset.
-PAPER_AU_TABLES = {"bp4d": ("table2_bp4d_f1", "Table II"), "disfa": ("table3_disfa_f1", "Table III")}
-PAPER_ABLATION_TABLES = {"bp4d": ("table6_bp4d_ablation_f1", "Table VI"), "disfa": ("table5_disfa_ablation_f1", "Table V")}
-PAPER_GRADE_TABLE = ("table4_fpara_f1", "Table IV")
-PAPER_LANDMARK_TABLE = ("table7_landmark_mean_error_pct", "Table VII")
-LANDMARK_COLUMNS = {"bp4d": "BP4D", "disfa": "DISFA", "fpara": "FPara"}
 
 Batch = Mapping[str, Any]
 ApplyFn = Callable[[Any, Any], Mapping[str, Any]]
@@ -59,8 +54,6 @@ class EvalDataError(UserError, ValueError):
 def eval_forward(model: Any, extra_outputs: tuple[str, ...] = ()) -> ApplyFn:
     """The jitted eval-mode forward of a (hashable) model keeping the outputs we read (plus ``extra_outputs``):
     images [B, C, C, 3] -> dict. One cache with the Predictor's (``inference.jitted_forward``)."""
-    from algrnet_jax import inference   # imports jax: kept off this module's import
-
     return inference.jitted_forward(model, _EVAL_OUTPUTS + tuple(extra_outputs))
 
 
@@ -70,9 +63,22 @@ def make_eval_step(config: Any, extra_outputs: Sequence[str] = ()) -> ApplyFn:
     ``extra_outputs`` names model outputs to return besides the ones the metrics need (e.g.
     ``("initial_au_maps", "refined_au_maps")`` for plots).
     """
-    from algrnet_jax.models.networks import create_model
+    return eval_forward(networks.create_model(config), tuple(extra_outputs))
 
-    return eval_forward(create_model(config), tuple(extra_outputs))
+
+def make_evaluator(config: Any, model: Any, batches: Callable[[], Iterable[Batch]], part: str,
+                   extra_outputs: Sequence[str] = ()) -> Callable[[Any], dict[str, Any]]:
+    """A trainer's evaluator: ``variables -> evaluate_variables`` result on ``batches()`` (a fresh iterable of
+    padded eval batches per call), with ``model``'s eval forward jitted once; the result's ``part`` says which
+    part of the data (``"val"`` selects the best checkpoint, ``"test"`` is reported only)."""
+    apply_fn = eval_forward(model, tuple(extra_outputs))
+
+    def evaluate(variables: Any) -> dict[str, Any]:
+        result = evaluate_variables(config, variables, batches=batches(), apply_fn=apply_fn)
+        result["part"] = part
+        return result
+
+    return evaluate
 
 
 def _to_numpy(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -138,8 +144,6 @@ def check_eval_data(config: Any, split: str | None = None) -> str:
     Raises:
       EvalDataError: naming the data dir, dataset, split or AUs, and what to do.
     """
-    from data_pipelines import pipeline
-
     d = config.data
     try:
         builder = pipeline.dataset_builder(config)
@@ -168,21 +172,18 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, dataset: str | None = None,
                         builder_config: str | None = None, fold: int | None = None,
                         data_dir: str | None = None, split: str | None = None,
                         eval_batch_size: int | None = None) -> dict[str, Any]:
-    """Loads a checkpoint (``load_for_inference``) and evaluates it; None keeps the checkpoint's setting.
+    """Loads a checkpoint (``inference.Predictor.from_checkpoint``: a checkpoint directory, or a training work
+    directory's LAST checkpoint) and evaluates it on the test part; None keeps the checkpoint's setting.
 
     The config and the data are checked before the model runs (``validate_config``, ``check_eval_data``).
     The result records what the checkpoint was trained on (``trained_on``), the evaluated data's label set
     (``data_label_set``, which picks the paper table) and ``warnings`` when the two differ.
     """
-    from algrnet_jax.configs.validate import validate_config
-    from algrnet_jax.training.checkpoint import load_for_inference
-
-    config, variables = load_for_inference(str(path))
+    predictor = inference.Predictor.from_checkpoint(path)
+    config, variables = copy.deepcopy(predictor.config), predictor.variables
     trained_on = {"dataset": config.data.dataset, "builder_config": config.data.builder_config,
                   "label_set": config.label_set}
     if dataset is not None and builder_config is None and dataset != config.data.dataset:
-        from data_pipelines import builders
-
         try:                               # the other dataset's default config, not the checkpoint's
             builder_config = builders.default_builder_config(dataset, config)
         except ValueError as e:
@@ -193,7 +194,7 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, dataset: str | None = None,
             config.data[key] = value
     validate_config(config, f"{path} (checkpoint config with the eval flags)")
     data_label_set = check_eval_data(config, split)
-    result = evaluate_variables(config, variables, split=split)
+    result = evaluate_variables(config, variables, split=split, apply_fn=eval_forward(predictor.model))
     result["checkpoint"] = str(path)
     result["trained_on"] = trained_on
     result["data_label_set"] = data_label_set
@@ -205,163 +206,3 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, dataset: str | None = None,
                         "evaluated data")
     result["warnings"] = warnings
     return result
-
-
-# ----------------------------------------------------------------------------------------------
-# Tables beside the paper's
-
-
-def paper_tables() -> dict[str, Any]:
-    """The paper's Tables II-VII (package resource ``paper_tables.json``)."""
-    return json.loads(resources.files("algrnet_jax.resources").joinpath("paper_tables.json").read_text())
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_paper_tables() -> dict[str, Any]:
-    return paper_tables()
-
-
-Row = tuple[str, Mapping[str, float]]
-
-
-def paper_rows(table_key: str, columns: Sequence[str]) -> tuple[list[Row], str]:
-    """Rows of a paper table restricted to ``columns`` (+ "avg"), and a note when a subset is shown.
-
-    With every column of the paper's table, "avg" is the paper's; with a subset, it is the mean of the
-    shown columns (and the note says so).
-    """
-    table = _cached_paper_tables()[table_key]
-    all_columns = table.get("aus") or table.get("grades") or table.get("columns")
-    missing = [c for c in columns if c not in all_columns]
-    if missing:
-        raise ValueError(f"{table_key} has no column(s) {missing}; it has {all_columns}")
-    full = list(columns) == list(all_columns)
-    rows: list[Row] = []
-    for name, values in table["rows"].items():
-        row = {c: values[c] for c in columns}
-        if "avg" in values:
-            row["avg"] = values["avg"] if full else float(np.mean([values[c] for c in columns]))
-        rows.append((f"{name} (paper)", row))
-    note = "" if full else (f"Paper rows restricted to {', '.join(columns)}; their avg is recomputed over "
-                            "these columns.")
-    return rows, note
-
-
-def f1_row(label: str, columns: Sequence[str], f1: Sequence[float], mean: float) -> Row:
-    """A table row: per-column F1 and the "avg" column."""
-    return label, {**dict(zip(columns, f1)), "avg": mean}
-
-
-def f1_table(title: str, columns: Sequence[str], ours: Sequence[Row], *, dataset: str,
-             label_set: str, paper: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Our F1 rows beside a paper table (default the label set's Table II / III), "avg" last.
-
-    ``paper`` is (table key, table name); the rows of the paper are restricted to ``columns``.
-    """
-    paper = paper or PAPER_AU_TABLES.get(label_set)
-    prows, note = paper_rows(paper[0], columns) if paper else ([], "")
-    if dataset not in LANDMARK_COLUMNS:
-        note = " ".join(filter(None, [note, f"The paper's numbers are on real data, ours on {dataset}: "
-                                      "not comparable, shown for layout."]))
-    return {"title": f"{title} — beside the paper's {paper[1]}" if paper else title,
-            "columns": list(columns) + ["avg"], "rows": list(ours) + prows, "note": note}
-
-
-def landmark_table(mean_error_pct: float, failure_rate_pct: float, *, dataset: str, label_set: str,
-                   title: str = "Landmark mean error (% of inter-ocular distance)") -> dict[str, Any]:
-    """Our landmark error and failure rate beside the paper's Table VII column of the dataset."""
-    column = LANDMARK_COLUMNS.get(dataset, LANDMARK_COLUMNS.get(label_set, "BP4D"))
-    prows, _ = paper_rows(PAPER_LANDMARK_TABLE[0], [column])
-    failure = "failure rate (>10%)"
-    return {"title": f"{title} — beside the paper's {PAPER_LANDMARK_TABLE[1]}", "columns": [column, failure],
-            "rows": [("ours", {column: mean_error_pct, failure: failure_rate_pct})]
-            + [(name, {column: row[column]}) for name, row in prows],
-            "precision": 2,
-            "note": "" if dataset in LANDMARK_COLUMNS else f"Ours on {dataset}, the paper's on real {column}."}
-
-
-def result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The tables of one evaluation result: dicts with ``title``, ``columns``, ``rows`` and ``note``.
-
-    AU task: per-AU F1 of ours (local / integrated / final) and the all-present predictor beside the
-    paper's Table II (BP4D AUs) or III (DISFA AUs); paralysis: per-grade F1 beside Table IV; both:
-    landmark mean error and failure rate beside Table VII.
-    """
-    where = f"{result['dataset']}/{result['builder_config']} fold {result['fold']}, {result['frames']} frames"
-    # The paper table of the data actually evaluated (a BP4D checkpoint run on DISFA is tabled beside DISFA's).
-    common = {"dataset": result["dataset"], "label_set": result.get("data_label_set") or result["label_set"]}
-    if result["task"] == "paralysis":
-        columns = list(result["grades"])
-        ours = [f1_row(f"ours ({label})", columns, result["predictions"][key]["f1"], result["predictions"][key]["mean_f1"])
-                for key, _, label in GRADE_PREDICTIONS if key in result["predictions"]]
-        table = f1_table(f"Grade F1 (%) on {where}", columns, ours, paper=PAPER_GRADE_TABLE, **common)
-    else:
-        columns = list(result["aus"])
-        ours = [f1_row(f"ours ({label})" if key != TRIVIAL else label, columns, result["predictions"][key]["f1"],
-                       result["predictions"][key]["mean_f1"])
-                for key, _, label in AU_PREDICTIONS + ((TRIVIAL, None, "all-present baseline"),)]
-        table = f1_table(f"AU F1 (%) on {where}", columns, ours, **common)
-    lm = result["landmarks"]
-    return [table, landmark_table(lm["mean_error_pct"], lm["failure_rate_pct"], **common)]
-
-
-def _cell(value: float | None, precision: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.{precision}f}"
-
-
-def markdown_table(table: Mapping[str, Any]) -> str:
-    """One table (``result_tables`` format) as GitHub Markdown, with its title and note."""
-    columns = list(table["columns"])
-    lines = [f"**{table['title']}**", "", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, row in table["rows"]:
-        cells = [_cell(row.get(c), table.get("precision", 1)) for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if table.get("note"):
-        lines += ["", f"_{table['note']}_"]
-    return "\n".join(lines) + "\n"
-
-
-def print_tables(tables: Sequence[Mapping[str, Any]], console: Any = None) -> None:
-    """Prints tables (``result_tables`` format) with rich."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    for table in tables:
-        t = Table(title=table["title"], title_justify="left")
-        t.add_column("")
-        for c in table["columns"]:
-            t.add_column(c, justify="right")
-        for name, row in table["rows"]:
-            style = "bold" if name.startswith("ours") else None
-            t.add_row(name, *[_cell(row.get(c), table.get("precision", 1)) for c in table["columns"]], style=style)
-        console.print(t)
-        if table.get("note"):
-            console.print(f"[dim]{table['note']}[/dim]")
-
-
-def result_markdown(result: Mapping[str, Any]) -> str:
-    """All tables of one result as Markdown (its warnings first)."""
-    warnings = "".join(f"**Warning:** {w}\n\n" for w in result.get("warnings") or ())
-    return warnings + "\n".join(markdown_table(t) for t in result_tables(result))
-
-
-def write_result(result: Mapping[str, Any], out_dir: str | pathlib.Path, stem: str = "eval") -> dict[str, pathlib.Path]:
-    """Writes ``<stem>.json`` (the full result) and ``<stem>.md`` (the tables) under ``out_dir``."""
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(result, indent=1))
-    paths["markdown"].write_text(result_markdown(result))
-    return paths
-
-
-def report_result(result: Mapping[str, Any], out_dir: str | pathlib.Path | None = None,
-                  console: Any = None) -> dict[str, pathlib.Path]:
-    """Prints the tables of a result and, with ``out_dir``, writes them as JSON and Markdown."""
-    for w in result.get("warnings") or ():
-        print(f"warning: {w}", file=sys.stderr)
-    print_tables(result_tables(result), console)
-    return write_result(result, out_dir) if out_dir is not None else {}

@@ -3,7 +3,9 @@
 Variants (``algrnet_jax.configs``): ``wo_full`` (no Ada, S-B, F&R), ``wo_fr``, ``wo_sb``, ``w_bi``
 (plain ConvBiLSTM), ``wo_ada`` and the full ``algrnet``. Each runs ``experiments.cross_validation``
 in ``<workdir>/<variant>``; the table shows our mean-over-folds F1 (final prediction) per variant beside
-the paper's Table VI (BP4D AUs) or Table V (DISFA AUs). Writes ``<workdir>/ablation.json`` / ``.md``.
+the paper's Table VI (BP4D AUs) or Table V (DISFA AUs). Each fold reports its LAST checkpoint, or with
+``--select val_best`` the one with the best validation mean F1 (never one selected on the test part); the
+table title says which. Writes ``<workdir>/ablation.json`` / ``.md``.
 
 Examples::
 
@@ -20,7 +22,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from algrnet_jax import configs, evaluation, verbosity
+from algrnet_jax import configs, experiment, reporting, verbosity
+from algrnet_jax.configs.validate import validate_config
+from algrnet_jax.errors import run_main
 from algrnet_jax.commands import config_args
 from experiments import cross_validation
 
@@ -33,32 +37,33 @@ def ablation_table(aggregates: Mapping[str, Mapping[str, Any]]) -> list[dict[str
     """Tables V/VI layout: one row per variant (ours, mean of folds, final) beside the paper's rows."""
     first = next(iter(aggregates.values()))
     columns = list(first["aus"])
-    rows = [evaluation.f1_row(f"ours {VARIANTS[name]}", columns, agg["predictions"]["final"]["mean_f1_per_au"],
+    rows = [reporting.f1_row(f"ours {VARIANTS[name]}", columns, agg["predictions"]["final"]["mean_f1_per_au"],
                               agg["predictions"]["final"]["mean_f1"]) for name, agg in aggregates.items()]
     folds = ", ".join(str(f) for f in first["folds"])
-    table = evaluation.f1_table(f"Ablation, AU F1 (%) on {first['dataset']}/{first['builder_config']}, folds {folds}",
-                                columns, rows, dataset=first["dataset"], label_set=first["label_set"],
-                                paper=evaluation.PAPER_ABLATION_TABLES.get(first["label_set"]))
+    selected = cross_validation.SELECTION_LABELS[first.get("selection", experiment.LAST)]
+    table = reporting.f1_table(f"Ablation, AU F1 (%) on {first['dataset']}/{first['builder_config']}, folds {folds}, "
+                               f"{selected}", columns, rows, dataset=first["dataset"], label_set=first["label_set"],
+                                paper=reporting.PAPER_ABLATION_TABLES.get(first["label_set"]))
     return [table]
 
 
 def run_ablation(args: argparse.Namespace, variants: Sequence[str]) -> dict[str, Any]:
-    """Cross-validates each variant (config from ``args``) and writes ablation.json / ablation.md."""
-    from algrnet_jax.configs.validate import validate_config
-
+    """Cross-validates each variant (config from ``args``; ``args.select``: the checkpoint of each fold that
+    is reported, ``"last"`` or ``"val_best"``) and writes ablation.json / ablation.md."""
     workdir = pathlib.Path(args.workdir)
-    configs = {name: validate_config(cross_validation.config_from_args(args, name=name), f"config {name}")
-               for name in variants}                       # every variant checked before the first trains
+    variant_configs = {name: validate_config(cross_validation.config_from_args(args, name=name), f"config {name}")
+                       for name in variants}               # every variant checked before the first trains
+    for config in variant_configs.values():
+        experiment.check_selection(config, args.select)
     aggregates = {}
-    for name in variants:
-        config = configs[name]
+    for name, config in variant_configs.items():
         aggregates[name] = cross_validation.run_cross_validation(config, workdir / name, folds=args.folds,
-                                                                 resume=args.resume)
+                                                                 resume=args.resume, select=args.select)
     tables = ablation_table(aggregates)
-    evaluation.print_tables(tables)
+    reporting.print_tables(tables)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ablation.json").write_text(json.dumps(aggregates, indent=1))
-    (workdir / "ablation.md").write_text("\n".join(evaluation.markdown_table(t) for t in tables))
+    (workdir / "ablation.md").write_text("\n".join(reporting.markdown_table(t) for t in tables))
     print(f"wrote {workdir / 'ablation.md'}")
     return aggregates
 
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--folds", type=int, nargs="+", default=list(config_args.FOLDS), choices=config_args.FOLDS)
     parser.add_argument("--resume", action="store_true")
+    cross_validation.add_select_argument(parser)
     return parser
 
 
@@ -82,6 +88,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from algrnet_jax.errors import run_main
-
     sys.exit(run_main(main, None, "ablation"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from algrnet_jax import configs
-from algrnet_jax.evaluation import paper_tables
+from algrnet_jax.reporting import paper_tables
 
 PAPER_DATASETS = ("bp4d", "disfa")
 

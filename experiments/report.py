@@ -15,17 +15,18 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import matplotlib
 import numpy as np
 
-from algrnet_jax import evaluation
+from algrnet_jax import evaluation, reporting
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 
 def _pyplot():
-    import matplotlib
-
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     return plt
 
 
@@ -52,41 +53,44 @@ def _series(records: Sequence[Mapping[str, Any]], key: str, kind: str | None = N
 def plot_curves(records: Sequence[Mapping[str, Any]], out_png: str | pathlib.Path) -> list[str]:
     """Plots loss terms (any key containing "loss") and the learning rate ("lr" or "learning_rate").
 
-    Records carry ``kind`` "train" or "eval" (``algrnet_jax.training.metric_writers``): losses come from
-    train records, held-out mean F1 (keys ending in ``mean_f1``) from eval records, on a third panel.
-    Returns the keys plotted.
+    Records carry ``kind`` "train", "val" or "test" (``algrnet_jax.training.metric_writers``; "eval" in runs
+    written before the validation part existed): losses come from train records, mean F1 (keys ending in
+    ``mean_f1``) from the evaluation records, one line per part, on a third panel. Returns the keys plotted.
     """
     plt = _pyplot()
     def numeric_keys(kind: str | None) -> list[str]:
         return sorted({k for r in records if kind is None or r.get("kind", kind) == kind for k, v in r.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
-    train_keys, eval_keys = numeric_keys("train"), numeric_keys("eval")
-    loss_keys = [k for k in train_keys if "loss" in k]
+    eval_kinds = sorted({r["kind"] for r in records if r.get("kind") not in (None, "train")})
+    loss_keys = [k for k in numeric_keys("train") if "loss" in k]
     lr_keys = [k for k in numeric_keys(None) if k in ("lr", "learning_rate")]
-    f1_keys = [k for k in eval_keys if k.endswith("mean_f1")]
-    if len(f1_keys) > 1 and "mean_f1" in f1_keys:  # the headline duplicates predictions/final/mean_f1
-        f1_keys.remove("mean_f1")
-    panels = [(loss_keys, "loss", True, "train"), (lr_keys, "learning rate", False, None),
-              (f1_keys, "held-out F1 (%)", False, "eval")]
+    f1_series = []
+    for kind in eval_kinds:
+        keys = [k for k in numeric_keys(kind) if k.endswith("mean_f1")]
+        if len(keys) > 1 and "mean_f1" in keys:  # the headline duplicates predictions/final/mean_f1
+            keys.remove("mean_f1")
+        f1_series += [(k, kind) for k in keys]
+    panels = [([(k, "train") for k in loss_keys], "loss", True), ([(k, None) for k in lr_keys], "learning rate", False),
+              (f1_series, "mean F1 (%) per evaluated part", False)]
     panels = [p for p in panels if p[0]]
     if not panels:
         raise ValueError("no loss, learning-rate or F1 fields in the metrics records")
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (ks, label, logy, kind) in zip(axes[0], panels):
-        for k in ks:
+    for ax, (series, label, logy) in zip(axes[0], panels):
+        for k, kind in series:
             x, y = _series(records, k, kind)
-            ax.plot(x, y, marker="." if len(x) < 30 else None, label=k)
+            ax.plot(x, y, marker="." if len(x) < 30 else None, label=k if kind in (None, "train") else f"{kind} {k}")
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        if logy and all(np.all(_series(records, k, kind)[1] > 0) for k in ks):
+        if logy and all(np.all(_series(records, k, kind)[1] > 0) for k, kind in series):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
-    return loss_keys + lr_keys + f1_keys
+    return loss_keys + lr_keys + list(dict.fromkeys(k for k, _ in f1_series))
 
 
 def plot_f1_bars(result: Mapping[str, Any], out_png: str | pathlib.Path) -> None:
@@ -187,7 +191,7 @@ def write_report(out_dir: str | pathlib.Path, result: Mapping[str, Any], *, metr
               f"{p['integrated']['mean_f1']:.1f}%) vs the trivial all-present predictor "
               f"**{p[evaluation.TRIVIAL]['mean_f1']:.1f}%**; landmark mean error "
               f"{result['landmarks']['mean_error_pct']:.2f}% of the inter-ocular distance, failure rate "
-              f"{result['landmarks']['failure_rate_pct']:.1f}%.", "", evaluation.result_markdown(result)]
+              f"{result['landmarks']['failure_rate_pct']:.1f}%.", "", reporting.result_markdown(result)]
     if metrics_jsonl is not None and pathlib.Path(metrics_jsonl).exists():
         plotted = plot_curves(read_metrics_jsonl(metrics_jsonl), out / "curves.png")
         lines += ["## Training curves", "", f"![curves](curves.png)", "", f"Plotted: {', '.join(plotted)}.", ""]

@@ -40,24 +40,47 @@ def test_inference_round_trip(tmp_path):
     _assert_tree_equal(_variables(1), ckpt.load_for_inference(path)[1])
 
 
-def test_workdir_resolution_takes_the_last_checkpoint_not_the_test_selected_best(tmp_path):
+def _train_items():
+    return {"opt_state": {"mu": jnp.zeros(3)}, "step": jnp.asarray(0), "rng": jnp.zeros(2, jnp.uint32)}
+
+
+def test_workdir_resolution_takes_the_last_checkpoint_and_best_only_when_asked(tmp_path):
     config = get_config("jaanet", "tiny")
-    m = ckpt.TrainCheckpointer(tmp_path, keep=2)
-    train = {"opt_state": {"mu": jnp.zeros(3)}, "step": jnp.asarray(0), "rng": jnp.zeros(2, jnp.uint32)}
     meta = {"kind": "train", "config": ckpt.config_to_dict(config)}
-    for step in (1, 2, 3):
-        m.save(step, _variables(step), train, meta)
+    # One manager: the latest 2 plus the best by validation mean F1 (mid-epoch saves carry none).
+    m = ckpt.TrainCheckpointer(tmp_path, keep=2, track_best=True)
+    for step, f1 in ((1, 50.0), (2, 80.0), (3, None), (4, 60.0), (5, 70.0)):
+        m.save(step, _variables(step), _train_items(), meta, val_mean_f1=f1)
     m.wait()
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]  # keep=2
-    assert ckpt.resolve_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "3")
-    _assert_tree_equal(_variables(3), ckpt.load_for_inference(tmp_path)[1])
-    _assert_tree_equal(_variables(2), ckpt.load_for_inference(tmp_path / "checkpoints" / "2")[1])
-    m.save_best(2, _variables(2), train, meta)
-    m.wait()
+    assert m.best_step() == 2
     m.close()
-    assert ckpt.resolve_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "3")
-    assert ckpt.resolve_checkpoint(tmp_path / "best") == str(tmp_path / "best" / "2")
-    _assert_tree_equal(_variables(2), ckpt.load_for_inference(tmp_path / "best")[1])
+    assert ckpt.list_steps(tmp_path / "checkpoints") == [2, 4, 5]        # latest 2 + the best
+    assert (tmp_path / "checkpoints" / "2" / ckpt.MANIFEST).is_file()
+    assert ckpt.resolve_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "5")
+    assert ckpt.last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "5")
+    assert ckpt.best_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "2")
+    assert ckpt.resolve_checkpoint(tmp_path, best=True) == str(tmp_path / "checkpoints" / "2")
+    _assert_tree_equal(_variables(5), ckpt.load_for_inference(tmp_path)[1])
+    _assert_tree_equal(_variables(2), ckpt.load_for_inference(tmp_path, best=True)[1])
+    _assert_tree_equal(_variables(4), ckpt.load_for_inference(tmp_path / "checkpoints" / "4")[1])
+    # Resumed, the manager reads the ranking back from the checkpoints.
+    m = ckpt.TrainCheckpointer(tmp_path, keep=2, track_best=True)
+    assert m.best_step() == 2 and m.latest_step() == 5
+    m.close()
+
+
+def test_without_validation_there_is_no_best(tmp_path):
+    meta = {"kind": "train", "config": ckpt.config_to_dict(get_config("jaanet", "tiny"))}
+    m = ckpt.TrainCheckpointer(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        m.save(step, _variables(step), _train_items(), meta, val_mean_f1=float(step))   # ignored: no tracking
+    m.wait()
+    assert m.best_step() is None
+    m.close()
+    assert ckpt.list_steps(tmp_path / "checkpoints") == [2, 3]
+    assert ckpt.best_checkpoint(tmp_path) is None
+    with pytest.raises(ckpt.CheckpointError, match="no validation-best checkpoint.*val_fraction"):
+        ckpt.resolve_checkpoint(tmp_path, best=True)
 
 
 def test_clear_errors(tmp_path):

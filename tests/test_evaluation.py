@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algrnet_jax import evaluation, metrics
+from algrnet_jax import evaluation, metrics, reporting
 from algrnet_jax.configs import get_config
 
 B, N = 4, 3  # tiny config: AUs (1, 4, 12)
@@ -112,7 +112,7 @@ def test_paralysis_evaluation_reports_grade_f1():
         np.testing.assert_allclose(result["predictions"][key]["f1"], 100 * exp.f1())
         assert result["predictions"][key]["confusion"] == exp.confusion.tolist()
     assert result["mean_f1"] == result["predictions"]["final"]["mean_f1"]
-    md = evaluation.result_markdown(result)
+    md = reporting.result_markdown(result)
     assert "ours (local)" in md and "ours (final)" in md
     assert "ALGRNet (paper) | 100.0 | 55.9 | 72.1 | 73.2 | 75.4 |" in md
 
@@ -126,29 +126,30 @@ def _au_result(aus, dataset="bp4d", label_set="bp4d"):
 
 
 def test_tables_show_paper_rows_and_recompute_avg_for_au_subsets(tmp_path):
-    full = evaluation.result_markdown(_au_result([f"AU{a}" for a in (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)]))
+    full = reporting.result_markdown(_au_result([f"AU{a}" for a in (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)]))
     assert "| ALGRNet (paper) | 51.2 | 48.2 |" in full and "| 63.5 |" in full
     assert "ours (local)" in full and "ours (integrated)" in full and "ours (final)" in full
     assert "all-present baseline" in full
     assert "| ours | 4.32 |" in full and "| ALGRNet (paper) | 3.78 |" in full  # Table VII, BP4D column
-    subset = evaluation.result_markdown(_au_result(["AU1", "AU4"], dataset="synth_au"))
+    subset = reporting.result_markdown(_au_result(["AU1", "AU4"], dataset="synth_au"))
     assert f"| ALGRNet (paper) | 51.2 | 57.3 | {np.mean([51.2, 57.3]):.1f} |" in subset
     assert "not comparable" in subset
-    disfa = evaluation.result_markdown(_au_result(["AU9", "AU26"], dataset="disfa", label_set="disfa"))
+    disfa = reporting.result_markdown(_au_result(["AU9", "AU26"], dataset="disfa", label_set="disfa"))
     assert "| ALGRNet (paper) | 54.1 | 69.9 |" in disfa and "Table III" in disfa and "| 3.29 |" in disfa
-    paths = evaluation.write_result(_au_result(["AU1"]), tmp_path / "out")
+    paths = reporting.write_result(_au_result(["AU1"]), tmp_path / "out")
     assert json.loads(paths["json"].read_text())["mean_f1"] == 50.0
     assert paths["markdown"].read_text().startswith("**AU F1 (%)")
     with pytest.raises(ValueError, match="has no column"):
-        evaluation.paper_rows("table2_bp4d_f1", ["AU9"])
+        reporting.paper_rows("table2_bp4d_f1", ["AU9"])
 
 
-def test_importing_the_evaluator_is_cheap():
+def test_evaluation_and_reporting_do_not_import_the_trainer_or_the_command_layer():
+    """Layers point one way: evaluation reads checkpoints through the inference module; tables are rendering only."""
     import subprocess
     import sys
 
-    code = ("import sys, algrnet_jax.evaluation; "
-            "print(sorted(m for m in ('tensorflow', 'data_pipelines.pipeline', 'algrnet_jax.models.networks') "
-            "if m in sys.modules))")
+    code = ("import sys, algrnet_jax.evaluation, algrnet_jax.reporting; "
+            "print(sorted(m for m in sys.modules if m.startswith(('algrnet_jax.training.loop', 'algrnet_jax.experiment', "
+            "'algrnet_jax.commands', 'experiments'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

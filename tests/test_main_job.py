@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from algrnet_jax import configs, evaluation, metrics
+from algrnet_jax import configs, metrics, reporting
 from experiments import ablation, cross_validation, paper_configs, report
 
 
@@ -51,7 +51,7 @@ def test_cross_validation_aggregates_mean_over_folds_and_pooled_f1():
     np.testing.assert_allclose(final["pooled_f1_per_au"], 100 * pooled.f1())
     assert agg["mean_f1"] == pytest.approx(np.mean([r["mean_f1"] for r in results]))
     assert agg["landmarks"]["mean_error_pct"] == pytest.approx(5.0)
-    md = "\n".join(evaluation.markdown_table(t) for t in cross_validation.cv_tables(results, agg))
+    md = "\n".join(reporting.markdown_table(t) for t in cross_validation.cv_tables(results, agg))
     for row in ("ours fold 1 (final)", "ours mean of folds (final)", "ours pooled (final)",
                 "all-present baseline", "ALGRNet (paper)", "JAA-Net (IJCV) (paper)"):
         assert row in md
@@ -64,7 +64,7 @@ def test_ablation_table_has_one_row_per_variant_beside_the_papers():
     rng = np.random.default_rng(1)
     aggs = {name: cross_validation.aggregate([_fold_result(rng, 1)]) for name in ("wo_full", "algrnet")}
     (table,) = ablation.ablation_table(aggs)
-    md = evaluation.markdown_table(table)
+    md = reporting.markdown_table(table)
     assert "Table VI" in md and "| ours w/o full |" in md and "| ours ALGRNet |" in md
     assert "| w/o F&R (paper) | 50.1 |" not in md and "| w/o full (paper) | 50.1 | 47.1 | 54.3 |" in md
     assert list(ablation.VARIANTS) == ["wo_full", "wo_fr", "wo_sb", "w_bi", "wo_ada", "algrnet"]

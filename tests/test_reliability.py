@@ -311,7 +311,7 @@ BAD_VALUES = [
     ("model.num_regions", 0), ("model.dtype", "int8"), ("model.param_dtype", "bfloat16"), ("data.dataset", "ck"),
     ("data.builder_config", 3),
     ("data.data_dir", None), ("data.fold", 4), ("data.batch_size", 0), ("data.eval_batch_size", 0),
-    ("data.shuffle_seed", -1), ("data.shuffle_buffer", 0), ("data.prefetch", -1), ("data.skip_bad", "no"),
+    ("data.shuffle_seed", -1), ("data.prefetch", -1), ("data.skip_bad", "no"),
     ("train.num_epochs", -1), ("train.lr", 0.0), ("train.lr_decay", 1.5), ("train.lr_decay_every_epochs", 0),
     ("train.momentum", 1.0), ("train.nesterov", 0), ("train.weight_decay", -1e-4), ("train.lambda_align", -0.5),
     ("train.seed", -1), ("train.log_every_steps", 0), ("train.checkpoint_every_steps", 0),
@@ -388,7 +388,7 @@ def test_resume_with_another_model_config_names_the_fields_at_once(trained, data
 def test_resume_without_checkpoint_does_not_repeat_steps_in_metrics(data_dir, tmp_path):
     proc = _child(data_dir, tmp_path, "kill", 2)                   # killed before its first checkpoint
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert not ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))
+    assert not ckpt_lib.list_steps(tmp_path / "checkpoints")
     assert [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")] == [1]
     result = _run(_loop_config(data_dir, num_epochs=1, max_steps=3), tmp_path, resume=True)
     assert result["resumed_from_step"] is None
@@ -404,6 +404,7 @@ def stand_in_model(monkeypatch):
     from algrnet_jax.models import networks
 
     monkeypatch.setattr(networks, "create_model", tiny_model)
+    monkeypatch.setattr(inference, "create_model", tiny_model)      # the Predictor's (evaluate_checkpoint reads it)
     inference.jitted_forward.cache_clear()
     yield
     inference.jitted_forward.cache_clear()
@@ -507,11 +508,8 @@ def test_disk_full_while_checkpointing_is_one_message(data_dir, tmp_path, capsys
         raise ValueError("Error writing: tensorstore ... [OS error: No space left on device]")
 
     monkeypatch.setattr(ckpt_lib.TrainCheckpointer, "save", full)
-    from algrnet_jax.training import loop
-
     with pytest.raises(ckpt_lib.DiskFullError, match=r"no space left on the device while writing a checkpoint"):
-        loop.train(_loop_config(data_dir, num_epochs=1, max_steps=2), str(tmp_path / "w"), progress=False,
-                   model=tiny_model(_loop_config(data_dir)), tensorboard=False)
+        _run(_loop_config(data_dir, num_epochs=1, max_steps=2), str(tmp_path / "w"), tensorboard=False)
     assert ckpt_lib.is_disk_full(OSError(errno.ENOSPC, "x")) and not ckpt_lib.is_disk_full(ValueError("x"))
 
 
@@ -564,7 +562,7 @@ def _flip_a_bit(ckpt_dir):
 
 def test_a_flipped_bit_in_a_checkpoint_is_found_and_resume_falls_back(trained, data_dir, tmp_path):
     workdir = _copy(trained, tmp_path / "w")
-    steps = ckpt_lib._step_dirs(str(workdir / "checkpoints"))
+    steps = ckpt_lib.list_steps(workdir / "checkpoints")
     latest = workdir / "checkpoints" / str(steps[-1])
     assert (latest / ckpt_lib.MANIFEST).is_file() and ckpt_lib.verify_manifest(str(latest))
     target = _flip_a_bit(latest)

@@ -121,8 +121,11 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import textwrap  # noqa: E402
 
+from algrnet_jax import experiment  # noqa: E402
+from algrnet_jax.errors import UserError  # noqa: E402
 from algrnet_jax.training import checkpoint as ckpt_lib  # noqa: E402
-from algrnet_jax.training.loop import NonFiniteLossError, train  # noqa: E402
+from algrnet_jax.training.loop import NonFiniteLossError  # noqa: E402
+from data_pipelines.pipeline import make_source  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,20 +157,19 @@ def data_dir(tmp_path_factory):
 
 def _loop_config(data_dir, **train):
     """2 epochs, stopped by train.max_steps 3 steps into the second (so every stop path is exercised)."""
-    from data_pipelines import pipeline
-
     c = get_config("jaanet", "tiny")
     c.data.dataset, c.data.builder_config, c.data.data_dir = "synth_au", "bp4d_tiny", data_dir
-    c.data.batch_size, c.data.eval_batch_size = 4, 8
+    c.data.batch_size, c.data.eval_batch_size = 2, 8      # 12 training frames (4 of the 16 are validation)
     c.train.num_epochs, c.train.checkpoint_every_steps, c.train.log_every_steps = 2, 2, 1
-    c.train.max_steps = pipeline.steps_per_epoch(c) + 3
+    c.train.max_steps = make_source(c).steps_per_epoch + 3
     for k, v in train.items():
         c.train[k] = v
     return c
 
 
 def _run(config, workdir, **kw):
-    return train(config, str(workdir), progress=False, model=tiny_model(config), **kw)
+    """``experiment.train_and_evaluate`` (the wiring of every entry point) with the tiny stand-in network."""
+    return experiment.train_and_evaluate(config, str(workdir), progress=False, model=tiny_model(config), **kw)
 
 
 def _final_params(workdir):
@@ -218,19 +220,26 @@ def reference(data_dir, tmp_path_factory):
 
 def test_uninterrupted_run(reference, data_dir):
     workdir, result, _ = reference
-    from data_pipelines import pipeline
-
-    spe = pipeline.steps_per_epoch(_loop_config(data_dir))
+    spe = make_source(_loop_config(data_dir)).steps_per_epoch
     assert spe >= 4  # the resume tests need a mid-epoch checkpoint
     assert result["step"] == spe + 3 and result["epoch"] == 1 and result["interrupted"] is None
-    assert result["best_checkpoint"] and os.path.isdir(result["best_checkpoint"])
-    assert 0 <= result["metrics"]["mean_f1"] <= 100 and result["best_mean_f1"] >= result["metrics"]["mean_f1"]
+    val, test = result["evaluations"]["val"], result["evaluations"]["test"]
+    assert val["part"] == "val" and test["part"] == "test" and val["frames"] != test["frames"]
+    assert 0 <= val["mean_f1"] <= 100 and result["best_mean_f1"] >= val["mean_f1"]
     lines = [json.loads(ln) for ln in open(os.path.join(workdir, "metrics.jsonl"))]
     train_lines = [ln for ln in lines if ln["kind"] == "train"]
     assert [ln["step"] for ln in train_lines] == list(range(1, spe + 4))
     assert {"loss", "loss_au", "loss_local_au", "loss_align", "lr", "images_per_sec"} <= set(train_lines[0])
     assert train_lines[0]["lr"] == 0.01
-    assert [ln["step"] for ln in lines if ln["kind"] == "eval"] == [spe, spe + 3]  # epoch end, max_steps
+    for part in ("val", "test"):                                   # epoch end, max_steps
+        assert [ln["step"] for ln in lines if ln["kind"] == part] == [spe, spe + 3]
+    # Honest selection: the best checkpoint is the one with the best VALIDATION mean F1 (ties: the later one).
+    val_f1 = {ln["step"]: ln["mean_f1"] for ln in lines if ln["kind"] == "val"}
+    best_step = max(sorted(val_f1), key=lambda s: (val_f1[s], s))
+    assert result["best_step"] == best_step and result["best_mean_f1"] == val_f1[best_step]
+    assert result["best_checkpoint"] == str(workdir / "checkpoints" / str(best_step))
+    assert ckpt_lib.best_checkpoint(workdir) == result["best_checkpoint"]
+    assert ckpt_lib.last_checkpoint(workdir) == str(workdir / "checkpoints" / str(spe + 3))
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     # Same seeds, same result: a second run from scratch ends with identical parameters.
     again = _run(_loop_config(data_dir), workdir.parent / "ref_again")
@@ -240,7 +249,7 @@ def test_uninterrupted_run(reference, data_dir):
 def test_sigkill_mid_epoch_then_resume_is_exact(reference, data_dir, tmp_path):
     proc = _child(data_dir, tmp_path, "kill", 3, wait=2)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))  # something to resume from
+    assert ckpt_lib.list_steps(tmp_path / "checkpoints")  # something to resume from
     result = _run(_loop_config(data_dir), tmp_path, resume=True)
     assert result["resumed_from_step"] == 2  # the checkpoint of step 2, mid-epoch 0
     assert result["step"] == reference[1]["step"]
@@ -257,7 +266,7 @@ def test_sigterm_saves_and_exits_cleanly(reference, data_dir, tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     # The signal arrives while step 3 runs (metrics are read one step late): step 3 finishes and is saved.
     assert out["interrupted"] == "SIGTERM" and out["step"] == 3
-    assert ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))[-1] == 3
+    assert ckpt_lib.list_steps(tmp_path / "checkpoints")[-1] == 3
     result = _run(_loop_config(data_dir), tmp_path, resume=True)
     assert result["resumed_from_step"] == 3
     _assert_same(_final_params(tmp_path), reference[2])
@@ -266,7 +275,7 @@ def test_sigterm_saves_and_exits_cleanly(reference, data_dir, tmp_path):
 def test_unreadable_checkpoint_error_and_fallback(reference, data_dir, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(reference[0], workdir)
-    steps_ = ckpt_lib._step_dirs(str(workdir / "checkpoints"))
+    steps_ = ckpt_lib.list_steps(workdir / "checkpoints")
     latest = workdir / "checkpoints" / str(steps_[-1])
     for root, _, files in os.walk(latest / "variables"):
         for f in files:
@@ -296,10 +305,46 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     config = _loop_config(data_dir, lr=1e5, checkpoint_every_steps=1)
     with pytest.raises(NonFiniteLossError, match=r"non-finite .* at step (\d+).*Last good checkpoint: .*checkpoints"):
         _run(config, tmp_path, evaluate=False)
-    steps_ = ckpt_lib._step_dirs(str(tmp_path / "checkpoints"))
+    steps_ = ckpt_lib.list_steps(tmp_path / "checkpoints")
     assert steps_, "no checkpoint was kept"
     _, variables = ckpt_lib.load_for_inference(tmp_path / "checkpoints")
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+def test_without_a_validation_part_there_is_no_best_checkpoint(data_dir, tmp_path):
+    config = _loop_config(data_dir, num_epochs=1, max_steps=2)
+    config.data.val_fraction = 0.0
+    result = _run(config, tmp_path)
+    assert result["best_checkpoint"] is None and result["best_mean_f1"] is None
+    assert set(result["evaluations"]) == {"test"}                  # logged, never selects anything
+    assert [json.loads(ln)["kind"] for ln in open(tmp_path / "metrics.jsonl")] == ["train", "train", "test"]
+    assert ckpt_lib.best_checkpoint(tmp_path) is None
+    with pytest.raises(ckpt_lib.CheckpointError, match="no validation-best checkpoint"):
+        experiment.evaluate_selected(tmp_path, experiment.VAL_BEST)
+    with pytest.raises(UserError, match="needs a validation part"):
+        experiment.check_selection(config, experiment.VAL_BEST)
+
+
+def test_the_trainer_imports_neither_data_nor_evaluation_nor_the_command_layer():
+    """Layers point one way: training/** receives model, data source and evaluators from the caller."""
+    import ast
+
+    training = os.path.join(ROOT, "algrnet_jax", "training")
+    forbidden = ("data_pipelines", "experiments", "algrnet_jax.evaluation", "algrnet_jax.experiment",
+                 "algrnet_jax.commands", "algrnet_jax.reporting")
+    for name in sorted(os.listdir(training)):
+        if not name.endswith(".py"):
+            continue
+        tree = ast.parse(open(os.path.join(training, name)).read())
+        for node in ast.walk(tree):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for module in modules:
+                assert not module.startswith(forbidden), f"training/{name} imports {module}"
+    code = ("import sys, algrnet_jax.training.loop; "
+            f"print(sorted(m for m in sys.modules if m.startswith({forbidden!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.slow
@@ -314,6 +359,6 @@ def test_cli_trains_the_real_tiny_model(data_dir, tmp_path, capsys):
                    "--set", "data.batch_size=4", "--set", "train.max_steps=3", "--set", "train.num_epochs=1"]))
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["step"] == 3 and out["best_checkpoint"]
+    assert out["step"] == 3 and out["best_checkpoint"] and 0 <= out["val_mean_f1"] <= 100
     config, variables = ckpt_lib.load_for_inference(tmp_path)
     assert config.name == "jaanet" and "region_learning" in variables["params"]

@@ -1,8 +1,13 @@
 """``algrnet eval``: evaluate a checkpoint on a fold and print the tables beside the paper's.
 
-Example::
+A training work directory is evaluated at its LAST checkpoint; ``--best`` takes the one the trainer kept for
+the best VALIDATION mean F1 (an error when the run had no validation part). Nothing is selected on the
+test part.
 
-    algrnet eval --checkpoint runs/bp4d_f1/best --dataset bp4d --fold 1 --out runs/bp4d_f1/eval
+Examples::
+
+    algrnet eval --checkpoint runs/bp4d_f1 --dataset bp4d --fold 1 --out runs/bp4d_f1/eval
+    algrnet eval --checkpoint runs/bp4d_f1 --best --out runs/bp4d_f1/eval_best
 """
 from __future__ import annotations
 
@@ -22,17 +27,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="tfds split expression instead of the fold's test part")
     parser.add_argument("--batch-size", type=int, default=None, help="eval batch size (default: the checkpoint's)")
     parser.add_argument("--out", default=None, help="write eval.json and eval.md here")
+    parser.add_argument("--best", action="store_true",
+                        help="a training work directory: its validation-best checkpoint instead of the last one")
 
 
 def run(args: argparse.Namespace) -> int:
-    from algrnet_jax import evaluation
+    # The library is imported here, not at the top: the command line imports every command module for --help.
+    from algrnet_jax import evaluation, reporting
+    from algrnet_jax.training import checkpoint
 
     # Every user error (no checkpoint, corrupt checkpoint, data not built, no such split, AUs the data lacks,
     # bad config values) is a UserError: one message, exit 2 (``algrnet --debug`` for the traceback).
+    path = checkpoint.resolve_checkpoint(args.checkpoint, best=args.best)
+    if path != str(args.checkpoint):
+        print(f"evaluating the {'validation-best' if args.best else 'last'} checkpoint of {args.checkpoint}: {path}")
     result = evaluation.evaluate_checkpoint(
-        args.checkpoint, dataset=args.dataset, builder_config=args.builder_config, fold=args.fold,
+        path, dataset=args.dataset, builder_config=args.builder_config, fold=args.fold,
         data_dir=args.data_dir, split=args.split, eval_batch_size=args.batch_size)
-    paths = evaluation.report_result(result, args.out)
-    for kind, path in paths.items():
-        print(f"wrote {kind}: {path}")
+    paths = reporting.report_result(result, args.out)
+    for kind, written in paths.items():
+        print(f"wrote {kind}: {written}")
     return 0

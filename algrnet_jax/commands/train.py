@@ -40,31 +40,31 @@ def build_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The library is imported here, not at the top: the command line imports every command module for --help.
+    from algrnet_jax import experiment
     from algrnet_jax.configs.validate import validate_config
     from algrnet_jax.errors import UserError
+    from algrnet_jax.training import loop, parallel
 
     config = build_config(args)
     validate_config(config, "config (named config, flags and --set overrides)")
     if args.distributed:
-        from algrnet_jax.training.parallel import initialize_distributed
-
-        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    from algrnet_jax.training.loop import NonFiniteLossError, train
-
+        parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     try:
-        result = train(config, args.workdir, resume=args.resume, resume_from_previous=args.resume_from_previous,
-                       evaluate=not args.no_eval, progress=not args.no_progress)
-    except NonFiniteLossError as e:
+        result = experiment.train_and_evaluate(config, args.workdir, resume=args.resume,
+                                               resume_from_previous=args.resume_from_previous,
+                                               evaluate=not args.no_eval, progress=not args.no_progress)
+    except loop.NonFiniteLossError as e:
         print(f"algrnet train: {e}", file=sys.stderr)
         return 1
     except UserError:
         raise
     except (FileNotFoundError, ValueError) as e:   # the data layer: dataset not built, labels do not fit, ...
         raise UserError(str(e)) from e
-    summary = {k: result[k] for k in ("step", "epoch", "best_mean_f1", "best_checkpoint", "last_checkpoint",
-                                      "interrupted", "resumed_from_step", "workdir")}
-    if result.get("metrics"):
-        summary["mean_f1"] = result["metrics"].get("mean_f1")
+    summary = {k: result[k] for k in ("step", "epoch", "best_mean_f1", "best_step", "best_checkpoint",
+                                      "last_checkpoint", "interrupted", "resumed_from_step", "workdir")}
+    for part, evaluated in result["evaluations"].items():
+        summary[f"{part}_mean_f1"] = evaluated.get("mean_f1")
     print(json.dumps(summary, indent=2))
     if result["interrupted"]:
         print(f"algrnet train: stopped by {result['interrupted']} at step {result['step']}; checkpoint saved, "

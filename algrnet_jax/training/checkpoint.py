@@ -6,13 +6,15 @@ Every checkpoint is an orbax composite directory with the items
 - ``train`` (training checkpoints only): ``{"opt_state": ..., "step": [], "rng": uint32 [2]}``,
 - ``meta`` (JSON): ``{"kind": "train" | "inference", "config": <config as a dict>, ...}``; training
   checkpoints add the data position ``epoch`` / ``batch_in_epoch`` of the next batch, ``step``,
-  ``best_mean_f1`` so far and the last evaluation ``metrics``.
+  ``best_mean_f1`` / ``best_step`` (validation) so far and the last evaluations ``metrics``,
+- ``metrics`` (orbax's, JSON, only checkpoints saved after a validation): ``{"val_mean_f1": float}``.
 
-A training work directory holds ``checkpoints/<step>/`` (the last ``train.keep_checkpoints`` saves, every
-epoch and every ``train.checkpoint_every_steps`` steps) and ``best/<step>/`` (the one with the best
-validation mean F1). ``load_for_inference(path)`` accepts a work directory (best, else latest), a
-directory of step checkpoints (latest), or one checkpoint directory, e.g. one written by
-``save_inference_checkpoint`` (the JAA-Net converter's output).
+A training work directory holds ``checkpoints/<step>/``, written by ONE orbax manager (``TrainCheckpointer``)
+every epoch and every ``train.checkpoint_every_steps`` steps, whose preservation policy keeps the last
+``train.keep_checkpoints`` plus the one with the best VALIDATION mean F1 (never selected on the test part).
+``load_for_inference(path)`` accepts a work directory (its LAST checkpoint; ``best=True``: the
+validation-best), a directory of step checkpoints (latest), or one checkpoint directory, e.g. one written
+by ``save_inference_checkpoint`` (the JAA-Net converter's output).
 """
 from __future__ import annotations
 
@@ -30,13 +32,15 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 from algrnet_jax.errors import UserError
 from algrnet_jax.fileio import atomic_path
 
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
-BEST_DIR = "best"
+VAL_METRIC = "val_mean_f1"   # the orbax metric ranking checkpoints for the validation-best
 MANIFEST = "algrnet_checksums.json"
 _ITEMS = ("variables", "train", "meta")
 log = logging.getLogger(__name__)
@@ -157,39 +161,68 @@ def config_from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
 # ----------------------------------------------------------------------------------- directories
 
-def _step_dirs(directory: str) -> list[int]:
-    """Finalised step numbers under an orbax manager directory (orbax writes to a temporary name
-    and renames on commit, so an interrupted save never shows up as a bare number)."""
+def list_steps(directory: str | os.PathLike) -> list[int]:
+    """Finalised step numbers under an orbax manager directory, ascending (orbax writes to a temporary
+    name and renames on commit, so an interrupted save never shows up as a bare number)."""
+    directory = os.fspath(directory)
     if not os.path.isdir(directory):
         return []
     return sorted(int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def last_checkpoint(workdir: str | os.PathLike) -> str | None:
+    """The newest committed checkpoint of a training work directory (``<workdir>/checkpoints/<step>``)."""
+    directory = os.path.join(os.fspath(workdir), CHECKPOINTS_DIR)
+    steps = list_steps(directory)
+    return os.path.join(directory, str(steps[-1])) if steps else None
+
+
+def best_checkpoint(workdir: str | os.PathLike) -> str | None:
+    """The kept checkpoint of a training work directory with the best VALIDATION mean F1, or None when the
+    run had no validation part (``data.val_fraction = 0``) or has not evaluated yet."""
+    directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINTS_DIR)
+    if not list_steps(directory):
+        return None
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, best_fn=_val_mean_f1, best_mode="max"), item_names=_ITEMS)
+    try:
+        has_metrics = any(manager.metrics(s) is not None for s in manager.all_steps())
+        step = manager.best_step() if has_metrics else None
+    finally:
+        manager.close()
+    return None if step is None else os.path.join(directory, str(step))
 
 
 def _is_checkpoint(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "variables")) and os.path.isdir(os.path.join(path, "meta"))
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> str:
+def resolve_checkpoint(path: str | os.PathLike, *, best: bool = False) -> str:
     """The single checkpoint directory that ``path`` designates.
 
     ``path`` may be a checkpoint directory, a directory of numbered step checkpoints (latest is taken)
-    or a training work directory (the latest of ``checkpoints/``, i.e. the LAST checkpoint). The trainer's
-    ``best/`` copy is chosen by F1 on the fold's test part, so it is used only when named explicitly
-    (``<workdir>/best``): numbers reported on the test part must not be selected on it.
+    or a training work directory: its LAST checkpoint, or with ``best`` the one with the best validation
+    mean F1 (``best_checkpoint``; an error when the run kept none). The test part never selects anything.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint or directory")
+    if best:
+        found = best_checkpoint(path)
+        if found is None:
+            raise CheckpointError(
+                f"{path}: no validation-best checkpoint (a training work directory keeps one only when the run "
+                "had a validation part, data.val_fraction > 0, and evaluated it); use the last checkpoint")
+        return found
     if _is_checkpoint(path):
         return path
-    for sub in (CHECKPOINTS_DIR, BEST_DIR, ""):
-        d = os.path.join(path, sub) if sub else path
-        steps = _step_dirs(d)
+    for d in (os.path.join(path, CHECKPOINTS_DIR), path):
+        steps = list_steps(d)
         if steps:
             return os.path.join(d, str(steps[-1]))
     raise CheckpointError(
         f"{path}: not a checkpoint (expected 'variables/' and 'meta/' items, numbered step directories, "
-        f"or a training work directory with '{BEST_DIR}/' or '{CHECKPOINTS_DIR}/')")
+        f"or a training work directory with '{CHECKPOINTS_DIR}/')")
 
 
 # ------------------------------------------------------------------------------ reading / writing
@@ -258,14 +291,16 @@ def _restore_tree_numpy(item_dir: str) -> Any:
     return ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
-def load_for_inference(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """Loads ``(config, variables)`` from a checkpoint, a step directory or a training work directory.
+def load_for_inference(path: str | os.PathLike, *, best: bool = False) -> tuple[ml_collections.ConfigDict,
+                                                                                 dict[str, Any]]:
+    """Loads ``(config, variables)`` from a checkpoint, a step directory or a training work directory
+    (its last checkpoint; with ``best`` its validation-best, ``resolve_checkpoint``).
 
     Returns:
       config: the ConfigDict the checkpoint was trained (or converted) with.
       variables: ``{"params": ..., "batch_stats": ...}`` of numpy arrays, ready for ``model.apply``.
     """
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, best=best)
     verify_manifest(ckpt)
     meta = read_meta(ckpt)
     try:
@@ -317,45 +352,61 @@ def save_inference_checkpoint(path: str | os.PathLike, config: ml_collections.Co
 
 # ------------------------------------------------------------------------------ training manager
 
-class TrainCheckpointer:
-    """Latest-K and best-by-mean-F1 orbax managers of a training work directory (async saves).
+def _val_mean_f1(metrics: Mapping[str, Any]) -> float:
+    """Orbax ``best_fn``: the validation mean F1 a checkpoint was saved with."""
+    return float(metrics[VAL_METRIC])
 
-    ``save`` writes ``checkpoints/<step>``; ``save_best`` writes ``best/<step>`` (one kept). Both hold
-    the full training state, so either can be resumed from or used for inference.
+
+class _MissingMetricsFilter(logging.Filter):
+    """Drops orbax's "Requested `tracked_metric`; did not provide metrics." warning: mid-epoch checkpoints have
+    no validation result by design (they are kept by recency, never as the best)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_MissingMetricsFilter())
+
+
+class TrainCheckpointer:
+    """The one orbax manager of a training work directory: ``checkpoints/<step>``, async saves.
+
+    Preservation policy: the latest ``keep`` checkpoints, plus (``track_best``) the one with the best
+    validation mean F1 (``save(..., val_mean_f1=...)``; saves without it are kept by recency only). Every
+    checkpoint holds the full training state, so any can be resumed from or used for inference.
     """
 
-    def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, *, track_best: bool = False,
+                 async_save: bool = True):
         self.workdir = os.path.abspath(os.fspath(workdir))
+        self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
+        self.track_best = track_best
         _ignore_closed_loop_callbacks()
-        # Step whose checksum manifest is still to be written, per manager; orbax runs one save at a time.
-        self._unsealed: dict[str, int | None] = {CHECKPOINTS_DIR: None, BEST_DIR: None}
+        self._unsealed: int | None = None   # step whose checksum manifest is still to be written
         self._seal_lock = threading.Lock()
+        policy: ocp_managers.PreservationPolicy = ocp_managers.LatestN(max(1, int(keep)))
+        if track_best:
+            policy = ocp_managers.AnyPreservationPolicy([policy, ocp_managers.BestN(
+                get_metric_fn=_val_mean_f1, reverse=False, n=1, keep_checkpoints_without_metrics=False)])
+        opts = ocp.CheckpointManagerOptions(
+            create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save,
+            preservation_policy=policy, best_fn=_val_mean_f1 if track_best else None, best_mode="max",
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal))
+        self.manager = ocp.CheckpointManager(self.directory, options=opts, item_names=_ITEMS)
 
-        def manager(sub: str, max_to_keep: int) -> ocp.CheckpointManager:
-            # Distinct barrier prefixes: both managers save the same step at an epoch end, and multi-host
-            # barriers are named after the step.
-            opts = ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-                enable_async_checkpointing=async_save,
-                async_options=ocp.AsyncOptions(post_finalization_callback=lambda: self._seal(sub)),
-                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=sub))
-            return ocp.CheckpointManager(os.path.join(self.workdir, sub), options=opts, item_names=_ITEMS)
-        self.latest = manager(CHECKPOINTS_DIR, max(1, int(keep)))
-        self.best = manager(BEST_DIR, 1)
-
-    def _seal(self, sub: str) -> None:
-        """Writes the checksum manifest of the save of ``sub`` that orbax has just finalised (process 0).
+    def _seal(self) -> None:
+        """Writes the checksum manifest of the save orbax has just finalised (process 0).
 
         Orbax calls this after the items are finalised but before it renames the temporary directory
         ``<step>.orbax-checkpoint-tmp-*`` to ``<step>``, so the manifest is part of the atomic commit: every
         committed checkpoint has one. Without a temporary directory (synchronous save) the final one is used.
         """
         with self._seal_lock:
-            step, self._unsealed[sub] = self._unsealed[sub], None
+            step, self._unsealed = self._unsealed, None
         if step is None or jax.process_index() != 0:
             return
-        final = os.path.join(self.workdir, sub, str(step))
-        tmp = [os.path.join(self.workdir, sub, n) for n in os.listdir(os.path.join(self.workdir, sub))
+        final = self.path(step)
+        tmp = [os.path.join(self.directory, n) for n in os.listdir(self.directory)
                if n.startswith(f"{step}.orbax-checkpoint-tmp")]
         target = tmp[0] if len(tmp) == 1 else final
         if os.path.isdir(target):
@@ -365,39 +416,28 @@ class TrainCheckpointer:
                 if not is_disk_full(e):
                     log.warning("%s: could not write the checksum manifest (%s)", final, e)
 
-    @staticmethod
-    def _args(variables: Any, train: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
-        return ocp.args.Composite(variables=ocp.args.StandardSave(variables), train=ocp.args.StandardSave(train),
+    def path(self, step: int) -> str:
+        """The directory of step ``step``'s checkpoint."""
+        return os.path.join(self.directory, str(step))
+
+    def save(self, step: int, variables: Any, train: Any, meta: Mapping[str, Any], *,
+             val_mean_f1: float | None = None) -> bool:
+        """Starts an async save of step ``step`` (no-op if it exists); ``val_mean_f1`` ranks it for best."""
+        if step in self.manager.all_steps():
+            return False
+        self.manager.wait_until_finished()
+        self._unsealed = step
+        args = ocp.args.Composite(variables=ocp.args.StandardSave(variables), train=ocp.args.StandardSave(train),
                                   meta=ocp.args.JsonSave(dict(meta)))
-
-    def save(self, step: int, variables: Any, train: Any, meta: Mapping[str, Any]) -> bool:
-        """Starts an async save of step ``step`` to ``checkpoints/`` (no-op if it exists)."""
-        if step in self.latest.all_steps():
-            return False
-        # A pending best checkpoint commits before any later step checkpoint, so resuming from step k
-        # never finds a best checkpoint older than k missing.
-        self.best.wait_until_finished()
-        self.latest.wait_until_finished()
-        self._unsealed[CHECKPOINTS_DIR] = step
-        return self.latest.save(step, args=self._args(variables, train, meta), force=True)
-
-    def save_best(self, step: int, variables: Any, train: Any, meta: Mapping[str, Any]) -> bool:
-        """Replaces ``best/`` by step ``step``."""
-        if step in self.best.all_steps():
-            return False
-        self.best.wait_until_finished()
-        self._unsealed[BEST_DIR] = step
-        return self.best.save(step, args=self._args(variables, train, meta), force=True)
-
-    def has_best(self, step: int) -> bool:
-        return step in self.best.all_steps()
+        metrics = {VAL_METRIC: float(val_mean_f1)} if self.track_best and val_mean_f1 is not None else None
+        return self.manager.save(step, args=args, metrics=metrics, force=True)
 
     def latest_step(self) -> int | None:
-        return self.latest.latest_step()
+        return self.manager.latest_step()
 
-    def best_path(self) -> str | None:
-        step = self.best.latest_step()
-        return None if step is None else os.path.join(self.workdir, BEST_DIR, str(step))
+    def best_step(self) -> int | None:
+        """The kept step with the best validation mean F1; None without ``track_best`` or before any."""
+        return self.manager.best_step() if self.track_best else None
 
     def restore(self, abstract_variables: Any, abstract_train: Any, *, step: int | None = None,
                 fall_back: bool = False) -> tuple[Any, Any, dict[str, Any]]:
@@ -407,17 +447,17 @@ class TrainCheckpointer:
         A checkpoint that is corrupt or cannot be read raises CheckpointError naming it, unless ``fall_back``
         is set, in which case older checkpoints are tried in turn.
         """
-        steps = sorted(self.latest.all_steps(), reverse=True)
+        steps = sorted(self.manager.all_steps(), reverse=True)
         if step is not None:
             steps = [s for s in steps if s <= step]
         if not steps:
-            raise CheckpointError(f"{os.path.join(self.workdir, CHECKPOINTS_DIR)}: no checkpoint to resume from")
+            raise CheckpointError(f"{self.directory}: no checkpoint to resume from")
         errors, unreadable = [], []
         for s in steps:
-            ckpt = os.path.join(self.workdir, CHECKPOINTS_DIR, str(s))
+            ckpt = self.path(s)
             try:
                 verify_manifest(ckpt)
-                restored = self.latest.restore(s, args=ocp.args.Composite(
+                restored = self.manager.restore(s, args=ocp.args.Composite(
                     variables=ocp.args.StandardRestore(abstract_variables),
                     train=ocp.args.StandardRestore(abstract_train),
                     meta=ocp.args.JsonRestore()))
@@ -445,18 +485,13 @@ class TrainCheckpointer:
                     target, n = f"{path}.unreadable{n}", n + 1
                 os.rename(path, target)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("algrnet_set_aside_unreadable_checkpoints")
-        self.latest.reload()
+        self.manager.reload()
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed (and their checksum manifests written)."""
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
-        for sub in (CHECKPOINTS_DIR, BEST_DIR):   # synchronous saves may finish without the callback
-            self._seal(sub)
+        self.manager.wait_until_finished()
+        self._seal()   # a synchronous save may finish without the callback
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        self.manager.close()

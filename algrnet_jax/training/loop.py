@@ -1,15 +1,27 @@
-"""The training loop: ``train(config, workdir, *, resume=False) -> dict``.
+"""The trainer: ``Trainer(config, workdir, model, data, evaluators).run(resume=...) -> dict``.
 
-Per step: the pipeline's next batch (``data_pipelines.pipeline.train_batches``) is sharded over the
-device mesh and the jitted ``train_step`` runs (``steps.py``). Metrics of step i are read while step
-i+1 runs, so the host never waits on the device except to save. Checkpoints (``checkpoint.py``) are
-written asynchronously every ``train.checkpoint_every_steps`` steps and at every epoch end, after an
-evaluation of the test part of the fold (``evaluation.evaluate_variables``); the best mean F1 is kept
-in ``<workdir>/best``.
+The trainer receives everything it works with (the anchor is flax's examples/imagenet
+``train_and_evaluate``): a Flax ``model``, a ``data`` source (``DataSource``: training batches of an epoch
+from any batch, steps per epoch, loss weights, built once by ``data_pipelines``) and ``evaluators``
+(``{"val": f, "test": g}``, each ``variables -> {"mean_f1": ..., ...}``). It imports nothing from
+``data_pipelines``, ``algrnet_jax.evaluation``, ``experiments`` or ``commands``; the command layer
+(``algrnet_jax.experiment.train_and_evaluate``) wires them together.
+
+A run, step by step (``Trainer.run``): lock the work directory, check it (``check_workdir``), set up
+devices, state, the checkpoint manager and the metric writer (``_setup``), ``restore`` the latest
+checkpoint when resuming, then per epoch ``train_epoch`` (the pipeline's batches sharded over the device
+mesh through the jitted ``train_step``; the metrics of step i are read while step i+1 runs, by
+``_MetricsReader``) and ``evaluate_and_save`` (every evaluator, then an asynchronous checkpoint). Mid-epoch
+checkpoints every ``train.checkpoint_every_steps`` steps.
+
+Model selection is honest: the checkpoint manager keeps the checkpoint with the best mean F1 of the
+``"val"`` evaluator (``SELECT_ON``), a part carved from the training subjects; the ``"test"`` evaluator
+is logged (``metrics.jsonl`` rows of kind ``"test"``) and never selects anything. Without a ``"val"``
+evaluator there is no best checkpoint.
 
 Exact resume: a checkpoint holds params, BatchNorm statistics, optimizer state, step, RNG and the data
-position (epoch, batch in epoch); the pipeline is deterministic given seed and epoch and can start at any
-batch, so a resumed run sees the same batches in the same order and ends with the same parameters.
+position (epoch, batch in epoch); the data source is deterministic given seed and epoch and can start at
+any batch, so a resumed run sees the same batches in the same order and ends with the same parameters.
 
 Stops: ``SIGTERM`` finishes the current step, saves, and returns (``result["interrupted"]``); a
 non-finite loss raises ``NonFiniteLossError`` before anything non-finite is saved, so the last
@@ -24,14 +36,17 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
+from tqdm.auto import tqdm
 
+from algrnet_jax import configs
 from algrnet_jax.errors import UserError
 from algrnet_jax.locking import DirLock
 from algrnet_jax.training import checkpoint as ckpt_lib
@@ -42,8 +57,27 @@ from algrnet_jax.training.metric_writers import MetricWriter
 RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.log_every_steps", "train.checkpoint_every_steps",
                      "train.keep_checkpoints", "data.data_dir", "data.prefetch", "data.eval_batch_size",
                      "data.skip_bad")
-StepCallback = Callable[[int, dict[str, float]], None]
+SELECT_ON = "val"          # the evaluator whose mean F1 selects the best checkpoint
 LOCK_FILE = ".lock"
+Batch = Mapping[str, Any]
+Evaluator = Callable[[Any], dict[str, Any]]
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class DataSource(Protocol):
+    """What the trainer needs from the data (``data_pipelines.pipeline.make_source`` builds one).
+
+    ``train_batches(epoch, start_batch)`` yields host batches (docs/design.md: ``image`` [B, C, C, 3],
+    ``landmarks`` [B, 49, 2], ``interocular`` [B], ``labels`` [B, n], ...) of ``epoch`` from batch
+    ``start_batch`` on, the same ones for the same config, seed and epoch; ``loss_weights`` is float32
+    [num_outputs] of the training part.
+    """
+
+    steps_per_epoch: int
+    loss_weights: np.ndarray
+    description: str
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,26 +88,33 @@ class ResumeError(UserError, ValueError):
     """The work directory cannot be (re)used with this config: other config, or a run without --resume."""
 
 
-@dataclasses.dataclass
-class _Position:
+@dataclasses.dataclass(frozen=True)
+class Position:
     """Data position of the NEXT batch."""
     epoch: int
     batch: int
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+@dataclasses.dataclass
+class RunState:
+    """The bookkeeping of a run besides the train state; saved in each checkpoint's ``meta``."""
+    step: int = 0
+    position: Position = Position(0, 0)
+    best_mean_f1: float | None = None           # validation mean F1 of ``best_step``
+    best_step: int | None = None
+    evaluations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)   # last result per evaluator
+    resumed_from: int | None = None
+    interrupted: str | None = None
 
 
-def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
+def _flat(d: Mapping[str, Any]) -> dict[str, Any]:
+    return traverse_util.flatten_dict(dict(d), sep=".")
+
+
+def check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
     """Raises ResumeError listing the config keys that differ from the run being resumed."""
-    a, b = _flat(saved), _flat(ckpt_lib.config_to_dict(config))
+    # Fields deleted from the configs since (configs.DELETED_FIELDS) do not block a resume.
+    a, b = _flat(configs.drop_deleted_fields(saved)), _flat(ckpt_lib.config_to_dict(config))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         lines = "\n".join(f"  {k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff)
@@ -82,16 +123,16 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
                           f"{lines}\nrun with the checkpoint's values, or choose a new --workdir")
 
 
-def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Compares ``config`` with the config of the newest checkpoint in ``workdir`` before any work.
-
-    Only the small JSON ``meta`` item is read. A checkpoint whose ``meta`` is unreadable is left to the
-    restore (which names it and can fall back to an older one).
-    """
-    steps_ = ckpt_lib._step_dirs(os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR))
-    if not steps_:
+def check_workdir(workdir: str, config: ml_collections.ConfigDict, resume: bool) -> None:
+    """Before any work: a work directory with checkpoints needs ``resume``, and then the config of its newest
+    checkpoint (only the small JSON ``meta`` item is read) must equal ``config`` up to RESUMABLE_CHANGES. A
+    checkpoint whose ``meta`` is unreadable is left to the restore (which names it and can fall back)."""
+    latest = ckpt_lib.last_checkpoint(workdir)
+    if latest is None:
         return
-    latest = os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR, str(steps_[-1]))
+    if not resume:
+        raise ResumeError(f"{workdir}: holds checkpoints already; pass --resume to continue that run "
+                          "or choose a new --workdir")
     try:
         saved = ckpt_lib.read_meta(latest)
     except ckpt_lib.CheckpointError:
@@ -100,7 +141,7 @@ def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None
 
 
 def _disk_full(error: BaseException, workdir: str) -> ckpt_lib.DiskFullError:
-    good = last_good_path(workdir)
+    good = ckpt_lib.last_checkpoint(workdir)
     return ckpt_lib.DiskFullError(
         f"{workdir}: no space left on the device while writing a checkpoint ({type(error).__name__}). "
         f"The last complete checkpoint is {good or 'none'}; free some space and rerun with --resume.")
@@ -126,7 +167,7 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _eval_scalars(result: dict[str, Any], seconds: float) -> dict[str, Any]:
+def eval_scalars(result: Mapping[str, Any], seconds: float) -> dict[str, Any]:
     """The headline numbers of an evaluation result (no per-AU lists) for the logs."""
     out: dict[str, Any] = {"mean_f1": float(result["mean_f1"]), "eval_seconds": seconds}
     for key, pred in (result.get("predictions") or {}).items():
@@ -138,290 +179,285 @@ def _eval_scalars(result: dict[str, Any], seconds: float) -> dict[str, Any]:
     return out
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+class _MetricsReader:
+    """Reads each step's device metrics one step late (while the next step runs): NaN check, learning rate,
+    callbacks, the ``train`` rows of ``metrics.jsonl`` every ``train.log_every_steps`` and the progress bar."""
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+    def __init__(self, trainer: "Trainer", bar: Any):
+        self.t, self.bar = trainer, bar
+        self.pending: tuple[int, Any] | None = None     # (step, device metrics) not yet read
+        self.window: list[dict[str, float]] = []
+        self.t_window, self.n_window = time.time(), 0
+
+    def push(self, step: int, dev_metrics: Any) -> None:
+        """Queues step ``step``'s metrics after reading the previous step's."""
+        self.n_window += 1
+        self.drain()
+        self.pending = (step, dev_metrics)
+        self.bar.update(1)
+
+    def exclude(self, seconds: float) -> None:
+        """Leaves ``seconds`` (an evaluation) out of the images/s of the current window."""
+        self.t_window += seconds
+
+    def drain(self) -> None:
+        """Reads the pending step's metrics."""
+        if self.pending is None:
+            return
+        t, (at, dev_metrics) = self.t, self.pending
+        self.pending = None
+        m = {k: float(v) for k, v in parallel.to_host(dev_metrics).items()}
+        t.check_finite(at, m)
+        m["lr"] = optim.learning_rate_at(t.config.train, at - 1, t.steps_per_epoch)
+        self.window.append(m)
+        for cb in t.callbacks:
+            cb(at, m)
+        if at % int(t.config.train.log_every_steps) == 0 or at == t.max_steps:
+            dt = max(time.time() - self.t_window, 1e-9)
+            avg = {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
+            avg["images_per_sec"] = self.n_window * t.global_batch / dt
+            t.writer.write(at, (at - 1) // t.steps_per_epoch, "train", avg)
+            self.window.clear()
+            self.t_window, self.n_window = time.time(), 0
+        img_s = self.n_window * t.global_batch / max(time.time() - self.t_window, 1e-9)
+        self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", img_s=f"{img_s:.0f}", refresh=False)
 
 
-def _make_evaluate(model: nn.Module) -> Callable[[ml_collections.ConfigDict, Any], dict[str, Any]]:
-    """``evaluation.evaluate_variables`` with ``model``'s eval forward, jitted once for the whole run."""
-    from algrnet_jax.evaluation import eval_forward, evaluate_variables
-
-    apply_fn = eval_forward(model)
-
-    def evaluate(config: ml_collections.ConfigDict, variables: Any) -> dict[str, Any]:
-        return evaluate_variables(config, variables, apply_fn=apply_fn)
-
-    return evaluate
-
-
-def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resume: bool = False,
-          resume_from_previous: bool = False, evaluate: bool | Callable[[ml_collections.ConfigDict, Any], dict] = True,
-          progress: bool = True, tensorboard: bool = True, callbacks: Sequence[StepCallback] = (),
-          batches_fn: Callable[..., Iterable[dict[str, Any]]] | None = None,
-          model: nn.Module | None = None) -> dict[str, Any]:
-    """Trains ``config`` in ``workdir`` (data-parallel over every device of every process).
+class Trainer:
+    """Trains ``model`` on ``data`` in ``workdir`` (data-parallel over every device of every process).
 
     Args:
-      config: full experiment config (``configs.get_config`` plus overrides).
-      workdir: output directory: ``checkpoints/``, ``best/``, ``config.json``, ``metrics.jsonl``,
-        ``tensorboard/``.
-      resume: continue from the latest checkpoint in ``workdir`` (start fresh if there is none).
-      resume_from_previous: if the latest checkpoint cannot be read, fall back to older ones.
-      evaluate: evaluate at each epoch end (True: ``evaluation.evaluate_variables``; or a callable
-        ``(config, variables) -> {"mean_f1": ..., ...}``; False: no evaluation, no best checkpoint).
+      config: full experiment config (validated by the caller).
+      workdir: output directory: ``checkpoints/``, ``config.json``, ``metrics.jsonl``, ``tensorboard/``.
+      model: the Flax module (``batch_stats`` collection, the output dict of docs/design.md).
+      data: the ``DataSource`` of the training part.
+      evaluators: ``{name: variables -> result}`` run at each epoch end (and at ``train.max_steps``);
+        ``"val"`` selects the best checkpoint, any other (``"test"``) is only logged. Empty: no evaluation,
+        no best checkpoint.
       progress: show a progress bar (process 0).
       tensorboard: also write TensorBoard summaries.
       callbacks: ``f(step, metrics)`` called with each step's host metrics (``step`` counts from 1).
-      batches_fn: replaces ``data_pipelines.pipeline.train_batches`` (same signature).
-      model: replaces ``models.networks.create_model(config)`` (any Flax module with the same inputs,
-        ``batch_stats`` collection and output dict).
-
-    Returns:
-      ``{"step", "epoch", "metrics" (last evaluation), "best_mean_f1", "best_checkpoint",
-      "last_checkpoint", "interrupted", "resumed_from_step", "workdir"}``.
     """
-    from algrnet_jax.configs.validate import validate_config
-    from data_pipelines import builders
 
-    validate_config(config)
-    workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    # One writer per work directory (process 0 of a multi-host run speaks for all of them). The OS drops the
-    # lock when the process dies, SIGKILL included, so a killed run can be resumed at once.
-    lock = DirLock(os.path.join(workdir, LOCK_FILE), f"work directory {workdir}",
-                   "wait for that run to end (or stop it), or choose another --workdir")
-    if jax.process_index() == 0:
-        lock.acquire()
-    try:
-        if not resume and ckpt_lib._step_dirs(os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR)):
-            raise ResumeError(f"{workdir}: holds checkpoints already; pass --resume to continue that run "
-                              "or choose a new --workdir")
-        if resume:
-            _check_saved_config(workdir, config)
-        # The checkpoint stores where the data is, resolved: eval works from any working directory.
-        config.data.data_dir = os.path.abspath(config.data.data_dir or builders.default_data_dir())
-        return _train(config, workdir, resume_from_previous=resume_from_previous, evaluate=evaluate,
-                      progress=progress, tensorboard=tensorboard, callbacks=callbacks, batches_fn=batches_fn,
-                      model=model)
-    except ckpt_lib.DiskFullError:
-        raise
-    except Exception as e:
-        # A full disk can surface anywhere an asynchronous save is awaited (saving, waiting, closing).
-        if ckpt_lib.is_disk_full(e):
-            raise _disk_full(e, workdir) from e
-        raise
-    finally:
-        lock.release()
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: nn.Module,
+                 data: DataSource, evaluators: Mapping[str, Evaluator] | None = None, *, progress: bool = True,
+                 tensorboard: bool = True, callbacks: Sequence[StepCallback] = ()):
+        self.config, self.model, self.data = config, model, data
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        self.evaluators = dict(evaluators or {})
+        self.progress, self.tensorboard, self.callbacks = progress, tensorboard, tuple(callbacks)
+        self.is_main = jax.process_index() == 0
+        self.steps_per_epoch = int(data.steps_per_epoch)
+        self.global_batch = int(config.data.batch_size)
+        tc = config.train
+        max_steps = int(tc.max_steps) if int(tc.max_steps) > 0 else int(tc.num_epochs) * self.steps_per_epoch
+        self.max_steps = min(max_steps, int(tc.num_epochs) * self.steps_per_epoch)
+        self.run_state = RunState()
 
+    # ------------------------------------------------------------------------------------------ run
 
-def _train(config: ml_collections.ConfigDict, workdir: str, *, resume_from_previous: bool,
-           evaluate: bool | Callable[[ml_collections.ConfigDict, Any], dict], progress: bool, tensorboard: bool,
-           callbacks: Sequence[StepCallback], batches_fn: Callable[..., Iterable[dict[str, Any]]] | None,
-           model: nn.Module | None) -> dict[str, Any]:
-    """``train`` once the work directory is locked and the config checked."""
-    from data_pipelines import pipeline
-
-    is_main = jax.process_index() == 0
-    tc = config.train
-    config_path = os.path.join(workdir, "config.json")
-
-    # ---- data and devices
-    mesh = parallel.make_mesh()
-    global_batch = int(config.data.batch_size)
-    parallel.check_batch_size(global_batch, mesh)
-    steps_per_epoch = int(pipeline.steps_per_epoch(config))
-    if steps_per_epoch < 1:
-        raise ValueError(f"dataset {config.data.dataset!r} ({config.data.builder_config!r}) fold {config.data.fold} "
-                         f"has fewer training examples than one batch ({global_batch})")
-    au_weight = parallel.replicate(np.asarray(pipeline.au_loss_weights(config), np.float32), mesh)
-    batches_fn = batches_fn or pipeline.train_batches
-    num_epochs = int(tc.num_epochs)
-    max_steps = int(tc.max_steps) if int(tc.max_steps) > 0 else num_epochs * steps_per_epoch
-    max_steps = min(max_steps, num_epochs * steps_per_epoch)
-
-    # ---- state
-    if model is None:
-        from algrnet_jax.models.networks import create_model
-
-        model = create_model(config)
-    tx = optim.make_optimizer(tc, steps_per_epoch)
-    state = state_lib.new_train_state(model, config, tx, jax.random.PRNGKey(int(tc.seed)),
-                                      out_shardings=parallel.replicated(mesh))
-    manager = ckpt_lib.TrainCheckpointer(workdir, keep=int(tc.keep_checkpoints))
-    pos = _Position(0, 0)
-    best_f1, best_step, last_eval, resumed_from = -math.inf, None, None, None
-    if manager.latest_step() is not None:
+    def run(self, *, resume: bool = False, resume_from_previous: bool = False) -> dict[str, Any]:
+        """Trains to ``train.max_steps`` / ``train.num_epochs`` (``resume``: from the latest checkpoint;
+        ``resume_from_previous``: falling back to older ones if it cannot be read); returns ``summary()``."""
+        os.makedirs(self.workdir, exist_ok=True)
+        # One writer per work directory (process 0 of a multi-host run speaks for all of them). The OS drops the
+        # lock when the process dies, SIGKILL included, so a killed run can be resumed at once.
+        lock = DirLock(os.path.join(self.workdir, LOCK_FILE), f"work directory {self.workdir}",
+                       "wait for that run to end (or stop it), or choose another --workdir")
+        if self.is_main:
+            lock.acquire()
         try:
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-            variables, train_items, saved = manager.restore(abstract.variables(), abstract.train_items(),
-                                                            fall_back=resume_from_previous)
-            check_resumable(saved["config"], config,
-                            os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR, str(saved["step"])))
-        except Exception:
-            manager.close()
+            check_workdir(self.workdir, self.config, resume)
+            self._setup()
+            try:
+                if self.manager.latest_step() is not None:
+                    self.restore(fall_back=resume_from_previous)
+                self._start_logs()
+                self._train()
+            finally:
+                self._close()
+            return self.summary()
+        except ckpt_lib.DiskFullError:
             raise
-        state = state.replace_items(variables, train_items)
-        pos = _Position(int(saved["epoch"]), int(saved["batch_in_epoch"]))
-        best_f1 = -math.inf if saved.get("best_mean_f1") is None else float(saved["best_mean_f1"])
-        best_step = saved.get("best_step")
-        last_eval = saved.get("metrics")
-        resumed_from = int(saved["step"])
-        if int(parallel.to_host(state.step)) != resumed_from or pos.epoch * steps_per_epoch + pos.batch != resumed_from:
-            manager.close()
-            raise ckpt_lib.CheckpointError(
-                f"{workdir}: checkpoint step {resumed_from} does not match its data position "
-                f"(epoch {pos.epoch}, batch {pos.batch}) with {steps_per_epoch} steps per epoch: "
-                "was the dataset or batch size changed?")
-    if is_main:
-        with open(config_path, "w") as f:
-            json.dump(ckpt_lib.config_to_dict(config), f, indent=2)
-    writer = MetricWriter(workdir, enabled=is_main, tensorboard=tensorboard)
-    # Lines logged after the checkpoint we resume from (or, with none, by a run killed before its first
-    # save) would repeat steps: drop them.
-    writer.truncate_after(resumed_from or 0)
-
-    evaluate_fn = (_make_evaluate(model) if evaluate is True else evaluate) if evaluate else None
-    train_step = steps.make_train_step(config, mesh)
-    step = int(parallel.to_host(state.step))
-
-    def meta(position: _Position, metrics: dict | None) -> dict[str, Any]:
-        return {"kind": "train", "format_version": ckpt_lib.FORMAT_VERSION, "config": ckpt_lib.config_to_dict(config),
-                "step": step, "epoch": position.epoch, "batch_in_epoch": position.batch,
-                "steps_per_epoch": steps_per_epoch, "best_mean_f1": best_f1 if math.isfinite(best_f1) else None,
-                "best_step": best_step,
-                "metrics": metrics}
-
-    def save(position: _Position, metrics: dict | None = None) -> None:
-        try:
-            manager.save(step, state.variables(), state.train_items(), meta(position, metrics))
         except Exception as e:
+            # A full disk can surface anywhere an asynchronous save is awaited (saving, waiting, closing).
             if ckpt_lib.is_disk_full(e):
-                raise _disk_full(e, workdir) from e
-            raise
-
-    def last_good() -> str:
-        manager.wait()
-        s = manager.latest_step()
-        return "none" if s is None else os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR, str(s))
-
-    def check_finite(at_step: int, m: dict[str, float]) -> None:
-        bad = {k: v for k, v in m.items() if not math.isfinite(v)}
-        if bad:
-            raise NonFiniteLossError(
-                f"non-finite training metrics at step {at_step}: {bad}. Stopping; nothing after step "
-                f"{at_step - 1} was saved. Last good checkpoint: {last_good()}. Lower train.lr "
-                "(--set train.lr=...) or check the data, then rerun with --resume.")
-
-    def run_eval(position: _Position) -> dict[str, Any] | None:
-        nonlocal best_f1, best_step, last_eval, t_window
-        if evaluate_fn is None:
-            save(position)
-            return None
-        variables = parallel.to_host(state.variables()) if jax.process_count() > 1 else state.variables()
-        t0 = time.time()
-        result = evaluate_fn(config, variables)
-        last_eval = result
-        f1 = float(result["mean_f1"])
-        t_window += time.time() - t0    # images/s counts training time only
-        writer.write(step, max(step - 1, 0) // steps_per_epoch, "eval", _eval_scalars(result, time.time() - t0))
-        improved = f1 > best_f1
-        if improved:
-            best_f1, best_step = f1, step
-        save(position, result)
-        if improved:
-            manager.save_best(step, state.variables(), state.train_items(), meta(position, result))
-        return result
-
-    if resumed_from is not None and best_step == resumed_from and not manager.has_best(best_step):
-        # The run was killed after this checkpoint but before its copy in best/ committed.
-        manager.save_best(step, state.variables(), state.train_items(), meta(pos, last_eval))
-    interrupted = None
-    pending: tuple[int, Any] | None = None    # (step, device metrics) not yet read
-    window: list[dict[str, float]] = []
-    t_window, n_window = time.time(), 0
-
-    def drain() -> None:
-        """Reads the pending step's metrics: NaN check, callbacks, logging."""
-        nonlocal pending, t_window, n_window
-        if pending is None:
-            return
-        at, dev_metrics = pending
-        pending = None
-        m = {k: float(v) for k, v in parallel.to_host(dev_metrics).items()}
-        check_finite(at, m)
-        m["lr"] = optim.learning_rate_at(tc, at - 1, steps_per_epoch)
-        window.append(m)
-        for cb in callbacks:
-            cb(at, m)
-        if at % int(tc.log_every_steps) == 0 or at == max_steps:
-            dt = max(time.time() - t_window, 1e-9)
-            avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            avg["images_per_sec"] = n_window * global_batch / dt
-            writer.write(at, (at - 1) // steps_per_epoch, "train", avg)
-            window.clear()
-            t_window, n_window = time.time(), 0
-        bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}",
-                        img_s=f"{(n_window * global_batch) / max(time.time() - t_window, 1e-9):.0f}", refresh=False)
-
-    bar = _progress(max_steps, step, os.path.basename(workdir) or "train", progress and is_main)
-    try:
-        with _SigtermFlag() as sigterm:
-            while step < max_steps and interrupted is None:
-                epoch = pos.epoch
-                n_batches = min(steps_per_epoch - pos.batch, max_steps - step)
-                it = iter(batches_fn(config, epoch=epoch, start_batch=pos.batch))
-                for _ in range(n_batches):
-                    try:
-                        host_batch = next(it)
-                    except StopIteration:
-                        raise RuntimeError(f"the training pipeline ended after {pos.batch} of {steps_per_epoch} "
-                                           f"batches in epoch {epoch}") from None
-                    batch = parallel.shard_batch(host_batch, mesh, global_batch=global_batch)
-                    state, dev_metrics = train_step(state, batch, au_weight)
-                    step += 1
-                    n_window += 1
-                    pos = _Position(epoch, pos.batch + 1)
-                    drain()  # the previous step's metrics, read while this step runs
-                    pending = (step, dev_metrics)
-                    bar.update(1)
-                    end_of_epoch = pos.batch == steps_per_epoch
-                    if sigterm.set:
-                        interrupted = "SIGTERM"
-                        break
-                    if not end_of_epoch and step % int(tc.checkpoint_every_steps) == 0 and step < max_steps:
-                        drain()
-                        save(pos)
-                drain()
-                if interrupted:
-                    save(_Position(epoch + 1, 0) if pos.batch == steps_per_epoch else pos, last_eval)
-                    break
-                if pos.batch == steps_per_epoch:
-                    pos = _Position(epoch + 1, 0)
-                    run_eval(pos)
-                elif step >= max_steps:
-                    run_eval(pos)   # stopped mid-epoch by train.max_steps
-                writer.flush()
-    finally:
-        bar.close()
-        try:
-            manager.wait()
-        except Exception as e:
-            if ckpt_lib.is_disk_full(e):
-                raise _disk_full(e, workdir) from e
+                raise _disk_full(e, self.workdir) from e
             raise
         finally:
-            best_path = manager.best_path()
-            manager.close()
-            writer.close()
-    return {"step": step, "epoch": pos.epoch, "batch_in_epoch": pos.batch, "metrics": last_eval,
-            "best_mean_f1": best_f1 if math.isfinite(best_f1) else None, "best_checkpoint": best_path,
-            "last_checkpoint": last_good_path(workdir), "interrupted": interrupted,
-            "resumed_from_step": resumed_from, "workdir": workdir}
+            lock.release()
+
+    def _setup(self) -> None:
+        """Devices, the initial train state, the checkpoint manager and the compiled train step."""
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{self.data.description}: fewer training examples than one batch ({self.global_batch})")
+        self.mesh = parallel.make_mesh()
+        parallel.check_batch_size(self.global_batch, self.mesh)
+        tc = self.config.train
+        self.loss_weights = parallel.replicate(np.asarray(self.data.loss_weights, np.float32), self.mesh)
+        tx = optim.make_optimizer(tc, self.steps_per_epoch)
+        self.state = state_lib.new_train_state(self.model, self.config, tx, jax.random.PRNGKey(int(tc.seed)),
+                                               out_shardings=parallel.replicated(self.mesh))
+        self.manager = ckpt_lib.TrainCheckpointer(self.workdir, keep=int(tc.keep_checkpoints),
+                                                  track_best=SELECT_ON in self.evaluators)
+        self.writer = MetricWriter(self.workdir, enabled=self.is_main, tensorboard=self.tensorboard)
+        self.train_step = steps.make_train_step(self.config, self.mesh)
+        self.run_state.step = int(parallel.to_host(self.state.step))
+
+    def restore(self, *, fall_back: bool) -> None:
+        """Restores the latest readable checkpoint: train state, data position, best so far, last evaluations."""
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
+        variables, train_items, saved = self.manager.restore(abstract.variables(), abstract.train_items(),
+                                                             fall_back=fall_back)
+        at = int(saved["step"])
+        check_resumable(saved["config"], self.config, self.manager.path(at))
+        self.state = self.state.replace_items(variables, train_items)
+        pos = Position(int(saved["epoch"]), int(saved["batch_in_epoch"]))
+        if int(parallel.to_host(self.state.step)) != at or pos.epoch * self.steps_per_epoch + pos.batch != at:
+            raise ckpt_lib.CheckpointError(
+                f"{self.workdir}: checkpoint step {at} does not match its data position (epoch {pos.epoch}, batch "
+                f"{pos.batch}) with {self.steps_per_epoch} steps per epoch: was the dataset or batch size changed?")
+        self.run_state = RunState(step=at, position=pos, best_mean_f1=saved.get("best_mean_f1"),
+                                  best_step=saved.get("best_step"), evaluations=dict(saved.get("evaluations") or {}),
+                                  resumed_from=at)
+
+    def _start_logs(self) -> None:
+        """``config.json``; ``metrics.jsonl`` without the lines logged after the checkpoint resumed from (or, with
+        none, by a run killed before its first save): they would repeat steps."""
+        if self.is_main:
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                json.dump(ckpt_lib.config_to_dict(self.config), f, indent=2)
+        self.writer.truncate_after(self.run_state.resumed_from or 0)
+
+    def _train(self) -> None:
+        """Epochs until ``max_steps`` or SIGTERM."""
+        rs = self.run_state
+        bar = tqdm(total=self.max_steps, initial=rs.step, desc=os.path.basename(self.workdir) or "train",
+                   disable=not (self.progress and self.is_main), dynamic_ncols=True, leave=False)
+        self.reader = _MetricsReader(self, bar)
+        try:
+            with _SigtermFlag() as sigterm:
+                while rs.step < self.max_steps and rs.interrupted is None:
+                    self.train_epoch(sigterm)
+                    if rs.interrupted:
+                        self.save()
+                    elif rs.position.batch == 0 or rs.step >= self.max_steps:   # epoch end, or train.max_steps
+                        self.evaluate_and_save()
+                    self.writer.flush()
+        finally:
+            bar.close()
+
+    def train_epoch(self, sigterm: _SigtermFlag) -> None:
+        """Runs the rest of the current epoch (or up to ``max_steps``), saving every
+        ``train.checkpoint_every_steps`` steps; stops after the step during which SIGTERM came."""
+        rs, spe = self.run_state, self.steps_per_epoch
+        epoch, start = rs.position.epoch, rs.position.batch
+        every = int(self.config.train.checkpoint_every_steps)
+        it = iter(self.data.train_batches(epoch, start))
+        for batch_index in range(start, start + min(spe - start, self.max_steps - rs.step)):
+            try:
+                host_batch = next(it)
+            except StopIteration:
+                raise RuntimeError(f"the training pipeline ended after {batch_index} of {spe} batches in epoch "
+                                   f"{epoch}") from None
+            batch = parallel.shard_batch(host_batch, self.mesh, global_batch=self.global_batch)
+            self.state, dev_metrics = self.train_step(self.state, batch, self.loss_weights)
+            rs.step += 1
+            end_of_epoch = batch_index + 1 == spe
+            rs.position = Position(epoch + 1, 0) if end_of_epoch else Position(epoch, batch_index + 1)
+            self.reader.push(rs.step, dev_metrics)
+            if sigterm.set:
+                rs.interrupted = "SIGTERM"
+                break
+            if not end_of_epoch and rs.step % every == 0 and rs.step < self.max_steps:
+                self.reader.drain()
+                self.save()
+        self.reader.drain()
+
+    def evaluate_and_save(self) -> None:
+        """Runs every evaluator (``metrics.jsonl`` rows of its name), then saves; the ``"val"`` mean F1 ranks
+        the checkpoint for the best one (ties: the later checkpoint, as orbax's ``BestN``)."""
+        rs = self.run_state
+        if not self.evaluators:
+            self.save()
+            return
+        variables = parallel.to_host(self.state.variables()) if jax.process_count() > 1 else self.state.variables()
+        epoch = max(rs.step - 1, 0) // self.steps_per_epoch
+        for name, evaluate in self.evaluators.items():
+            t0 = time.time()
+            result = evaluate(variables)
+            seconds = time.time() - t0
+            self.reader.exclude(seconds)     # images/s counts training time only
+            rs.evaluations[name] = result
+            self.writer.write(rs.step, epoch, name, eval_scalars(result, seconds))
+        val_f1 = None
+        if SELECT_ON in self.evaluators:
+            val_f1 = float(rs.evaluations[SELECT_ON]["mean_f1"])
+            if rs.best_mean_f1 is None or val_f1 >= rs.best_mean_f1:
+                rs.best_mean_f1, rs.best_step = val_f1, rs.step
+        self.save(val_mean_f1=val_f1)
+
+    def meta(self) -> dict[str, Any]:
+        """The ``meta`` item of a checkpoint of the current step."""
+        rs = self.run_state
+        return {"kind": "train", "format_version": ckpt_lib.FORMAT_VERSION,
+                "config": ckpt_lib.config_to_dict(self.config), "step": rs.step, "epoch": rs.position.epoch,
+                "batch_in_epoch": rs.position.batch, "steps_per_epoch": self.steps_per_epoch,
+                "best_mean_f1": rs.best_mean_f1, "best_step": rs.best_step, "evaluations": rs.evaluations}
+
+    def save(self, *, val_mean_f1: float | None = None) -> None:
+        """Starts an asynchronous save of the current step (a no-op if it exists)."""
+        try:
+            self.manager.save(self.run_state.step, self.state.variables(), self.state.train_items(), self.meta(),
+                              val_mean_f1=val_mean_f1)
+        except Exception as e:
+            if ckpt_lib.is_disk_full(e):
+                raise _disk_full(e, self.workdir) from e
+            raise
+
+    def check_finite(self, at_step: int, metrics: Mapping[str, float]) -> None:
+        """Raises NonFiniteLossError naming the step and the last good checkpoint."""
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            self.manager.wait()
+            latest = self.manager.latest_step()
+            good = "none" if latest is None else self.manager.path(latest)
+            raise NonFiniteLossError(
+                f"non-finite training metrics at step {at_step}: {bad}. Stopping; nothing after step "
+                f"{at_step - 1} was saved. Last good checkpoint: {good}. Lower train.lr "
+                "(--set train.lr=...) or check the data, then rerun with --resume.")
+
+    def _close(self) -> None:
+        """Waits for pending saves (a full disk becomes one DiskFullError), then closes manager and writer."""
+        if not hasattr(self, "manager"):
+            return
+        try:
+            self.manager.wait()
+        except Exception as e:
+            if ckpt_lib.is_disk_full(e):
+                raise _disk_full(e, self.workdir) from e
+            raise
+        finally:
+            self.manager.close()
+            self.writer.close()
+
+    def summary(self) -> dict[str, Any]:
+        """``{"step", "epoch", "batch_in_epoch", "evaluations" ({name: last result}), "best_mean_f1",
+        "best_step", "best_checkpoint" (validation-best; None without a "val" evaluator), "last_checkpoint",
+        "interrupted", "resumed_from_step", "workdir"}``."""
+        rs = self.run_state
+        best = self.manager.path(rs.best_step) if rs.best_step is not None and SELECT_ON in self.evaluators else None
+        return {"step": rs.step, "epoch": rs.position.epoch, "batch_in_epoch": rs.position.batch,
+                "evaluations": rs.evaluations, "best_mean_f1": rs.best_mean_f1, "best_step": rs.best_step,
+                "best_checkpoint": best if best and os.path.isdir(best) else None,
+                "last_checkpoint": ckpt_lib.last_checkpoint(self.workdir), "interrupted": rs.interrupted,
+                "resumed_from_step": rs.resumed_from, "workdir": self.workdir}
 
 
-def last_good_path(workdir: str) -> str | None:
-    """Path of the newest committed step checkpoint in ``workdir/checkpoints``."""
-    steps_ = ckpt_lib._step_dirs(os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR))
-    return os.path.join(workdir, ckpt_lib.CHECKPOINTS_DIR, str(steps_[-1])) if steps_ else None
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: nn.Module, data: DataSource,
+          evaluators: Mapping[str, Evaluator] | None = None, *, resume: bool = False,
+          resume_from_previous: bool = False, progress: bool = True, tensorboard: bool = True,
+          callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
+    """``Trainer(...).run(...)`` in one call; see ``Trainer``."""
+    return Trainer(config, workdir, model, data, evaluators, progress=progress, tensorboard=tensorboard,
+                   callbacks=callbacks).run(resume=resume, resume_from_previous=resume_from_previous)

@@ -18,6 +18,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from algrnet_jax.losses import total_loss
 from algrnet_jax.training import parallel, precision
 from algrnet_jax.training.state import TrainState
 
@@ -33,8 +34,6 @@ def loss_and_grads(state: TrainState, batch: Batch, loss_weights: jax.Array, *, 
       (outputs of the model, loss terms in the loss dtype (at least float32), gradients (param dtype),
       BatchNorm statistics updated from the batch, cast to the state's dtypes).
     """
-    from algrnet_jax.losses import total_loss
-
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     images = jnp.asarray(batch["image"]).astype(precision.compute_dtype(config))
 
