@@ -189,3 +189,16 @@ def test_validated_dataset_names_are_the_builders_registry():
     from data_pipelines import builders
 
     assert validate.DATASETS == tuple(builders.REGISTRY)
+
+
+def test_a_checkpoint_saved_with_a_deleted_field_still_resumes():
+    from algrnet_jax.training import checkpoint as ckpt_lib
+    from algrnet_jax.training import loop
+
+    config = configs.get_config("algrnet", "tiny")
+    saved = ckpt_lib.config_to_dict(config)
+    saved["data"]["shuffle_buffer"] = 2048               # written before data.shuffle_buffer was deleted
+    loop.check_resumable(saved, config, "ckpt")
+    saved["train"]["lr"] = 0.5
+    with pytest.raises(loop.ResumeError, match="train.lr: checkpoint 0.5, now 0.01"):
+        loop.check_resumable(saved, config, "ckpt")
