@@ -100,8 +100,12 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
 
 
 def reader(builder: tfds.core.DatasetBuilder, split: str) -> Sequence[bytes]:
-    """Random access to the serialized records of ``split``: ``len()``, ``[i]`` and ``__getitems__(keys)``."""
-    return builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    """Random access to the serialized records of ``split``: ``len()`` and ``[i]`` (bytes).
+
+    The array_record data source under tfds' (``builder.as_data_source(split, RAW_BYTES).data_source``):
+    with raw bytes tfds' wrapper only adds a call per record (9 of 28 us).
+    """
+    return builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES).data_source
 
 
 def read(source: Sequence[bytes], indices: np.ndarray) -> np.ndarray:
