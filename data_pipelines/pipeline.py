@@ -9,6 +9,7 @@ set and AUs, batch sizes) and splits the fold's records three ways, subject-excl
 - **test**: the fold's test part, untouched; ``eval_batches("test")``.
 
 Steps per epoch and loss weights are computed over the training records only.
+``make_source(config, training=False)`` is for evaluation only: the training parts are not read.
 
 Records are read by random access (tfds data source over ArrayRecord shards, ``data_pipelines.records``)
 in an order fixed by ``(config.data.shuffle_seed, epoch)``: every epoch is a global permutation of the
