@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import ml_collections
 import numpy as np
@@ -26,8 +24,6 @@ from algrnet_jax.errors import UserError
 from data_pipelines import builders
 from data_pipelines.builders import parts
 from data_pipelines.builders.base import FILE_FORMAT
-
-log = logging.getLogger(__name__)
 
 _INDEX_CHUNK = 1024               # records parsed per step when reading subjects and labels
 # (data dir, mtime of its dataset_info.json, part) -> SplitIndex: each part is read once per process
@@ -136,13 +132,13 @@ def split_index(builder: tfds.core.DatasetBuilder, split: str) -> SplitIndex:
     names = split_names(split)
     if not all(n in builder.info.splits for n in names):
         return _read_index(builder, split)
-    parts = []
+    indexes = []
     for name in names:
         key = (os.fspath(builder.data_dir), stamp, name)
         if key not in _INDEX_CACHE:
             _INDEX_CACHE[key] = _read_index(builder, name)
-        parts.append(_INDEX_CACHE[key])
-    return SplitIndex(np.concatenate([p.subjects for p in parts]), np.concatenate([p.labels for p in parts]))
+        indexes.append(_INDEX_CACHE[key])
+    return SplitIndex(np.concatenate([i.subjects for i in indexes]), np.concatenate([i.labels for i in indexes]))
 
 
 def _read_index(builder: tfds.core.DatasetBuilder, split: str) -> SplitIndex:
