@@ -105,9 +105,7 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
     """
     task = tasks.get_task(config)
     if batches is None:
-        from data_pipelines.pipeline import eval_batches
-
-        batches = eval_batches(config, split=split)
+        batches = pipeline.eval_batches(config, split=split)
     apply_fn = apply_fn or make_eval_step(config)
     predictions = task.new_metrics(config)
     landmarks = metrics.LandmarkMetrics()

@@ -105,7 +105,7 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
         assert (rep / name).exists(), name
     assert json.loads((rep / "eval.json").read_text())["predictions"]["all_present"]["mean_f1"] > 0
 
-    # `algrnet eval` on the job's training directory (its best checkpoint) writes the same kind of result.
+    # `algrnet eval` on the job's training directory (its LAST checkpoint) writes the same kind of result.
     import argparse
 
     from algrnet_jax.commands import evaluate as eval_command
@@ -116,7 +116,14 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
     assert eval_command.run(parser.parse_args(["--checkpoint", str(tmp_path / "job" / "train"), "--out", str(out)])) == 0
     evaluated = json.loads((out / "eval.json").read_text())
     assert evaluated["frames"] == result["frames"] and evaluated["fold"] == 1
+    assert evaluated["checkpoint"] == result["checkpoint"] and result["selection"] == "last"
+    assert evaluated["mean_f1"] == pytest.approx(result["mean_f1"])
     assert "ours (final)" in (out / "eval.md").read_text()
+    # --best: the checkpoint kept for the best VALIDATION mean F1.
+    train_summary = json.loads((rep / "train_summary.json").read_text())
+    assert eval_command.run(parser.parse_args(["--checkpoint", str(tmp_path / "job" / "train"), "--best",
+                                               "--out", str(out)])) == 0
+    assert json.loads((out / "eval.json").read_text())["checkpoint"] == train_summary["best_checkpoint"]
 
 
 def test_ablation_runner_cross_validates_each_variant_end_to_end(tmp_path):
@@ -129,9 +136,12 @@ def test_ablation_runner_cross_validates_each_variant_end_to_end(tmp_path):
     assert ablation.main(["--size", "tiny", "--builder-config", "bp4d_tiny", "--data-dir", data_dir,
                           "--workdir", str(work), "--variants", "wo_full", "--folds", "1", "2",
                           "--set", "train.max_steps=2", "--set", "train.num_epochs=1",
-                          "--set", "data.batch_size=4", "--set", "train.log_every_steps=1"]) == 0
+                          "--set", "data.batch_size=4", "--set", "train.log_every_steps=1",
+                          "--select", "val_best"]) == 0
     cv = json.loads((work / "wo_full" / "cv.json").read_text())
     assert [f["fold"] for f in cv["folds"]] == [1, 2]
+    assert cv["aggregate"]["selection"] == "val_best" and all(f["selection"] == "val_best" for f in cv["folds"])
+    assert "validation-best checkpoint" in (work / "wo_full" / "cv.md").read_text()
     for k in (1, 2):
         assert (work / "wo_full" / f"fold{k}" / "eval.json").exists()
     f1s = [f["mean_f1"] for f in cv["folds"]]

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The library is imported here, not at the top: the command line imports every command module for --help.
+    # The library (JAX, TF) is imported here, not at the top: the command line imports every command module to
+    # build its --help.
     from algrnet_jax import evaluation, reporting
     from algrnet_jax.training import checkpoint
 

@@ -16,6 +16,8 @@ import sys
 import ml_collections
 
 from algrnet_jax.commands import config_args
+from algrnet_jax.configs.validate import validate_config
+from algrnet_jax.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +42,9 @@ def build_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The library is imported here, not at the top: the command line imports every command module for --help.
+    # The trainer (JAX, TF) is imported here, not at the top: the command line imports every command module to
+    # build its --help.
     from algrnet_jax import experiment
-    from algrnet_jax.configs.validate import validate_config
-    from algrnet_jax.errors import UserError
     from algrnet_jax.training import loop, parallel
 
     config = build_config(args)
