@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from algrnet_jax import au_sets
 from algrnet_jax.errors import UserError
 
 
@@ -16,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and `algrnet run-arrays` load. Any unused, missing or mis-shaped entry is an error listing them.")
     parser.add_argument("--torch-dir", required=True, help="directory holding the six <module>_<epoch>.pth files")
     parser.add_argument("--epoch", required=True, help="epoch in the file names, e.g. 12 for au_net_12.pth")
-    parser.add_argument("--au-num", type=int, required=True, choices=(12, 8),
-                        help="number of AUs of the release: 12 (BP4D) or 8 (DISFA)")
+    sizes = {len(aus): name for name, aus in au_sets.AU_SETS.items()}   # the label sets a release may have
+    parser.add_argument("--au-num", type=int, required=True, choices=tuple(sizes),
+                        help="number of AUs of the release: " + " or ".join(f"{n} ({name.upper()})"
+                                                                           for n, name in sizes.items()))
     parser.add_argument("--out", required=True, help="output checkpoint directory")
 
 
