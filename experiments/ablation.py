@@ -28,9 +28,8 @@ from algrnet_jax.errors import run_main
 from algrnet_jax.commands import config_args
 from experiments import cross_validation
 
-# variant config name -> the paper's row name (Tables V / VI), in the paper's order.
-VARIANTS: dict[str, str] = {"wo_full": "w/o full", "wo_fr": "w/o F&R", "wo_sb": "w/o S-B", "w_bi": "w/ Bi",
-                            "wo_ada": "w/o Ada", "algrnet": "ALGRNet"}
+# variant config name -> the paper's row name (Tables V / VI), in the paper's order (from the config files).
+VARIANTS: dict[str, str] = configs.ABLATION_ROWS
 
 
 def ablation_table(aggregates: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -32,24 +33,32 @@ from algrnet_jax.configs.overrides import (OverrideError, add_override_arguments
                                            parse_args)
 from algrnet_jax.configs.validate import ConfigError
 
-__all__ = ["NAMES", "MODEL_NAMES", "SIZES", "Size", "DELETED_FIELDS", "get_config", "from_args", "num_outputs",
+__all__ = ["NAMES", "MODEL_NAMES", "ABLATION_ROWS", "SIZES", "Size", "DELETED_FIELDS", "get_config", "from_args", "num_outputs",
            "drop_deleted_fields", "apply_override", "apply_overrides", "add_override_arguments", "parse_args",
            "ConfigError", "OverrideError"]
 
 
-def _registry() -> dict[str, Callable[[str | None], ml_collections.ConfigDict]]:
-    """name -> ``get_config`` of every module of this package that defines one (the file is the name)."""
+def _registry() -> dict[str, ModuleType]:
+    """name -> module of every module of this package that defines ``get_config`` (the file is the name)."""
     found = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
         if callable(getattr(module, "get_config", None)):
-            found[info.name] = module.get_config
+            found[info.name] = module
     return found
 
 
-_CONFIGS = _registry()
+_MODULES = _registry()
+_CONFIGS: dict[str, Callable[[str | None], ml_collections.ConfigDict]] = {
+    name: module.get_config for name, module in _MODULES.items()}
 NAMES: tuple[str, ...] = tuple(_CONFIGS)
 MODEL_NAMES = NAMES  # the older name of the registry
+# The variants of the paper's ablation (Tables V / VI): config name -> the paper's row name, in the paper's order
+# (``PAPER_ABLATION_ROW`` of the config files).
+ABLATION_ROWS: dict[str, str] = {
+    name: module.PAPER_ABLATION_ROW[1]
+    for name, module in sorted(((n, m) for n, m in _MODULES.items() if hasattr(m, "PAPER_ABLATION_ROW")),
+                               key=lambda item: item[1].PAPER_ABLATION_ROW[0])}
 
 # Fields deleted from the configs; configs saved before (checkpoints) may still hold them.
 # data.shuffle_buffer: never read (the pipeline shuffles the whole index with data.shuffle_seed).

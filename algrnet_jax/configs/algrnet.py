@@ -10,6 +10,10 @@ import ml_collections
 from algrnet_jax.configs import common
 
 
+# Position and row name of this variant in the paper's ablation Tables V / VI (experiments/ablation.py).
+PAPER_ABLATION_ROW: tuple[int, str] = (6, "ALGRNet")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """ALGRNet at the size / label set of ``arg`` (default: paper size, BP4D's 12 AUs)."""
     return common.base_config(common.config_name(__name__), arg, arch="algrnet", adaptive=True,

@@ -10,6 +10,10 @@ import ml_collections
 from algrnet_jax.configs import algrnet, common
 
 
+# Position and row name of this variant in the paper's ablation Tables V / VI (experiments/ablation.py).
+PAPER_ABLATION_ROW: tuple[int, str] = (5, "w/o Ada")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """ALGRNet with fixed regions (scale model.map_scale, no offsets), at the size / label set of ``arg``."""
     config = algrnet.get_config(arg)

@@ -11,6 +11,10 @@ import ml_collections
 from algrnet_jax.configs import algrnet, common
 
 
+# Position and row name of this variant in the paper's ablation Tables V / VI (experiments/ablation.py).
+PAPER_ABLATION_ROW: tuple[int, str] = (1, "w/o full")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """ALGRNet without adaptive regions, relations or fusion & refining, at the size / label set of ``arg``."""
     config = algrnet.get_config(arg)

@@ -10,6 +10,10 @@ import ml_collections
 from algrnet_jax.configs import algrnet, common
 
 
+# Position and row name of this variant in the paper's ablation Tables V / VI (experiments/ablation.py).
+PAPER_ABLATION_ROW: tuple[int, str] = (3, "w/o S-B")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """ALGRNet without the relation module (s_t = v_t), at the size / label set of ``arg``."""
     config = algrnet.get_config(arg)
