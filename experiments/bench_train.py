@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from algrnet_jax import configs
 from algrnet_jax.configs import get_config
 from algrnet_jax.models.networks import create_model
 from algrnet_jax.training import optim
@@ -204,7 +205,7 @@ def run_size(size: str, args: argparse.Namespace, torch_too: bool) -> list[dict]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", default=["paper"], choices=["paper", "small", "tiny"])
+    p.add_argument("--sizes", nargs="+", default=["paper"], choices=list(configs.SIZES))
     p.add_argument("--modes", nargs="+", default=["train", "eval"], choices=["train", "eval"])
     p.add_argument("--models", nargs="+", default=list(JAX_MODELS), choices=list(JAX_MODELS), help="JAX models")
     p.add_argument("--batch-size", type=int, default=8, help="training batch (paper: 8)")

@@ -1,4 +1,4 @@
-"""``algrnet data build``: build a tfds dataset (synth_au, bp4d, disfa, fpara).
+"""``algrnet data build``: build a tfds dataset of the project (``data_pipelines.builders.REGISTRY``).
 
 Examples::
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-from algrnet_jax.configs.validate import DATASETS
+from algrnet_jax.commands import config_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=DATASETS, help="dataset to build")
+    parser.add_argument("name", choices=config_args.DATASETS, help="dataset to build")
     parser.add_argument("--config", default=None,
                         help="builder config, e.g. bp4d_small for synth_au (default: the builder's default)")
     parser.add_argument("--data-dir", default=None,

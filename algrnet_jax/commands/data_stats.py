@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from algrnet_jax.commands import config_args
 from data_pipelines import builders
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="tfds dataset: synth_au | bp4d | disfa | fpara")
+    parser.add_argument("name", choices=config_args.DATASETS, help="tfds dataset")
     parser.add_argument("--builder-config", default=None,
                         help="builder config (default: the builder's default, e.g. bp4d_small for synth_au)")
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default: $ALGRNET_DATA_DIR or ./data/tfds)")
