@@ -268,8 +268,8 @@ class Trainer:
             lock.acquire()
         try:
             check_workdir(self.workdir, self.config, resume)
-            self._setup()
             try:
+                self._setup()
                 if self.manager.latest_step() is not None:
                     self.restore(fall_back=resume_from_previous)
                 self._start_logs()
@@ -428,18 +428,20 @@ class Trainer:
                 "(--set train.lr=...) or check the data, then rerun with --resume.")
 
     def _close(self) -> None:
-        """Waits for pending saves (a full disk becomes one DiskFullError), then closes manager and writer."""
-        if not hasattr(self, "manager"):
-            return
+        """Waits for pending saves (a full disk becomes one DiskFullError), then closes manager and writer (those
+        ``_setup`` got to create)."""
         try:
-            self.manager.wait()
+            if hasattr(self, "manager"):
+                self.manager.wait()
         except Exception as e:
             if ckpt_lib.is_disk_full(e):
                 raise _disk_full(e, self.workdir) from e
             raise
         finally:
-            self.manager.close()
-            self.writer.close()
+            if hasattr(self, "manager"):
+                self.manager.close()
+            if hasattr(self, "writer"):
+                self.writer.close()
 
     def summary(self) -> dict[str, Any]:
         """``{"step", "epoch", "batch_in_epoch", "evaluations" ({name: last result}), "best_mean_f1",
