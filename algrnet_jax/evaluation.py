@@ -28,7 +28,7 @@ from algrnet_jax import inference, metrics, tasks
 from algrnet_jax.configs.validate import validate_config
 from algrnet_jax.errors import UserError
 from algrnet_jax.models import networks
-from data_pipelines import builders, pipeline
+from data_pipelines import builders, pipeline, records
 
 # Model outputs the evaluator reads (docs/design.md): every task's predictions and the landmarks; anything
 # else is dropped inside the jitted step.
@@ -158,9 +158,9 @@ def check_eval_data(config: Any, split: str | None = None) -> str:
                             f"{', '.join(builder.info.splits) or 'none'}); choose --fold or --split among them") from e
     if n == 0:
         raise EvalDataError(f"split {split!r} of {where} is empty")
-    label_set = pipeline._label_set(builder)
+    label_set = records.label_set(builder)
     try:
-        pipeline._label_columns(config, builder)
+        pipeline.label_columns(config, label_set)
     except ValueError as e:
         raise EvalDataError(f"{where}: {e}; the checkpoint cannot be evaluated on these labels") from e
     return label_set

@@ -53,8 +53,8 @@ Batch = dict[str, np.ndarray]
 LEGACY_VAL_FRACTION = 0.0
 
 __all__ = ["Batch", "DataSource", "make_source", "validation_subjects", "epoch_permutation", "epoch_augmentation",
-           "DataError", "DatasetNotBuiltError", "dataset_builder", "split_for", "num_examples", "steps_per_epoch",
-           "au_loss_weights", "train_batches", "eval_batches"]
+           "label_columns", "loss_weights", "DataError", "DatasetNotBuiltError", "dataset_builder", "split_for",
+           "eval_batches"]
 
 
 # -------------------------------------------------------------------------------------- labels
@@ -389,39 +389,10 @@ def make_source(config: ml_collections.ConfigDict, *, training: bool = True) -> 
         _batcher=_Batcher(config, builder, columns))
 
 
-# ---------------------------------------------------- config-level functions (callers not yet on DataSource)
-
-
-def num_examples(config: ml_collections.ConfigDict, train: bool) -> int:
-    """Number of records in the training split of the fold (validation subjects included) or its test part."""
-    return records.num_examples(dataset_builder(config), split_for(config, train))
-
-
-def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-    """``make_source(config).steps_per_epoch``."""
-    return make_source(config).steps_per_epoch
-
-
-def au_loss_weights(config: ml_collections.ConfigDict) -> np.ndarray:
-    """``make_source(config).loss_weights``."""
-    return make_source(config).loss_weights
-
-
-def train_batches(config: ml_collections.ConfigDict, *, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-    """``make_source(config).train_batches(epoch, start_batch)``."""
-    yield from make_source(config).train_batches(epoch, start_batch)
+# ------------------------------------------------------------------------------- one-off evaluation
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, split: str | None = None) -> Iterator[Batch]:
-    """``make_source(config, training=False).eval_batches(split or "test")`` (evaluation only)."""
+    """``make_source(config, training=False).eval_batches(split or "test")``: evaluating one split once
+    (``split="val"`` makes a training source, whose validation part it is)."""
     yield from make_source(config, training=split == "val").eval_batches(split or "test")
-
-
-def _label_set(builder: tfds.core.DatasetBuilder) -> str:
-    """``records.label_set`` (algrnet_jax.evaluation reads it until it moves to :func:`make_source`)."""
-    return records.label_set(builder)
-
-
-def _label_columns(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> np.ndarray | None:
-    """``label_columns`` of the builder's label set (algrnet_jax.evaluation reads it until it moves)."""
-    return label_columns(config, records.label_set(builder))

@@ -48,14 +48,16 @@ def test_splits_and_counts(data_dir):
     c.data.fold = 2
     assert pipeline.split_for(c, True) == "part1+part3" and pipeline.split_for(c, False) == "part2"
     n = len(_records(data_dir, "bp4d_tiny", "part1+part3"))
-    assert pipeline.num_examples(c, True) == n
-    assert pipeline.steps_per_epoch(c) == n // 4
+    s = pipeline.make_source(c)
+    assert s.train_split == "part1+part3" and s.test_split == "part2"
+    assert len(s.train_records) == n and s.steps_per_epoch == n // 4
 
 
 def test_train_batch_shapes_dtypes_range(data_dir):
     c = _config(data_dir)
-    batches = list(pipeline.train_batches(c, epoch=0))
-    assert len(batches) == pipeline.steps_per_epoch(c)
+    s = pipeline.make_source(c)
+    batches = list(s.train_batches(0))
+    assert len(batches) == s.steps_per_epoch
     b = batches[0]
     assert set(b) == {"image", "landmarks", "interocular", "labels", "mask"}
     assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.float32
@@ -70,33 +72,33 @@ def test_train_batch_shapes_dtypes_range(data_dir):
 
 def test_paper_size_batch(data_dir):
     c = _config(data_dir, size="paper", batch=2)
-    b = next(pipeline.train_batches(c, epoch=0))
+    b = next(pipeline.make_source(c).train_batches(0))
     assert b["image"].shape == (2, 176, 176, 3) and b["labels"].shape == (2, 12)
 
 
 def test_determinism_and_epochs_differ(data_dir):
     c = _config(data_dir)
-    a = list(pipeline.train_batches(c, epoch=3))
-    b = list(pipeline.train_batches(c, epoch=3))
-    other = list(pipeline.train_batches(c, epoch=4))
+    a = list(pipeline.make_source(c).train_batches(3))
+    b = list(pipeline.make_source(c).train_batches(3))
+    other = list(pipeline.make_source(c).train_batches(4))
     for x, y in zip(a, b):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, other))
     c.data.shuffle_seed = 1
-    reseeded = list(pipeline.train_batches(c, epoch=3))
+    reseeded = list(pipeline.make_source(c).train_batches(3))
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, reseeded))
 
 
 def test_multi_process_rows(data_dir, monkeypatch):
     """Two processes: each gets its half of every global batch, together the single-process batches."""
     c = _config(data_dir)
-    full = list(pipeline.train_batches(c, epoch=0))
+    full = list(pipeline.make_source(c).train_batches(0))
     monkeypatch.setattr(pipeline.jax, "process_count", lambda: 2)
     halves = []
     for p in (0, 1):
         monkeypatch.setattr(pipeline.jax, "process_index", lambda p=p: p)
-        halves.append(list(pipeline.train_batches(c, epoch=0)))
+        halves.append(list(pipeline.make_source(c).train_batches(0)))
     for b, h0, h1 in zip(full, *halves):
         for k in b:
             np.testing.assert_array_equal(b[k], np.concatenate([h0[k], h1[k]]))
@@ -105,15 +107,15 @@ def test_multi_process_rows(data_dir, monkeypatch):
 @pytest.mark.parametrize("start,val_fraction", [(1, 0.0), (3, 0.0), (1, 0.25)])
 def test_resume_equals_tail_of_epoch(data_dir, start, val_fraction):
     c = _config(data_dir, val_fraction=val_fraction)
-    full = list(pipeline.train_batches(c, epoch=1))
-    tail = list(pipeline.train_batches(c, epoch=1, start_batch=start))
+    full = list(pipeline.make_source(c).train_batches(1))
+    tail = list(pipeline.make_source(c).train_batches(1, start))
     assert len(tail) == len(full) - start
     for x, y in zip(full[start:], tail):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
-    assert list(pipeline.train_batches(c, epoch=1, start_batch=len(full))) == []
+    assert list(pipeline.make_source(c).train_batches(1, len(full))) == []
     with pytest.raises(ValueError, match="start_batch"):
-        next(pipeline.train_batches(c, epoch=1, start_batch=len(full) + 1))
+        next(pipeline.make_source(c).train_batches(1, start_batch=len(full) + 1))
 
 
 def test_train_epoch_is_a_permutation_with_recorded_augmentation(data_dir):
@@ -123,8 +125,8 @@ def test_train_epoch_is_a_permutation_with_recorded_augmentation(data_dir):
     n, bs = len(records), 4
     order = pipeline.epoch_permutation(0, 2, n)[: n // bs * bs]
     offsets, flips = pipeline.epoch_augmentation(0, 2, n, 36, 32)
-    got = np.concatenate([b["landmarks"] for b in pipeline.train_batches(c, epoch=2)])
-    labels = np.concatenate([b["labels"] for b in pipeline.train_batches(c, epoch=2)])
+    got = np.concatenate([b["landmarks"] for b in pipeline.make_source(c).train_batches(2)])
+    labels = np.concatenate([b["labels"] for b in pipeline.make_source(c).train_batches(2)])
     cols = [au_sets.AU_SETS["bp4d"].index(a) for a in c.aus]
     assert len(set(order.tolist())) == len(order)
     assert flips[order].any() and not flips[order].all()
@@ -139,7 +141,7 @@ def test_train_epoch_is_a_permutation_with_recorded_augmentation(data_dir):
 def test_eval_batches_order_padding_ids(data_dir):
     c = _config(data_dir, batch=8)
     records = _records(data_dir, "bp4d_tiny", "part1")
-    batches = list(pipeline.eval_batches(c))
+    batches = list(pipeline.make_source(c).eval_batches("test"))
     n = len(records)
     assert len(batches) == -(-n // 8)
     mask = np.concatenate([b["mask"] for b in batches])
@@ -157,7 +159,7 @@ def test_eval_batches_order_padding_ids(data_dir):
     io = np.concatenate([b["interocular"] for b in batches])[:n]
     np.testing.assert_allclose(io, [r["interocular"] * 36 / 200 for r in records], rtol=1e-5)
     # the eval split is the fold's test part; another split can be asked for
-    assert sum(b["mask"].sum() for b in pipeline.eval_batches(c, split="part2")) == len(
+    assert sum(b["mask"].sum() for b in pipeline.make_source(c).eval_batches("part2")) == len(
         _records(data_dir, "bp4d_tiny", "part2"))
 
 
@@ -167,50 +169,50 @@ def test_au_loss_weights_formula(data_dir):
     rate = (labels == 1).sum(0) / (labels >= 0).sum(0)
     rate = np.where(rate > 0, rate, rate[rate > 0].min())
     w = (1 / rate) / (1 / rate).sum() * 12
-    got = pipeline.au_loss_weights(c)
+    got = pipeline.make_source(c).loss_weights
     assert got.shape == (12,) and got.dtype == np.float32
     np.testing.assert_allclose(got, w, rtol=1e-5)
     np.testing.assert_allclose(got.sum(), 12, rtol=1e-5)
     small = _config(data_dir)        # config.aus = (1, 4, 12): the rates of those AUs, renormalised
     cols = [au_sets.AU_SETS["bp4d"].index(a) for a in small.aus]
     ws = 1 / rate[cols]
-    np.testing.assert_allclose(pipeline.au_loss_weights(small), ws / ws.sum() * 3, rtol=1e-5)
+    np.testing.assert_allclose(pipeline.make_source(small).loss_weights, ws / ws.sum() * 3, rtol=1e-5)
 
 
 def test_paralysis_batches_and_grade_weights(data_dir):
     c = _config(data_dir, name="algrnet_paralysis", builder_config="paralysis_tiny")
-    b = next(pipeline.train_batches(c, epoch=0))
+    b = next(pipeline.make_source(c).train_batches(0))
     assert b["labels"].shape == (4,) and b["labels"].dtype == np.int32
     assert set(np.unique(b["labels"])) <= {0, 1, 2, 3}
     grades = np.array([int(r["labels"][0]) for r in _records(data_dir, "paralysis_tiny", "part2+part3")])
     counts = np.bincount(grades, minlength=4).astype(np.float64)
     counts = np.where(counts > 0, counts, counts[counts > 0].min())
     w = (1 / counts) / (1 / counts).sum() * 4
-    np.testing.assert_allclose(pipeline.au_loss_weights(c), w, rtol=1e-5)
-    eb = next(pipeline.eval_batches(c))
+    np.testing.assert_allclose(pipeline.make_source(c).loss_weights, w, rtol=1e-5)
+    eb = next(pipeline.make_source(c).eval_batches("test"))
     assert eb["labels"].shape == (4,)
 
 
 def test_task_and_label_set_mismatch_errors(data_dir):
     c = _config(data_dir, builder_config="paralysis_tiny")
     with pytest.raises(ValueError, match="does not match"):
-        next(pipeline.train_batches(c, epoch=0))
+        pipeline.make_source(c)
     c = _config(data_dir)
     c.aus = (1, 9)                                    # AU9 is a DISFA AU
     with pytest.raises(ValueError, match=r"\[9\]"):
-        pipeline.au_loss_weights(c)
+        pipeline.make_source(c).loss_weights
 
 
 def test_not_built_and_batch_size_errors(data_dir, tmp_path, monkeypatch):
     c = _config(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="algrnet data build synth_au --config bp4d_tiny"):
-        pipeline.num_examples(c, True)
+        pipeline.make_source(c)
     monkeypatch.setattr(pipeline.jax, "device_count", lambda: 3)
     c = _config(data_dir)
     with pytest.raises(ValueError, match="multiple of the number of devices"):
-        next(pipeline.train_batches(c, epoch=0))
+        pipeline.make_source(c)
     with pytest.raises(ValueError, match="eval_batch_size"):
-        next(pipeline.eval_batches(c))
+        pipeline.make_source(c, training=False)
 
 
 def _labels_and_landmarks(batches):
@@ -225,10 +227,8 @@ def test_data_source_is_resolved_once_and_describes_itself(data_dir):
                              "/ 8 test frames")
     assert s.steps_per_epoch == 3 and s.has_validation and len(s.val_subjects) == 1
     assert s.loss_weights.shape == (3,) and s.loss_weights.dtype == np.float32
-    # the config-level functions are the source's
-    assert pipeline.steps_per_epoch(c) == s.steps_per_epoch
-    np.testing.assert_array_equal(pipeline.au_loss_weights(c), s.loss_weights)
-    for x, y in zip(s.train_batches(2), pipeline.train_batches(c, epoch=2)):
+    # one-off evaluation through the config is the source's
+    for x, y in zip(s.eval_batches("test"), pipeline.eval_batches(c), strict=True):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
 
@@ -404,7 +404,7 @@ def test_pixels_and_landmarks_move_together(tmp_path, monkeypatch, size):
     reflect = np.asarray(au_sets.REFLECT_49)
     seen_flip = set()
     for epoch in range(2):
-        for b in pipeline.train_batches(c, epoch=epoch):
+        for b in pipeline.make_source(c).train_batches(epoch):
             for img, lm in zip(augment.denormalize(b["image"]), b["landmarks"]):
                 w = np.clip(img[..., 0].astype(np.float64) - 40.0, 0, None)   # background 30
                 ys, xs = np.mgrid[:crop, :crop]
