@@ -4,13 +4,21 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import pytest
 
-from algrnet_jax import au_sets, configs
-from algrnet_jax.configs import common, overrides
+from algrnet_jax import au_sets, cli, configs
+from algrnet_jax.commands import data_show as show_cmd
+from algrnet_jax.commands import train as train_cmd
+from algrnet_jax.configs import common, jaanet, overrides, validate, wo_fr
 from algrnet_jax.errors import UserError
+from algrnet_jax.training import checkpoint as ckpt_lib
+from algrnet_jax.training import loop
+from data_pipelines import builders
+from experiments import ablation, cross_validation, main_job
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "configs_before_issue9.json"
 # Fields deleted (configs.DELETED_FIELDS) or added since the fixture was frozen.
@@ -54,7 +62,6 @@ def test_every_config_equals_the_frozen_copy_field_for_field():
 def test_registry_is_the_files_and_each_file_takes_size_and_label_set():
     files = {p.stem for p in pathlib.Path(configs.__file__).parent.glob("*.py")}
     assert set(configs.NAMES) == files - {"__init__", "common", "overrides", "validate"}
-    from algrnet_jax.configs import jaanet, wo_fr
 
     assert jaanet.get_config().to_dict() == configs.get_config("jaanet").to_dict()
     assert wo_fr.get_config("small,disfa").to_dict() == configs.get_config("wo_fr", "small", "disfa").to_dict()
@@ -132,12 +139,8 @@ def test_config_flag_spelling_is_an_alias_of_set():
 
 # --------------------------------------------------------------------- every entry point, one mechanism
 
-def _entry_point_configs(tmp_path) -> dict[str, ml_collections.ConfigDict]:
+def _entry_point_configs() -> dict[str, ml_collections.ConfigDict]:
     """The config each entry point builds from ``--set data.data_dir=123 --config.train.seed=7``."""
-    from algrnet_jax.commands import data_show as show_cmd
-    from algrnet_jax.commands import train as train_cmd
-    from experiments import ablation, cross_validation, main_job
-
     extra = ["--set", "data.data_dir=123", "--config.train.seed=7"]
     out = {}
     p = argparse.ArgumentParser()
@@ -158,8 +161,8 @@ def _entry_point_configs(tmp_path) -> dict[str, ml_collections.ConfigDict]:
     return out
 
 
-def test_every_entry_point_types_overrides_the_same_way(tmp_path):
-    built = _entry_point_configs(tmp_path)
+def test_every_entry_point_types_overrides_the_same_way():
+    built = _entry_point_configs()
     assert set(built) == {"algrnet train", "algrnet data show", "cross_validation", "cross_validation --paper",
                           "ablation", "main_job"}
     for where, config in built.items():
@@ -168,9 +171,6 @@ def test_every_entry_point_types_overrides_the_same_way(tmp_path):
 
 
 def test_command_line_choices_come_from_the_registries():
-    from algrnet_jax import cli
-    from data_pipelines import builders
-
     parser = cli.build_parser()
     text = parser._subparsers._group_actions[0].choices["train"].format_help()
     for name in configs.NAMES:
@@ -185,16 +185,10 @@ def test_command_line_choices_come_from_the_registries():
 
 
 def test_validated_dataset_names_are_the_builders_registry():
-    from algrnet_jax.configs import validate
-    from data_pipelines import builders
-
     assert validate.DATASETS == tuple(builders.REGISTRY)
 
 
 def test_a_checkpoint_saved_with_a_deleted_field_still_resumes():
-    from algrnet_jax.training import checkpoint as ckpt_lib
-    from algrnet_jax.training import loop
-
     config = configs.get_config("algrnet", "tiny")
     saved = ckpt_lib.config_to_dict(config)
     saved["data"]["shuffle_buffer"] = 2048               # written before data.shuffle_buffer was deleted
@@ -202,3 +196,12 @@ def test_a_checkpoint_saved_with_a_deleted_field_still_resumes():
     saved["train"]["lr"] = 0.5
     with pytest.raises(loop.ResumeError, match="train.lr: checkpoint 0.5, now 0.01"):
         loop.check_resumable(saved, config, "ckpt")
+
+
+def test_configs_are_neutral():
+    """The configs import nothing of the trainer, the evaluation, the data package, experiments or commands."""
+    code = ("import sys, algrnet_jax.configs; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('data_pipelines', 'experiments') or m.startswith(('algrnet_jax.training', 'algrnet_jax.evaluation', "
+            "'algrnet_jax.commands', 'algrnet_jax.experiment', 'tensorflow'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
