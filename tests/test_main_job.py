@@ -74,7 +74,9 @@ def test_report_writes_curves_bars_and_attention_maps(tmp_path):
     rng = np.random.default_rng(2)
     result = _fold_result(rng, 1)
     lines = [{"step": s, "epoch": 0, "kind": "train", "loss": 3.0 / s, "loss_au": 1.0 / s, "lr": 0.01} for s in (1, 2, 3)]
-    lines.append({"step": 3, "epoch": 1, "kind": "eval", "mean_f1": 40.0, "landmarks/mean_error_pct": 5.0})
+    lines.append({"step": 3, "epoch": 1, "kind": "eval", "mean_f1": 40.0, "landmarks/mean_error_pct": 5.0})  # old runs
+    lines += [{"step": 3, "epoch": 1, "kind": part, "mean_f1": f1, "final_mean_f1": f1} for part, f1 in (("val", 45.0),
+                                                                                                      ("test", 41.0))]
     jsonl = tmp_path / "metrics.jsonl"
     jsonl.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
     images = rng.uniform(-1, 1, size=[2, 32, 32, 3]).astype(np.float32)
@@ -87,7 +89,7 @@ def test_report_writes_curves_bars_and_attention_maps(tmp_path):
         assert f"]({png})" in text
         assert (tmp_path / "rep" / png).read_bytes()[:4] == b"\x89PNG"
     assert "all-present predictor" in text and "ALGRNet (paper)" in text
-    assert report.plot_curves(lines, tmp_path / "c.png") == ["loss", "loss_au", "lr", "mean_f1"]
+    assert report.plot_curves(lines, tmp_path / "c.png") == ["loss", "loss_au", "lr", "mean_f1", "final_mean_f1"]
     jsonl.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
         report.read_metrics_jsonl(jsonl)
