@@ -17,8 +17,8 @@ validation-best one (``select="val_best"``), evaluated on the test part.
 """
 from __future__ import annotations
 
-import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +37,6 @@ from data_pipelines.pipeline import make_source
 
 LAST, VAL_BEST = "last", "val_best"
 SELECTIONS = (LAST, VAL_BEST)    # which checkpoint of a run is reported
-log = logging.getLogger(__name__)
 
 
 def build_evaluators(config: ml_collections.ConfigDict, model: nn.Module, data: Any, *, test: bool = True,
@@ -83,9 +82,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     data = data if data is not None else make_source(config)
     evaluators = build_evaluators(config, model, data, test=evaluate_test, extra_outputs=eval_outputs) \
         if evaluate else {}
-    if evaluate and not data.has_validation:
-        log.warning("no validation part (data.val_fraction = 0): no validation-best checkpoint is kept; the "
-                    "test part is evaluated for the logs only, and the last checkpoint is the one to report")
+    if evaluate and not data.has_validation and jax.process_index() == 0:
+        print("warning: no validation part (data.val_fraction = 0): no validation-best checkpoint is kept; the "
+              "test part is evaluated for the logs only, and the last checkpoint is the one to report",
+              file=sys.stderr)
     return loop.train(config, workdir, model, data, evaluators, resume=resume,
                       resume_from_previous=resume_from_previous, progress=progress, tensorboard=tensorboard,
                       callbacks=callbacks)

@@ -311,10 +311,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
 
-def test_without_a_validation_part_there_is_no_best_checkpoint(data_dir, tmp_path):
+def test_without_a_validation_part_there_is_no_best_checkpoint(data_dir, tmp_path, capsys):
     config = _loop_config(data_dir, num_epochs=1, max_steps=2)
     config.data.val_fraction = 0.0
     result = _run(config, tmp_path)
+    assert "warning: no validation part (data.val_fraction = 0): no validation-best checkpoint" in capsys.readouterr().err
     assert result["best_checkpoint"] is None and result["best_mean_f1"] is None
     assert set(result["evaluations"]) == {"test"}                  # logged, never selects anything
     assert [json.loads(ln)["kind"] for ln in open(tmp_path / "metrics.jsonl")] == ["train", "train", "test"]
