@@ -1,0 +1,46 @@
+"""Layers point one way (docs/design.md, module map): the data package reads only neutral library modules."""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# What data_pipelines may import from algrnet_jax: shared definitions that import no layer above them.
+NEUTRAL = {"algrnet_jax", "algrnet_jax.au_sets", "algrnet_jax.tasks", "algrnet_jax.metrics", "algrnet_jax.configs",
+           "algrnet_jax.errors", "algrnet_jax.fileio", "algrnet_jax.locking", "algrnet_jax.verbosity"}
+
+
+def _imports(path: pathlib.Path) -> list[str]:
+    """Absolute module names imported anywhere in ``path`` (``from a import b`` gives ``a.b``)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [f"{node.module}.{a.name}" for a in node.names]
+    return out
+
+
+def _library_module(name: str) -> str | None:
+    """The algrnet_jax module an import names (``algrnet_jax.au_sets.AU_SETS`` -> ``algrnet_jax.au_sets``)."""
+    parts = name.split(".")
+    if parts[0] != "algrnet_jax":
+        return None
+    return ".".join(parts[:2]) if len(parts) > 1 else parts[0]
+
+
+def test_data_pipelines_import_only_neutral_library_modules():
+    files = sorted((ROOT / "data_pipelines").rglob("*.py"))
+    assert len(files) > 10
+    bad = [f"{f.relative_to(ROOT)} imports {name}" for f in files for name in _imports(f)
+           if (m := _library_module(name)) is not None and m not in NEUTRAL]
+    assert bad == []
+
+
+def test_the_check_sees_a_forbidden_import(tmp_path):
+    """The scan above is not vacuous: a training import is reported."""
+    f = tmp_path / "x.py"
+    f.write_text("from algrnet_jax.training import loop\nimport algrnet_jax.evaluation\nfrom algrnet_jax import au_sets\n")
+    found = [_library_module(n) for n in _imports(f)]
+    assert found == ["algrnet_jax.training", "algrnet_jax.evaluation", "algrnet_jax.au_sets"]
+    assert [m for m in found if m not in NEUTRAL] == ["algrnet_jax.training", "algrnet_jax.evaluation"]
