@@ -188,6 +188,7 @@ class _MetricsReader:
         self.pending: tuple[int, Any] | None = None     # (step, device metrics) not yet read
         self.window: list[dict[str, float]] = []
         self.t_window, self.n_window = time.time(), 0
+        self.rate = 0.0                                 # images/s of the last full window (progress bar)
 
     def push(self, step: int, dev_metrics: Any) -> None:
         """Queues step ``step``'s metrics after reading the previous step's."""
@@ -215,11 +216,13 @@ class _MetricsReader:
         if at % int(t.config.train.log_every_steps) == 0 or at == t.max_steps:
             dt = max(time.time() - self.t_window, 1e-9)
             avg = {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
-            avg["images_per_sec"] = self.n_window * t.global_batch / dt
+            avg["images_per_sec"] = self.rate = self.n_window * t.global_batch / dt
             t.writer.write(at, (at - 1) // t.steps_per_epoch, "train", avg)
             self.window.clear()
             self.t_window, self.n_window = time.time(), 0
-        img_s = self.n_window * t.global_batch / max(time.time() - self.t_window, 1e-9)
+        # Right after a window closes its own count is 0 steps: show the closed window's rate instead of 0.
+        img_s = (self.n_window * t.global_batch / max(time.time() - self.t_window, 1e-9) if self.n_window
+                 else self.rate)
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", img_s=f"{img_s:.0f}", refresh=False)
 
 
