@@ -141,15 +141,3 @@ def test_tables_show_paper_rows_and_recompute_avg_for_au_subsets(tmp_path):
     assert paths["markdown"].read_text().startswith("**AU F1 (%)")
     with pytest.raises(ValueError, match="has no column"):
         reporting.paper_rows("table2_bp4d_f1", ["AU9"])
-
-
-def test_evaluation_and_reporting_do_not_import_the_trainer_or_the_command_layer():
-    """Layers point one way: evaluation reads checkpoints through the inference module; tables are rendering only."""
-    import subprocess
-    import sys
-
-    code = ("import sys, algrnet_jax.evaluation, algrnet_jax.reporting; "
-            "print(sorted(m for m in sys.modules if m.startswith(('algrnet_jax.training.loop', 'algrnet_jax.experiment', "
-            "'algrnet_jax.commands', 'experiments'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

@@ -1,8 +1,17 @@
-"""Layers point one way (docs/design.md, module map): the data package reads only neutral library modules."""
+"""Layers point one way (docs/design.md, module map).
+
+The neutral modules (tasks, configs) load no layer above them; the trainer loads neither the data package nor
+evaluation nor the command layer; evaluation and reporting load neither the trainer loop nor the command layer;
+the data package imports only the neutral library modules.
+"""
 from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # What data_pipelines may import from algrnet_jax: shared definitions that import no layer above them.
@@ -27,6 +36,32 @@ def _library_module(name: str) -> str | None:
     if parts[0] != "algrnet_jax":
         return None
     return ".".join(parts[:2]) if len(parts) > 1 else parts[0]
+
+
+COMMAND_LAYER = ("algrnet_jax.commands", "algrnet_jax.experiment", "experiments")
+DATA_AND_EVAL = ("data_pipelines", "algrnet_jax.evaluation", "algrnet_jax.reporting")
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("algrnet_jax.tasks", COMMAND_LAYER + DATA_AND_EVAL + ("algrnet_jax.training", "algrnet_jax.models", "tensorflow")),
+    ("algrnet_jax.configs", COMMAND_LAYER + DATA_AND_EVAL + ("algrnet_jax.training", "tensorflow")),
+    ("algrnet_jax.training.loop", COMMAND_LAYER + DATA_AND_EVAL),
+    ("algrnet_jax.evaluation", COMMAND_LAYER + ("algrnet_jax.training.loop",)),
+    ("algrnet_jax.reporting", COMMAND_LAYER + ("algrnet_jax.training.loop",)),
+])
+def test_importing_a_layer_loads_nothing_above_it(module: str, forbidden: tuple[str, ...]):
+    """In a fresh interpreter, importing ``module`` loads none of ``forbidden`` (itself or what it imports)."""
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({forbidden!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_trainer_source_imports_no_data_evaluation_or_command_layer():
+    """Not even lazily: no import statement in training/** names those layers."""
+    files = sorted((ROOT / "algrnet_jax" / "training").glob("*.py"))
+    bad = [f"{f.name} imports {name}" for f in files for name in _imports(f)
+           if name.startswith(COMMAND_LAYER + DATA_AND_EVAL)]
+    assert files and bad == []
 
 
 def test_data_pipelines_import_only_neutral_library_modules():

@@ -326,28 +326,6 @@ def test_without_a_validation_part_there_is_no_best_checkpoint(data_dir, tmp_pat
         experiment.check_selection(config, experiment.VAL_BEST)
 
 
-def test_the_trainer_imports_neither_data_nor_evaluation_nor_the_command_layer():
-    """Layers point one way: training/** receives model, data source and evaluators from the caller."""
-    import ast
-
-    training = os.path.join(ROOT, "algrnet_jax", "training")
-    forbidden = ("data_pipelines", "experiments", "algrnet_jax.evaluation", "algrnet_jax.experiment",
-                 "algrnet_jax.commands", "algrnet_jax.reporting")
-    for name in sorted(os.listdir(training)):
-        if not name.endswith(".py"):
-            continue
-        tree = ast.parse(open(os.path.join(training, name)).read())
-        for node in ast.walk(tree):
-            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            for module in modules:
-                assert not module.startswith(forbidden), f"training/{name} imports {module}"
-    code = ("import sys, algrnet_jax.training.loop; "
-            f"print(sorted(m for m in sys.modules if m.startswith({forbidden!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    assert out.strip() == "[]"
-
-
 @pytest.mark.slow
 def test_cli_trains_the_real_tiny_model(data_dir, tmp_path, capsys):
     """``algrnet train`` end to end with the real tiny JAA-Net (slow: compiles the full train step)."""
