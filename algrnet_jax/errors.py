@@ -6,6 +6,9 @@ A ``UserError`` carries one clear message (the file or field, the problem, what 
 """
 from __future__ import annotations
 
+import os
+import sys
+
 EXIT_USER_ERROR = 2
 
 
@@ -16,9 +19,6 @@ class UserError(Exception):
 def run_main(main, argv, prog: str) -> int:
     """Runs ``main(argv) -> int`` for a script entry point: a UserError prints ``<prog>: error: <msg>`` on
     stderr and returns EXIT_USER_ERROR (the traceback only with ``ALGRNET_DEBUG=1``), as ``algrnet`` does."""
-    import os
-    import sys
-
     try:
         return int(main(argv) or 0)
     except UserError as e:

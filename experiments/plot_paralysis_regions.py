@@ -12,7 +12,15 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+import jax.numpy as jnp
+import matplotlib
 import numpy as np
+from PIL import Image
+
+from algrnet_jax.models import regions
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "tests" / "fixtures" / "jaanet_samples"
@@ -23,14 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "paralysis_regions.png"))
     parser.add_argument("--sample", type=int, default=0, help="row of aligned_land_49.txt (0 or 1)")
     args = parser.parse_args(argv)
-
-    import jax.numpy as jnp
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    from algrnet_jax.models import regions
 
     images = sorted(SAMPLES.glob("aligned_*.jpg"))
     land_file = SAMPLES / "aligned_land_49.txt"

@@ -8,6 +8,8 @@ import statistics
 import time
 from typing import Callable
 
+import jax
+
 
 def torch_available() -> bool:
     try:
@@ -69,8 +71,6 @@ def peak_rss_mb() -> float:
 
 
 def machine_info() -> dict:
-    import jax
-
     info = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "jax": jax.__version__, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
