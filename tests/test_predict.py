@@ -203,7 +203,7 @@ def test_bad_inputs_are_named_and_the_others_processed(predictor, detector, tmp_
                          out_dir=str(tmp_path / "out"), detector=detector,
                          options=predict.Options(keyframe_every=6))
     text = "\n".join(report.failures)
-    assert "b_truncated.jpg: truncated or corrupt JPEG" in text
+    assert "b_truncated.jpg: corrupt image (truncated JPEG" in text
     assert "e_cut.avi: truncated or corrupt video: decoded" in text
     assert "empty: folder holds no images or videos" in text and "nope.jpg: no such file" in text
     assert any("c_notes.txt: skipped, not an image or video" in n for n in report.notes)

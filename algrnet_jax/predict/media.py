@@ -13,6 +13,9 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
+from data_pipelines import images
+from data_pipelines.errors import BadInputError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -75,27 +78,14 @@ def discover(inputs: Sequence[str | os.PathLike | np.ndarray]) -> tuple[list[Sou
     return sources, failures, notes
 
 
-def _check_complete(path: str, data: bytes) -> None:
-    ext = os.path.splitext(path)[1].lower()
-    body = data.rstrip(b"\x00")
-    if ext in (".jpg", ".jpeg") and not body.endswith(b"\xff\xd9"):
-        raise MediaError(f"{path}: truncated or corrupt JPEG (no end-of-image marker)")
-    if ext == ".png" and b"IEND" not in data[-16:]:
-        raise MediaError(f"{path}: truncated or corrupt PNG (no IEND chunk)")
-
-
 def read_image(path: str) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` of an image file; MediaError naming the file if unreadable."""
+    """RGB uint8 ``[H, W, 3]`` of an image file, read by the project's one image reader
+    (``data_pipelines.images.load_image``: type by magic bytes, truncated JPEG/PNG and libjpeg warnings
+    refused); MediaError naming the file if it cannot be used."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise MediaError(f"{path}: cannot read ({e.strerror})") from e
-    _check_complete(path, data)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise MediaError(f"{path}: not a readable image (corrupt or unsupported format)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return images.load_image(path)
+    except BadInputError as e:
+        raise MediaError(str(e)) from e
 
 
 def as_rgb(array: np.ndarray, name: str) -> np.ndarray:
