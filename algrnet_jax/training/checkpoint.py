@@ -261,6 +261,9 @@ class _DiskFullFilter(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_DiskFullFilter())
+# A failed async save can also leave a future whose exception nobody retrieves; asyncio logs it at garbage
+# collection ("Future exception was never retrieved"), with the same disk-full traceback.
+logging.getLogger("asyncio").addFilter(_DiskFullFilter())
 
 
 def _ignore_closed_loop_callbacks() -> None:
