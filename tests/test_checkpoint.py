@@ -44,7 +44,7 @@ def _train_items():
     return {"opt_state": {"mu": jnp.zeros(3)}, "step": jnp.asarray(0), "rng": jnp.zeros(2, jnp.uint32)}
 
 
-def test_workdir_resolution_takes_the_last_checkpoint_and_best_only_when_asked(tmp_path):
+def test_workdir_resolution_takes_the_last_checkpoint_and_best_only_when_asked(tmp_path, monkeypatch):
     config = get_config("jaanet", "tiny")
     meta = {"kind": "train", "config": ckpt.config_to_dict(config)}
     # One manager: the latest 2 plus the best by validation mean F1 (mid-epoch saves carry none).
@@ -63,6 +63,10 @@ def test_workdir_resolution_takes_the_last_checkpoint_and_best_only_when_asked(t
     _assert_tree_equal(_variables(5), ckpt.load_for_inference(tmp_path)[1])
     _assert_tree_equal(_variables(2), ckpt.load_for_inference(tmp_path, best=True)[1])
     _assert_tree_equal(_variables(4), ckpt.load_for_inference(tmp_path / "checkpoints" / "4")[1])
+    # A path relative to the working directory (the main job's default runs/main_job): orbax alone fails there.
+    monkeypatch.chdir(tmp_path.parent)
+    _assert_tree_equal(_variables(5), ckpt.load_for_inference(tmp_path.name)[1])
+    _assert_tree_equal(_variables(4), ckpt.load_for_inference(f"{tmp_path.name}/checkpoints/4")[1])
     # Resumed, the manager reads the ranking back from the checkpoints.
     m = ckpt.TrainCheckpointer(tmp_path, keep=2, track_best=True)
     assert m.best_step() == 2 and m.latest_step() == 5

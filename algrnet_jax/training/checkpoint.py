@@ -285,6 +285,7 @@ def _ignore_closed_loop_callbacks() -> None:
 
 def _restore_tree_numpy(item_dir: str) -> Any:
     """Restores a saved pytree as host numpy arrays, whatever devices/sharding it was saved with."""
+    item_dir = os.path.abspath(item_dir)    # orbax finds no item metadata under a relative path
     ckptr = ocp.PyTreeCheckpointer()
     meta = ckptr.metadata(item_dir)
     tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
