@@ -109,39 +109,53 @@ def jax_eval_runner(name: str, size: str, batch_size: int, conv_impl: str, dtype
     return (lambda: jax.block_until_ready(compiled(variables, images))), facts
 
 
-def torch_runner(size: str, batch_size: int, mode: str):
-    """(runner, facts): the PyTorch JAA-Net baseline, a train step or an inference-mode forward."""
+def torch_runner(size: str, batch_size: int, mode: str, device: str = "cpu"):
+    """(runner, facts): the PyTorch JAA-Net baseline, a train step or an inference-mode forward.
+
+    ``device``: "cpu" (threads = cores) or "cuda" (cuDNN autotuning on, each call ends with a device sync so the
+    wall time is the work's, as ``block_until_ready`` does for JAX).
+    """
     import torch
 
     from algrnet_jax.reference import torch_jaanet
 
     timing.set_torch_threads()
     torch.manual_seed(0)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     config = get_config("jaanet", size=size)
     b = make_batch(config, batch_size)
-    model = torch_jaanet.TorchJAANet(aus=config.aus, crop_size=config.crop_size, unit_dim=config.model.unit)
-    x = torch.from_numpy(b["image"].transpose(0, 3, 1, 2).copy())
-    facts = {"compile_s": 0.0, "threads": torch.get_num_threads()}
+    model = torch_jaanet.TorchJAANet(aus=config.aus, crop_size=config.crop_size,
+                                     unit_dim=config.model.unit).to(device)
+    x = torch.from_numpy(b["image"].transpose(0, 3, 1, 2).copy()).to(device)
+    facts = {"compile_s": 0.0, "threads": torch.get_num_threads(), "torch_device": device}
     if mode == "eval":
         model.eval()
 
         def run_eval():
             with torch.inference_mode():
                 model(x)
+            sync()
 
         return run_eval, facts
     opt = torch_jaanet.make_sgd(model, lr=config.train.lr, momentum=config.train.momentum,
                                 weight_decay=config.train.weight_decay, nesterov=config.train.nesterov)
-    labels = torch.from_numpy(b["labels"]).long()
-    land = torch.from_numpy(b["landmarks"].reshape(len(x), -1))
-    biocular = torch.from_numpy(b["interocular"]) ** 2
-    weight = torch.ones(len(config.aus))
-    return (lambda: torch_jaanet.train_step(model, opt, x, labels, land, biocular, weight)), facts
+    labels = torch.from_numpy(b["labels"]).long().to(device)
+    land = torch.from_numpy(b["landmarks"].reshape(len(x), -1)).to(device)
+    biocular = torch.from_numpy(b["interocular"]).to(device) ** 2
+    weight = torch.ones(len(config.aus), device=device)
+
+    def run_train():
+        torch_jaanet.train_step(model, opt, x, labels, land, biocular, weight)
+        sync()
+
+    return run_train, facts
 
 
-def build(spec: dict, conv_impl: str, dtype: str = "float32"):
+def build(spec: dict, conv_impl: str, dtype: str = "float32", torch_device: str = "cpu"):
     if spec["framework"] == "torch":
-        return torch_runner(spec["size"], spec["batch"], spec["mode"])
+        return torch_runner(spec["size"], spec["batch"], spec["mode"], torch_device)
     make = jax_train_runner if spec["mode"] == "train" else jax_eval_runner
     return make(spec["model"], spec["size"], spec["batch"], conv_impl, dtype)
 
@@ -189,7 +203,7 @@ def run_size(size: str, args: argparse.Namespace, torch_too: bool) -> list[dict]
     runners, facts = {}, {}
     for spec in todo:
         print(f"building {_key(spec)} ...", file=sys.stderr, flush=True)
-        runners[_key(spec)], facts[_key(spec)] = build(spec, args.conv_impl, args.dtype)
+        runners[_key(spec)], facts[_key(spec)] = build(spec, args.conv_impl, args.dtype, args.torch_device)
     stats = timing.interleaved(runners, rounds=args.rounds, warmup=args.warmup)
     rows = []
     for spec in todo:
@@ -215,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conv-impl", default="auto", help="model.conv_impl of the JAX models (models/layers.py)")
     p.add_argument("--dtype", default="float32", help="model.dtype of the JAX models: float32 | bfloat16")
     p.add_argument("--no-torch", action="store_true", help="JAX only (no PyTorch installed, e.g. on a GPU box)")
+    p.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"],
+                   help="device of the PyTorch baseline (cuda on a GPU machine: JAX and PyTorch on the same GPU)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--rss-timeout", type=int, default=900)
     p.add_argument("--rss-modes", nargs="+", default=["train"], choices=["train", "eval"],
@@ -240,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write() -> None:
         out.write_text(json.dumps({**info, "conv_impl": args.conv_impl, "dtype": args.dtype, "rounds": args.rounds,
+                                   "torch_device": args.torch_device if torch_too else None,
                                    "rows": rows}, indent=2))
         print(f"wrote {out}", flush=True)
 
