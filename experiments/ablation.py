@@ -1,69 +1,179 @@
-"""Ablation study (the paper's Tables V and VI): cross-validate each variant and tabulate.
+"""Ablation study (the paper's Tables V and VI): cross-validate each variant over seeds and tabulate.
 
-Variants (``algrnet_jax.configs``): ``wo_full`` (no Ada, S-B, F&R), ``wo_fr``, ``wo_sb``, ``w_bi``
-(plain ConvBiLSTM), ``wo_ada`` and the full ``algrnet``. Each runs ``experiments.cross_validation``
-in ``<workdir>/<variant>``; the table shows our mean-over-folds F1 (final prediction) per variant beside
-the paper's Table VI (BP4D AUs) or Table V (DISFA AUs). Each fold reports its LAST checkpoint, or with
-``--select val_best`` the one with the best validation mean F1 (never one selected on the test part); the
-table title says which. Writes ``<workdir>/ablation.json`` / ``.md``.
+Variants (``algrnet_jax.configs``): the ``jaanet`` baseline, ``wo_full`` (no Ada, S-B, F&R), ``wo_fr``, ``wo_sb``,
+``w_bi`` (plain ConvBiLSTM), ``wo_ada`` and the full ``algrnet``. Each variant and seed runs
+``experiments.cross_validation`` in ``<workdir>/<variant>/seed<s>`` (the seed sets ``train.seed``, i.e. the
+initialisation, and ``data.shuffle_seed``; the data, the validation subjects and the budget are the same for all).
+Each fold reports its LAST checkpoint, or with ``--select val_best`` the one with the best validation mean F1
+(never one selected on the test part); the titles say which. Tables: per variant the mean over seeds of the
+mean-over-folds F1 (final prediction) beside the paper's Table VI (BP4D AUs) or Table V (DISFA AUs), and
+mean +- std over seeds of the mean F1 and of each AU's F1. Writes ``<workdir>/ablation.json``, ``.md`` and
+``ablation.png`` (bar chart of mean F1 +- std with the seeds as dots, and per-AU F1).
 
 Examples::
 
     python -m experiments.ablation --dataset disfa --paper --workdir runs/disfa_ablation
-    python -m experiments.ablation --size small --workdir runs/synth_ablation --folds 1 \
-        --variants wo_full algrnet --config.train.num_epochs=2
+    # the synthetic study of docs/ablation_synthetic.md (7 variants x 3 seeds, ~80 min on 2 CPU cores)
+    python -m experiments.ablation --size small --workdir runs/synth_ablation --folds 1 --seeds 0 1 2 \
+        --select val_best --set data.batch_size=8 --set train.num_epochs=2
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pathlib
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from algrnet_jax import configs, experiment, reporting, verbosity
 from algrnet_jax.configs.validate import validate_config
 from algrnet_jax.errors import run_main
 from algrnet_jax.commands import config_args
-from experiments import cross_validation
+from experiments import cross_validation, report
 
 # variant config name -> the paper's row name (Tables V / VI), in the paper's order (from the config files).
 VARIANTS: dict[str, str] = configs.ABLATION_ROWS
+# Baselines run beside the variants (not rows of the paper's ablation tables).
+BASELINES: dict[str, str] = {"jaanet": "JAA-Net"}
+CHOICES: dict[str, str] = {**BASELINES, **VARIANTS}
+KINDS = ("local", "integrated", "final")
+
+
+def seed_config(config: Any, seed: int) -> Any:
+    """``config`` with ``train.seed`` (initialisation) and ``data.shuffle_seed`` set to ``seed``; a copy."""
+    config = copy.deepcopy(config)
+    config.train.seed = seed
+    config.data.shuffle_seed = seed
+    return config
+
+
+def over_seeds(runs: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """One variant's cross-validation aggregates per seed -> mean +- std over seeds (sample std, ddof=1; 0 for a
+    single seed) of the mean F1 and of each AU's F1, per prediction kind."""
+    first = next(iter(runs.values()))
+    out: dict[str, Any] = {"seeds": {str(s): agg for s, agg in runs.items()}, "aus": first["aus"],
+                           "folds": first["folds"], "dataset": first["dataset"], "label_set": first["label_set"],
+                           "builder_config": first["builder_config"],
+                           "selection": first.get("selection", experiment.LAST), "predictions": {}}
+    ddof = 1 if len(runs) > 1 else 0
+    for kind in KINDS:
+        means = np.array([agg["predictions"][kind]["mean_f1"] for agg in runs.values()])
+        per_au = np.array([agg["predictions"][kind]["mean_f1_per_au"] for agg in runs.values()])
+        out["predictions"][kind] = {"mean_f1": float(means.mean()), "std_f1": float(means.std(ddof=ddof)),
+                                    "per_seed_mean_f1": means.tolist(),
+                                    "mean_f1_per_au": per_au.mean(0).tolist(),
+                                    "std_f1_per_au": per_au.std(0, ddof=ddof).tolist()}
+    out["mean_f1"] = out["predictions"]["final"]["mean_f1"]
+    out["std_f1"] = out["predictions"]["final"]["std_f1"]
+    return out
+
+
+def _title(first: Mapping[str, Any], what: str) -> str:
+    folds = ", ".join(str(f) for f in first["folds"])
+    selected = cross_validation.SELECTION_LABELS[first.get("selection", experiment.LAST)]
+    seeds = len(first.get("seeds", {})) or 1
+    return (f"Ablation, {what} on {first['dataset']}/{first['builder_config']}, folds {folds}, {selected}, "
+            f"mean of {seeds} seed{'s' if seeds > 1 else ''}")
 
 
 def ablation_table(aggregates: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Tables V/VI layout: one row per variant (ours, mean of folds, final) beside the paper's rows."""
+    """Tables V/VI layout: one row per variant (ours, mean over seeds of the mean of folds, final) beside the
+    paper's rows."""
     first = next(iter(aggregates.values()))
     columns = list(first["aus"])
-    rows = [reporting.f1_row(f"ours {VARIANTS[name]}", columns, agg["predictions"]["final"]["mean_f1_per_au"],
+    rows = [reporting.f1_row(f"ours {CHOICES[name]}", columns, agg["predictions"]["final"]["mean_f1_per_au"],
                               agg["predictions"]["final"]["mean_f1"]) for name, agg in aggregates.items()]
-    folds = ", ".join(str(f) for f in first["folds"])
-    selected = cross_validation.SELECTION_LABELS[first.get("selection", experiment.LAST)]
-    table = reporting.f1_table(f"Ablation, AU F1 (%) on {first['dataset']}/{first['builder_config']}, folds {folds}, "
-                               f"{selected}", columns, rows, dataset=first["dataset"], label_set=first["label_set"],
-                                paper=reporting.PAPER_ABLATION_TABLES.get(first["label_set"]))
+    table = reporting.f1_table(_title(first, "AU F1 (%)"), columns, rows, dataset=first["dataset"],
+                               label_set=first["label_set"],
+                               paper=reporting.PAPER_ABLATION_TABLES.get(first["label_set"]))
     return [table]
 
 
+def spread_markdown(aggregates: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, float] | None = None) -> str:
+    """Markdown: mean +- std over seeds of the mean F1 per prediction kind with the per-seed values (and the
+    training time), then each AU's F1 mean +- std (final prediction)."""
+    first = next(iter(aggregates.values()))
+    lines = [f"**{_title(first, 'mean F1 (%) +- std over seeds')}**", "",
+             "| variant | final | integrated | local | final per seed | minutes |", "|---|---|---|---|---|---|"]
+    for name, agg in aggregates.items():
+        p = agg["predictions"]
+        cells = [f"{p[k]['mean_f1']:.1f} +- {p[k]['std_f1']:.1f}" for k in ("final", "integrated", "local")]
+        per_seed = ", ".join(f"{v:.1f}" for v in p["final"]["per_seed_mean_f1"])
+        minutes = f"{seconds[name] / 60:.1f}" if seconds and name in seconds else ""
+        lines.append(f"| {CHOICES[name]} | {' | '.join(cells)} | {per_seed} | {minutes} |")
+    aus = list(first["aus"])
+    lines += ["", f"**{_title(first, 'per-AU F1 (%) +- std over seeds, final prediction')}**", "",
+              "| variant | " + " | ".join(aus) + " |", "|---|" + "---|" * len(aus)]
+    for name, agg in aggregates.items():
+        p = agg["predictions"]["final"]
+        lines.append(f"| {CHOICES[name]} | " + " | ".join(
+            f"{m:.1f} +- {s:.1f}" for m, s in zip(p["mean_f1_per_au"], p["std_f1_per_au"])) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_ablation(aggregates: Mapping[str, Mapping[str, Any]], out_png: str | pathlib.Path) -> None:
+    """Bar chart: mean F1 (final) +- std over seeds per variant with each seed as a dot; per-AU F1 below."""
+    plt = report._pyplot()
+    names = list(aggregates)
+    first = aggregates[names[0]]
+    aus = list(first["aus"])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(aus) * len(names) / 4), 8))
+    x = np.arange(len(names))
+    final = [aggregates[n]["predictions"]["final"] for n in names]
+    top.bar(x, [p["mean_f1"] for p in final], yerr=[p["std_f1"] for p in final], capsize=4, color="tab:blue",
+            alpha=0.7)
+    for i, p in enumerate(final):
+        top.plot([i] * len(p["per_seed_mean_f1"]), p["per_seed_mean_f1"], "k.", ms=6)
+    top.set_xticks(x, [CHOICES[n] for n in names])
+    top.set_ylabel("mean F1 (%)")
+    lows = [min(p["per_seed_mean_f1"]) for p in final]
+    top.set_ylim(max(0.0, min(lows) - 10), min(100.0, max(p["mean_f1"] + p["std_f1"] for p in final) + 5))
+    top.set_title(_title(first, "mean F1 +- std over seeds (dots: seeds)"), fontsize=9)
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        p = aggregates[n]["predictions"]["final"]
+        bottom.bar(np.arange(len(aus)) + (i - (len(names) - 1) / 2) * width, p["mean_f1_per_au"], width,
+                   yerr=p["std_f1_per_au"], capsize=1, label=CHOICES[n])
+    bottom.set_xticks(np.arange(len(aus)), aus)
+    bottom.set_ylabel("F1 (%)")
+    bottom.legend(fontsize=7, ncol=min(len(names), 4))
+    bottom.set_title("per-AU F1 (final prediction), mean over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
 def run_ablation(args: argparse.Namespace, variants: Sequence[str]) -> dict[str, Any]:
-    """Cross-validates each variant (config from ``args``; ``args.select``: the checkpoint of each fold that
-    is reported, ``"last"`` or ``"val_best"``) and writes ablation.json / ablation.md."""
+    """Cross-validates each variant for each seed of ``args.seeds`` (config from ``args``; ``args.select``: the
+    checkpoint of each fold that is reported, ``"last"`` or ``"val_best"``) and writes ablation.json / .md /
+    .png."""
     workdir = pathlib.Path(args.workdir)
     variant_configs = {name: validate_config(cross_validation.config_from_args(args, name=name), f"config {name}")
                        for name in variants}               # every variant checked before the first trains
     for config in variant_configs.values():
         experiment.check_selection(config, args.select)
-    aggregates = {}
+    aggregates, seconds = {}, {}
     for name, config in variant_configs.items():
-        aggregates[name] = cross_validation.run_cross_validation(config, workdir / name, folds=args.folds,
-                                                                 resume=args.resume, select=args.select)
+        t0 = time.time()
+        runs = {seed: cross_validation.run_cross_validation(seed_config(config, seed), workdir / name / f"seed{seed}",
+                                                            folds=args.folds, resume=args.resume, select=args.select)
+                for seed in args.seeds}
+        seconds[name] = time.time() - t0
+        aggregates[name] = {**over_seeds(runs), "seconds": seconds[name]}
     tables = ablation_table(aggregates)
     reporting.print_tables(tables)
+    spread = spread_markdown(aggregates, seconds)
+    print(spread)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ablation.json").write_text(json.dumps(aggregates, indent=1))
-    (workdir / "ablation.md").write_text("\n".join(reporting.markdown_table(t) for t in tables))
-    print(f"wrote {workdir / 'ablation.md'}")
+    (workdir / "ablation.md").write_text("\n".join(reporting.markdown_table(t) for t in tables) + "\n" + spread)
+    plot_ablation(aggregates, workdir / "ablation.png")
+    print(f"wrote {workdir / 'ablation.md'}, ablation.json, ablation.png ({sum(seconds.values()) / 60:.1f} min)")
     return aggregates
 
 
@@ -72,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cross_validation.add_config_arguments(parser)
     parser.add_argument("--workdir", required=True, help="output directory (one sub-directory per variant)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(CHOICES), choices=list(CHOICES),
+                        help="default: the jaanet baseline and every variant of the paper's ablation")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="train.seed and data.shuffle_seed of the repeated runs (default: 0)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(config_args.FOLDS), choices=config_args.FOLDS)
     parser.add_argument("--resume", action="store_true")
     cross_validation.add_select_argument(parser)

@@ -4,7 +4,9 @@ A synthetic face (the generator's, ~150 px) moves across a 640x360 video. Measur
 compilation is not timed):
 
 - ``keyframes``: MTCNN every ``--keyframe-every`` frames (two passes there), landmark tracking with one
-  pass and an O-Net check in between (the default of ``algrnet predict``);
+  pass and an O-Net check in between, the tracked frames between two key frames run as one batch
+  (``--frame-batch``, the default of ``algrnet predict``: 8);
+- ``keyframes_fb1``: the same, frame by frame (``--frame-batch 1``: each frame aligned from the previous one);
 - ``every_frame``: MTCNN and two passes on every frame;
 - the network alone per face (batch 1, the same aligned crops) for JAX ALGRNet, JAX JAA-Net and the
   PyTorch JAA-Net baseline (``reference.torch_jaanet``, ``torch.set_num_threads(2)``).
@@ -92,18 +94,20 @@ def random_predictor(name: str, size: str) -> inference.Predictor:
     return inference.Predictor(config, jax.tree_util.tree_map_with_path(draw, shapes), batch_size=8)
 
 
-def time_video(predictor: inference.Predictor, video: str, detector, keyframe_every: int, frames: int) -> dict:
-    """Runs the engine over the first ``frames`` frames after a 3-frame warm-up; seconds per stage."""
-    options = predict.Options(keyframe_every=keyframe_every, track_threshold=0.0)
+def time_video(predictor: inference.Predictor, video: str, detector, keyframe_every: int, frames: int,
+               frame_batch: int = 1) -> dict:
+    """Runs the engine over the first ``frames`` frames after a warm-up that compiles every batch bucket the run
+    uses; seconds per stage."""
+    options = predict.Options(keyframe_every=keyframe_every, track_threshold=0.0, frame_batch=frame_batch)
     warm = predict.Engine(predictor, options, detector)
-    for _ in warm.video(_frames(video, 3 + keyframe_every)):   # compiles batch 1 (both passes and tracking)
+    for _ in warm.video(_frames(video, 3 + 3 * keyframe_every)):   # both passes, tracking, every bucket
         pass
     engine = predict.Engine(predictor, options, detector)
     t0 = time.perf_counter()
     faces = sum(len(f) for *_, f in engine.video(_frames(video, frames)))
     wall = time.perf_counter() - t0
     t = engine.timing
-    return {"frames": t.frames, "faces": faces, "wall_s": wall, "fps": t.frames / wall,
+    return {"frames": t.frames, "faces": faces, "frame_batch": frame_batch, "wall_s": wall, "fps": t.frames / wall,
             "ms_per_frame": {k: 1000 * getattr(t, k) / t.frames for k in ("decode", "detect", "align", "network")}}
 
 
@@ -208,6 +212,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60, help="timed frames of the key-frame run")
     ap.add_argument("--every-frame-frames", type=int, default=20, help="timed frames of the detect-every-frame run")
     ap.add_argument("--keyframe-every", type=int, default=10)
+    ap.add_argument("--frame-batch", type=int, default=8, help="frames per network batch of the batched run")
     ap.add_argument("--repeats", type=int, default=10, help="timed forwards per network")
     ap.add_argument("--refine-checkpoint", help="a trained checkpoint for the pass-1 / pass-2 landmark errors")
     ap.add_argument("--refine-faces", type=int, default=20)
@@ -234,11 +239,14 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         video = os.path.join(tmp, "bench.avi")
-        write_video(video, max(args.frames, args.every_frame_frames) + 3 + args.keyframe_every)
+        write_video(video, max(args.frames, args.every_frame_frames) + 3 + 3 * args.keyframe_every)
         _log(f"video written; compiling {args.size} ALGRNet")
         predictor = random_predictor("algrnet", args.size)
-        runs = {"keyframes": time_video(predictor, video, detector, args.keyframe_every, args.frames)}
-        _log(f"key-frame run: {runs['keyframes']['fps']:.2f} frames/s")
+        runs = {"keyframes": time_video(predictor, video, detector, args.keyframe_every, args.frames,
+                                        args.frame_batch)}
+        _log(f"key-frame run, frame batch {args.frame_batch}: {runs['keyframes']['fps']:.2f} frames/s")
+        runs["keyframes_fb1"] = time_video(predictor, video, detector, args.keyframe_every, args.frames, 1)
+        _log(f"key-frame run, frame by frame: {runs['keyframes_fb1']['fps']:.2f} frames/s")
         runs["every_frame"] = time_video(predictor, video, detector, 1, args.every_frame_frames)
         _log(f"every-frame run: {runs['every_frame']['fps']:.2f} frames/s; timing the networks alone")
         crops = []
@@ -258,10 +266,10 @@ def main() -> None:
             overlay_picture(args.refine_checkpoint, detector, args.picture)
     print(f"predict benchmark, {args.size} ALGRNet, 640x360 video ({os.cpu_count()} CPUs, load "
           f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f})")
-    print(f"{'run':<12} {'frames':>6} {'fps':>6} {'decode':>8} {'detect':>8} {'align':>8} {'network':>8}  (ms/frame)")
+    print(f"{'run':<14} {'frames':>6} {'fps':>6} {'decode':>8} {'detect':>8} {'align':>8} {'network':>8}  (ms/frame)")
     for name, r in runs.items():
         ms = r["ms_per_frame"]
-        print(f"{name:<12} {r['frames']:>6} {r['fps']:>6.2f} {ms['decode']:>8.1f} {ms['detect']:>8.1f} "
+        print(f"{name:<14} {r['frames']:>6} {r['fps']:>6.2f} {ms['decode']:>8.1f} {ms['detect']:>8.1f} "
               f"{ms['align']:>8.1f} {ms['network']:>8.1f}")
     print("network alone, ms per face (batch 1): " + ", ".join(
         f"{k} {v:.1f}" if v is not None else f"{k} n/a" for k, v in nets.items()))

@@ -94,6 +94,7 @@ def jax_train_runner(name: str, size: str, batch_size: int, conv_impl: str, dtyp
         if not np.isfinite(float(metrics["loss"])):
             raise FloatingPointError(f"{name}: non-finite loss")
 
+    run.compiled = compiled          # for experiments.profile_step (HLO metadata)
     return run, facts
 
 
@@ -106,7 +107,12 @@ def jax_eval_runner(name: str, size: str, batch_size: int, conv_impl: str, dtype
     t0 = time.perf_counter()
     compiled = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images).compile()
     facts = {"compile_s": round(time.perf_counter() - t0, 1), **_memory(compiled)}
-    return (lambda: jax.block_until_ready(compiled(variables, images))), facts
+
+    def run():
+        jax.block_until_ready(compiled(variables, images))
+
+    run.compiled = compiled          # for experiments.profile_step (HLO metadata)
+    return run, facts
 
 
 def torch_runner(size: str, batch_size: int, mode: str, device: str = "cpu"):

@@ -68,6 +68,7 @@ def test_ablation_table_has_one_row_per_variant_beside_the_papers():
     assert "Table VI" in md and "| ours w/o full |" in md and "| ours ALGRNet |" in md
     assert "| w/o F&R (paper) | 50.1 |" not in md and "| w/o full (paper) | 50.1 | 47.1 | 54.3 |" in md
     assert list(ablation.VARIANTS) == ["wo_full", "wo_fr", "wo_sb", "w_bi", "wo_ada", "algrnet"]
+    assert list(ablation.CHOICES) == ["jaanet", *ablation.VARIANTS]    # the baseline first, then the paper's rows
 
 
 def test_report_writes_curves_bars_and_attention_maps(tmp_path):
@@ -128,28 +129,36 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
     assert json.loads((out / "eval.json").read_text())["checkpoint"] == train_summary["best_checkpoint"]
 
 
-def test_ablation_runner_cross_validates_each_variant_end_to_end(tmp_path):
-    """experiments.ablation -> experiments.cross_validation -> train + evaluate, tiny size, 2 folds, 2 steps each."""
+def test_ablation_runner_cross_validates_each_variant_and_seed_end_to_end(tmp_path):
+    """experiments.ablation -> experiments.cross_validation -> train + evaluate, tiny size, 2 seeds, 2 steps each."""
     from data_pipelines import builders
 
     data_dir = str(tmp_path / "tfds")
     builders.get_builder("synth_au", "bp4d_tiny", data_dir).download_and_prepare()
     work = tmp_path / "abl"
     assert ablation.main(["--size", "tiny", "--builder-config", "bp4d_tiny", "--data-dir", data_dir,
-                          "--workdir", str(work), "--variants", "wo_full", "--folds", "1", "2",
+                          "--workdir", str(work), "--variants", "wo_full", "--folds", "1", "--seeds", "0", "1",
                           "--set", "train.max_steps=2", "--set", "train.num_epochs=1",
                           "--set", "data.batch_size=4", "--set", "train.log_every_steps=1",
                           "--select", "val_best"]) == 0
-    cv = json.loads((work / "wo_full" / "cv.json").read_text())
-    assert [f["fold"] for f in cv["folds"]] == [1, 2]
-    assert cv["aggregate"]["selection"] == "val_best" and all(f["selection"] == "val_best" for f in cv["folds"])
-    assert "validation-best checkpoint" in (work / "wo_full" / "cv.md").read_text()
-    for k in (1, 2):
-        assert (work / "wo_full" / f"fold{k}" / "eval.json").exists()
-    f1s = [f["mean_f1"] for f in cv["folds"]]
-    assert cv["aggregate"]["mean_f1"] == pytest.approx(np.mean(f1s))
-    assert "| ours w/o full |" in (work / "ablation.md").read_text()
-    assert json.loads((work / "ablation.json").read_text())["wo_full"]["mean_f1"] == pytest.approx(np.mean(f1s))
+    f1s = []
+    for seed in (0, 1):
+        run = work / "wo_full" / f"seed{seed}"
+        cv = json.loads((run / "cv.json").read_text())
+        assert [f["fold"] for f in cv["folds"]] == [1]
+        assert cv["aggregate"]["selection"] == "val_best" and all(f["selection"] == "val_best" for f in cv["folds"])
+        assert "validation-best checkpoint" in (run / "cv.md").read_text()
+        assert (run / "fold1" / "eval.json").exists()
+        saved = json.loads((run / "fold1" / "config.json").read_text())
+        assert saved["train"]["seed"] == seed and saved["data"]["shuffle_seed"] == seed
+        f1s.append(cv["aggregate"]["mean_f1"])
+    md = (work / "ablation.md").read_text()
+    assert "| ours w/o full |" in md and "mean of 2 seeds" in md
+    assert f"| w/o full | {np.mean(f1s):.1f} +- {np.std(f1s, ddof=1):.1f} |" in md
+    agg = json.loads((work / "ablation.json").read_text())["wo_full"]
+    assert agg["mean_f1"] == pytest.approx(np.mean(f1s)) and agg["std_f1"] == pytest.approx(np.std(f1s, ddof=1))
+    assert sorted(agg["seeds"]) == ["0", "1"] and agg["seconds"] > 0
+    assert (work / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_runner_configs_default_to_the_datasets_builder_config():

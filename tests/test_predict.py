@@ -163,6 +163,77 @@ def test_video_rows_ids_empty_frames_timestamps_and_outputs(detector, predictor,
     assert not list((tmp_path / "out").glob("*partial*"))
 
 
+def _frames_of(path: pathlib.Path) -> list[tuple[int, float, np.ndarray]]:
+    return list(iter(media.open_video(str(path))))
+
+
+def _counting(engine: predict.Engine) -> list[int]:
+    """Records the number of faces of every network call of ``engine``."""
+    sizes: list[int] = []
+    run = engine.run_aligned
+
+    def counted(aligned):
+        sizes.append(len(aligned))
+        return run(aligned)
+
+    engine.run_aligned = counted
+    return sizes
+
+
+def test_video_frames_run_in_batches_like_per_frame_tracking(detector, predictor, tmp_path):
+    """--frame-batch 8 gives the rows of per-frame tracking (--frame-batch 1) in fewer, larger network calls:
+    the tracked frames between two key frames run together."""
+    video = tmp_path / "clip.avi"
+    _video(video)
+    frames = _frames_of(video)
+    results, calls = {}, {}
+    for fb in (1, 8):
+        engine = predict.Engine(predictor, predict.Options(keyframe_every=4, frame_batch=fb), detector)
+        calls[fb] = _counting(engine)
+        results[fb] = [(i, [(f.face_id, round(f.confidence, 3)) for f in found])
+                       for i, _, _, found in engine.video(iter(frames))]
+        assert engine.timing.frames == 24
+    assert [i for i, _ in results[8]] == list(range(24))
+    assert [[fid for fid, _ in r] for _, r in results[8]] == [[fid for fid, _ in r] for _, r in results[1]]
+    assert max(calls[8]) == 3 and max(calls[1]) == 1       # the 3 tracked frames between key frames at once
+    assert len(calls[8]) < len(calls[1])
+
+
+def test_aligned_videos_and_landmark_videos_batch_every_frame(detector, predictor, tmp_path):
+    """--aligned on a video of 200x200 aligned faces: one row per frame, frame_batch faces per call; a video of
+    another size is named as a failure. Given landmarks per frame: batched results equal the per-image path."""
+    ex = _synth_frames(6)
+    path = tmp_path / "aligned.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (200, 200))
+    for e in ex:
+        writer.write(cv2.cvtColor(alignment.align_face(e["image"], e["landmarks"])[0], cv2.COLOR_RGB2BGR))
+    writer.release()
+    report = predict.run(predictor, [str(path)], aligned=True, detector=detector,
+                         options=predict.Options(frame_batch=4))
+    assert report.failures == [] and [r["frame"] for r in report.rows] == list(range(6))
+    assert all(r["success"] == 1 and r["face_w"] == 200 for r in report.rows)
+    other = tmp_path / "clip.avi"
+    _video(other, n=3, empty=())
+    report = predict.run(predictor, [str(other)], aligned=True, detector=detector)
+    assert len(report.failures) == 1 and "clip.avi: --aligned expects a video of 200x200" in report.failures[0]
+
+    frames = _frames_of(path)
+    lms = {i: [e["landmarks"].astype(np.float64)] for i, e in enumerate(ex) if i != 2}   # frame 2: no face
+    engine = predict.Engine(predictor, predict.Options(passes=2, frame_batch=8), detector)
+    calls = _counting(engine)
+    batched = list(engine.video(iter(frames), lms))
+    assert calls == [5, 5]                                  # 5 faces of 6 frames in one call per pass
+    assert batched[2][3] == []
+    single = predict.Engine(predictor, predict.Options(passes=2), detector)
+    for i, _, rgb, found in batched:
+        if i == 2:
+            continue
+        (ref,) = single.image(rgb, lms[i])
+        np.testing.assert_allclose(found[0].landmarks, ref.landmarks, atol=1e-3)
+        np.testing.assert_allclose(found[0].probs, ref.probs, atol=1e-5)
+        np.testing.assert_array_equal(found[0].aligned, ref.aligned)
+
+
 def test_csv_columns_in_the_documented_order():
     cols = outputs.columns(["AU01", "AU02"], "au")
     assert cols[:10] == ["input", "frame", "face_id", "timestamp", "confidence", "success",

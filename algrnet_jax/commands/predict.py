@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keyframe-every", type=int, default=10,
                         help="videos: run the detector every N frames (and when a tracked face is lost); "
                              "1 = every frame (default 10)")
+    parser.add_argument("--frame-batch", type=int, default=8,
+                        help="videos: frames run through the network together (default 8); tracked frames of a batch "
+                             "are aligned from the landmarks before it, 1 = from the previous frame's")
     parser.add_argument("--track-threshold", type=float, default=0.5,
                         help="videos: re-detect when a tracked face's O-Net score falls below this (default 0.5)")
     parser.add_argument("--threshold", type=float, default=0.5, help="occurrence threshold for AUxx_c (default 0.5)")
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="your landmarks instead of detection: lines 'KEY x1 y1 ... xP yP', P = 49, 66 or 68, "
                              "KEY = image file name or video frame index")
     parser.add_argument("--aligned", action="store_true",
-                        help="image inputs are already aligned 200x200 faces (no detection)")
+                        help="inputs (photos and videos) are already aligned 200x200 faces (no detection)")
     parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose CSV exists (resume)")
     parser.add_argument("--batch-size", type=int, default=16, help="largest batch of faces per forward (default 16)")
 
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from algrnet_jax.inference import Predictor
     from algrnet_jax.training.checkpoint import CheckpointError
 
-    for name in ("keyframe_every", "batch_size", "min_face_size"):
+    for name in ("keyframe_every", "frame_batch", "batch_size", "min_face_size"):
         if getattr(args, name) < 1:
             raise UserError(f"predict: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_faces < 0:
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.attention and not predictor.task_spec.branch_per_class:
         print(f"predict: --attention draws per-AU maps; this checkpoint's task is {predictor.task_spec.title}, "
               "so none are written", file=sys.stderr)
-    options = predict.Options(passes=args.passes, keyframe_every=args.keyframe_every,
+    options = predict.Options(passes=args.passes, keyframe_every=args.keyframe_every, frame_batch=args.frame_batch,
                               track_threshold=args.track_threshold, threshold=args.threshold,
                               max_faces=args.max_faces, attention=args.attention, min_face_size=args.min_face_size)
     report = predict.run(predictor, args.inputs, out_dir=args.out, options=options, overlay=args.overlay,

@@ -128,7 +128,7 @@ def _one(engine: Engine, src: media.Source, csv_path: str | None, header: list[s
     ok = False
     try:
         if src.kind == "video":
-            rows = _video(engine, src, writer, csv_path, overlay, landmarks, report, bar)
+            rows = _video(engine, src, writer, csv_path, overlay, landmarks, aligned, report, bar)
         else:
             t = time.perf_counter()
             rgb = media.read_image(src.path) if src.kind == "image" else media.as_rgb(src.array, src.name)
@@ -172,10 +172,14 @@ def _one(engine: Engine, src: media.Source, csv_path: str | None, header: list[s
 
 
 def _video(engine: Engine, src: media.Source, writer: Any, csv_path: str | None, overlay: bool,
-           landmarks: dict[str, list[np.ndarray]] | None, report: Report, bar: Any) -> list[dict[str, Any]]:
+           landmarks: dict[str, list[np.ndarray]] | None, aligned: bool, report: Report,
+           bar: Any) -> list[dict[str, Any]]:
     pred, options = engine.predictor, engine.options
     names, task, thr = pred.class_names, pred.task_spec, options.threshold
     video = media.open_video(src.path)
+    if aligned and tuple(video.size) != (ALIGNED, ALIGNED):
+        raise media.MediaError(f"{src.path}: --aligned expects a video of 200x200 aligned faces, "
+                               f"got {video.size[0]}x{video.size[1]}")
     writer_ov = None
     if csv_path and overlay:
         writer_ov = outputs.VideoOverlay(csv_path[:-4] + ".overlay.mp4", video.fps, video.size)
@@ -183,7 +187,7 @@ def _video(engine: Engine, src: media.Source, writer: Any, csv_path: str | None,
     ok = False
     try:
         frame_lm = _frame_landmarks(landmarks) if landmarks is not None else None
-        for idx, ts, rgb, faces in engine.video(iter(video), frame_lm):
+        for idx, ts, rgb, faces in engine.video(iter(video), frame_lm, aligned=aligned):
             new = [outputs.face_row(src.name, idx, ts, f, names, task, thr) for f in faces] or \
                 [outputs.face_row(src.name, idx, ts, None, names, task, thr)]
             rows.extend(new)

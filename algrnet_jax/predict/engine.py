@@ -6,8 +6,14 @@ predicted landmarks back to the original frame; pass 2 re-aligns from those land
 (removing the detector's bias). Videos: detection on key frames (every ``keyframe_every`` frames, and
 whenever a tracked face's confidence falls below ``track_threshold``), in between each face is aligned
 from its landmarks of the previous frame and checked by MTCNN's last stage (O-Net) on its box; faces
-keep a ``face_id`` by IoU with the previous boxes. Faces of a frame run as one batch, padded to a
-power-of-two bucket (one compilation per bucket).
+keep a ``face_id`` by IoU with the previous boxes.
+
+Batching: videos are read ``frame_batch`` frames at a time and every face of those frames runs through the
+network as one batch (padded to a power-of-two bucket up to the predictor's batch size: one compilation per
+bucket). Tracked frames between two key frames are aligned from the landmarks of the last frame before the batch
+(``frame_batch = 1``: from the previous frame's, the exact per-frame tracking); a frame whose tracked face the
+O-Net rejects is re-detected and the frames after it are recomputed. Frames with given landmarks
+(``--landmarks``) and already aligned frames (``--aligned``) are independent and batch fully.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ ALIGNED = alignment.ALIGNED_SIZE
 class Options:
     """What ``algrnet predict`` tunes. ``passes`` 1 or 2; ``keyframe_every`` frames between detections
     (1: detect on every frame); ``track_threshold`` O-Net score under which a tracked face is re-detected;
-    ``threshold`` the occurrence threshold for ``AUxx_c``; ``max_faces`` per frame (0: all)."""
+    ``threshold`` the occurrence threshold for ``AUxx_c``; ``max_faces`` per frame (0: all);
+    ``frame_batch`` video frames read and run together (see the module docstring)."""
 
     passes: int = 2
     keyframe_every: int = 10
@@ -37,6 +44,7 @@ class Options:
     max_faces: int = 0
     attention: bool = False
     min_face_size: int = 40
+    frame_batch: int = 8
 
 
 @dataclasses.dataclass
@@ -91,6 +99,8 @@ class Engine:
         self.options = options or Options()
         if self.options.passes not in (1, 2):
             raise ValueError(f"passes must be 1 or 2, got {self.options.passes}")
+        if self.options.frame_batch < 1:
+            raise ValueError(f"frame_batch must be >= 1, got {self.options.frame_batch}")
         self._detector = detector
         self.timing = Timing()
         self.keys = ("landmarks", predictor.prob_key) + (("refined_au_maps",) if self.options.attention else ())
@@ -112,31 +122,36 @@ class Engine:
         self.timing.network += time.perf_counter() - t
         return out
 
-    def _warp(self, rgb: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
+    def _warp(self, frames: list[np.ndarray], matrices: list[np.ndarray]) -> np.ndarray:
         t = time.perf_counter()
-        aligned = np.stack([alignment.warp(rgb, m, ALIGNED) for m in matrices])
+        aligned = np.stack([alignment.warp(rgb, m, ALIGNED) for rgb, m in zip(frames, matrices)])
         self.timing.align += time.perf_counter() - t
         return aligned
 
-    def _pass(self, rgb: np.ndarray,
+    def _pass(self, frames: list[np.ndarray],
               matrices: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """One pass: (landmarks in the frame [K, 49, 2], outputs, aligned crops)."""
-        aligned = self._warp(rgb, matrices)
+        """One pass over K faces (``frames[k]`` the frame of face k): (landmarks in the frames [K, 49, 2],
+        outputs, aligned crops)."""
+        aligned = self._warp(frames, matrices)
         out = self.run_aligned(aligned)
         lm = np.stack([alignment.apply_affine(_invert(m), p) for m, p in zip(matrices, out["landmarks"])])
         return lm, out, aligned
 
-    def refine(self, rgb: np.ndarray, matrices: list[np.ndarray], passes: int | None = None
+    def refine(self, frames: np.ndarray | list[np.ndarray], matrices: list[np.ndarray], passes: int | None = None
                ) -> list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]]:
-        """Runs ``passes`` passes from first alignments ``matrices``; pass k+1 aligns from pass k's landmarks.
+        """Runs ``passes`` passes from first alignments ``matrices`` of K faces; pass k+1 aligns from pass k's
+        landmarks. ``frames``: one RGB frame for every face, or a list of K frames (faces of several frames
+        run as one batch).
 
         Returns per pass (landmarks [K, 49, 2] frame pixels, outputs, aligned crops, matrices [K, 2, 3]).
         """
+        if isinstance(frames, np.ndarray):
+            frames = [frames] * len(matrices)
         results = []
         for p in range(passes or self.options.passes):
             if p > 0:
                 matrices = [self._matrix_or(lm, m) for lm, m in zip(results[-1][0], matrices)]
-            lm, out, aligned = self._pass(rgb, matrices)
+            lm, out, aligned = self._pass(frames, matrices)
             results.append((lm, out, aligned, np.stack(matrices)))
         return results
 
@@ -167,38 +182,76 @@ class Engine:
     def image(self, rgb: np.ndarray, landmarks: list[np.ndarray] | None = None) -> list[FaceResult]:
         """Faces of one photo (detected, or from given 49-point ``landmarks``), face_id = rank."""
         if landmarks is not None:
-            faces = [Face(landmarks_box(lm), 1.0, alignment.five_points(lm)) for lm in landmarks]
-        else:
-            faces = self.detect(rgb)
+            return self.with_landmarks([rgb], [landmarks])[0]
+        faces = self.detect(rgb)
         if not faces:
             return []
         matrices = [alignment.alignment_matrix_from_points(f.points) for f in faces]
         passes = self.refine(rgb, matrices)
         return self._results(list(range(len(faces))), [f.box for f in faces], [f.score for f in faces], passes[-1])
 
+    def with_landmarks(self, frames: list[np.ndarray], landmarks: list[list[np.ndarray]]) -> list[list[FaceResult]]:
+        """Faces of several frames from given 49-point ``landmarks`` (a list per frame), all in one batch;
+        per frame its results, face_id = rank in the frame."""
+        faces = [[Face(landmarks_box(lm), 1.0, alignment.five_points(lm)) for lm in given] for given in landmarks]
+        owners = [rgb for rgb, fs in zip(frames, faces) for _ in fs]
+        if not owners:
+            return [[] for _ in frames]
+        matrices = [alignment.alignment_matrix_from_points(f.points) for fs in faces for f in fs]
+        final = self.refine(owners, matrices)[-1]
+        results, start = [], 0
+        for fs in faces:
+            part = _take(final, slice(start, start + len(fs)))
+            results.append(self._results(list(range(len(fs))), [f.box for f in fs], [f.score for f in fs], part)
+                           if fs else [])
+            start += len(fs)
+        return results
+
     def aligned_face(self, aligned: np.ndarray) -> list[FaceResult]:
         """An already aligned 200x200 face: one result, landmarks in its own pixels."""
-        out = self.run_aligned(aligned[None])
-        box = np.array([0.0, 0.0, aligned.shape[1], aligned.shape[0]])
-        return self._results([0], [box], [1.0], (out["landmarks"], out, aligned[None], np.zeros((1, 2, 3))))
+        return self.aligned_faces(aligned[None])[0]
+
+    def aligned_faces(self, aligned: np.ndarray) -> list[list[FaceResult]]:
+        """Already aligned 200x200 faces uint8 ``[N, 200, 200, 3]`` (e.g. frames of an aligned video) in one
+        batch: per face a one-result list, landmarks in its own pixels."""
+        out = self.run_aligned(aligned)
+        box = np.array([0.0, 0.0, aligned.shape[2], aligned.shape[1]])
+        final = (out["landmarks"], out, aligned, np.zeros((len(aligned), 2, 3)))
+        return [self._results([0], [box], [1.0], _take(final, slice(i, i + 1))) for i in range(len(aligned))]
 
     # -- videos
+    def _read(self, frames: Iterator[tuple[int, float, np.ndarray]], n: int) -> list[tuple[int, float, np.ndarray]]:
+        """Up to ``n`` next frames (timed as decoding)."""
+        t = time.perf_counter()
+        chunk = [item for _, item in zip(range(n), frames)]
+        self.timing.decode += time.perf_counter() - t
+        self.timing.frames += len(chunk)
+        return chunk
+
     def video(self, frames: Iterator[tuple[int, float, np.ndarray]],
-              landmarks: dict[int, list[np.ndarray]] | None = None
+              landmarks: dict[int, list[np.ndarray]] | None = None, aligned: bool = False
               ) -> Iterator[tuple[int, float, np.ndarray, list[FaceResult]]]:
-        """Tracks faces over ``(index, timestamp, rgb)`` frames; yields (index, timestamp, rgb, faces)."""
+        """Faces over ``(index, timestamp, rgb)`` frames, ``frame_batch`` frames at a time: tracked (default),
+        from given ``landmarks`` per frame index, or ``aligned`` frames; yields (index, timestamp, rgb, faces)."""
         tracker = _Tracker(self)
         it = iter(frames)
-        while True:
-            t = time.perf_counter()
-            item = next(it, None)
-            self.timing.decode += time.perf_counter() - t
-            if item is None:
-                return
-            idx, ts, rgb = item
-            self.timing.frames += 1
-            given = None if landmarks is None else landmarks.get(idx, [])
-            yield idx, ts, rgb, (self.image(rgb, given) if given is not None else tracker.step(idx, rgb))
+        while chunk := self._read(it, self.options.frame_batch):
+            idxs, rgbs = [c[0] for c in chunk], [c[2] for c in chunk]
+            if aligned:
+                faces = self.aligned_faces(np.stack(rgbs))
+            elif landmarks is not None:
+                faces = self.with_landmarks(rgbs, [landmarks.get(i, []) for i in idxs])
+            else:
+                faces = tracker.steps(idxs, rgbs)
+            for (idx, ts, rgb), found in zip(chunk, faces):
+                yield idx, ts, rgb, found
+
+
+def _take(final: tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray],
+          part: slice) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The faces ``part`` of a pass result (landmarks, outputs, aligned crops, matrices)."""
+    lm, out, aligned, matrices = final
+    return lm[part], {k: v[part] for k, v in out.items()}, aligned[part], matrices[part]
 
 
 @dataclasses.dataclass
@@ -231,28 +284,47 @@ class _Tracker:
             return track.matrix, track.box
         return m, landmarks_box(alignment.apply_affine(_invert(m), track.corners))
 
-    def step(self, idx: int, rgb: np.ndarray) -> list[FaceResult]:
-        eng = self.engine
-        key = not self.tracks or idx - self.last_key >= eng.options.keyframe_every
-        if not key:
-            results = self._track(idx, rgb)
-            if results is not None:
-                return results
-        return self._detect(idx, rgb)
+    def steps(self, idxs: list[int], frames: list[np.ndarray]) -> list[list[FaceResult]]:
+        """Results of consecutive frames: key frames are detected; the tracked frames up to the next key frame
+        run as one batch, aligned from the tracks' current landmarks; the first frame whose tracked face the
+        O-Net rejects is re-detected and the frames after it run again."""
+        every = self.engine.options.keyframe_every
+        results: list[list[FaceResult]] = []
+        i = 0
+        while i < len(idxs):
+            if not self.tracks or idxs[i] - self.last_key >= every:
+                results.append(self._detect(idxs[i], frames[i]))
+                i += 1
+                continue
+            n = min(len(idxs) - i, every - (idxs[i] - self.last_key))     # frames before the next key frame
+            tracked = self._track(idxs[i:i + n], frames[i:i + n])
+            results += tracked
+            i += len(tracked)
+            if len(tracked) < n:                                         # lost at frame i: detect there
+                results.append(self._detect(idxs[i], frames[i]))
+                i += 1
+        return results
 
-    def _track(self, idx: int, rgb: np.ndarray) -> list[FaceResult] | None:
+    def _track(self, idxs: list[int], frames: list[np.ndarray]) -> list[list[FaceResult]]:
+        """Tracked frames in one batch; stops before the first frame the O-Net rejects."""
         eng = self.engine
-        final = eng.refine(rgb, [t.matrix for t in self.tracks], passes=1)[-1]
-        followed = [self._follow(t, lm) for t, lm in zip(self.tracks, final[0])]
-        boxes = [b for _, b in followed]
-        t0 = time.perf_counter()
-        scores = eng.detector.score_boxes(rgb, np.stack(boxes))
-        eng.timing.detect += time.perf_counter() - t0
-        if float(np.min(scores)) < eng.options.track_threshold:
-            return None
-        for t, lm, (m, b) in zip(self.tracks, final[0], followed):
-            t.landmarks, t.box, t.last_seen, t.matrix = lm, b, idx, m
-        return eng._results([t.face_id for t in self.tracks], boxes, list(scores), final)
+        k = len(self.tracks)
+        matrices = [t.matrix for _ in frames for t in self.tracks]
+        final = eng.refine([rgb for rgb in frames for _ in self.tracks], matrices, passes=1)[-1]
+        results = []
+        for f, (idx, rgb) in enumerate(zip(idxs, frames)):
+            part = _take(final, slice(f * k, (f + 1) * k))
+            followed = [self._follow(t, lm) for t, lm in zip(self.tracks, part[0])]
+            boxes = [b for _, b in followed]
+            t0 = time.perf_counter()
+            scores = eng.detector.score_boxes(rgb, np.stack(boxes))
+            eng.timing.detect += time.perf_counter() - t0
+            if float(np.min(scores)) < eng.options.track_threshold:
+                break
+            for t, lm, (m, b) in zip(self.tracks, part[0], followed):
+                t.landmarks, t.box, t.last_seen, t.matrix = lm, b, idx, m
+            results.append(eng._results([t.face_id for t in self.tracks], boxes, list(scores), part))
+        return results
 
     def _detect(self, idx: int, rgb: np.ndarray) -> list[FaceResult]:
         eng = self.engine
