@@ -7,7 +7,8 @@ that emitted it (the Flax module path in the HLO metadata's ``op_name``) and to 
 its number: ``ynn_fusion`` = XNNPACK, ``convolution``, ``dot``, ``concatenate``, ``fusion`` ...). Prints:
 
 - wall time per call, thunk time summed over threads, and their ratio = the mean number of thunks running at
-  once (the parallelism of the executor; each thunk may use more threads inside, not counted here);
+  once (the parallelism of the executor; each thunk may use more threads inside, not counted here), and the
+  program's FLOPs (``compiled.cost_analysis()``) per second of traced wall time;
 - time per model part and per kind (share of the summed thunk time), and the longest single thunks.
 
     python -m experiments.profile_step --config jaanet --mode eval --batch 8
@@ -85,6 +86,10 @@ def profile(config_name: str, mode: str, batch: int, size: str, conv_impl: str, 
         wall = (time.perf_counter() - t0) / calls
         events = thunk_events(d)
     names = op_names(compiled.as_text()) if compiled is not None else {}
+    cost = (compiled.cost_analysis() if compiled is not None else None) or {}
+    if isinstance(cost, list):                     # older jax: one dict per computation
+        cost = cost[0] if cost else {}
+    flops = float(cost.get("flops", 0.0))
     total = sum(e["dur"] for e in events) / 1e6 / calls
     start = min(e["ts"] for e in events)
     span = (max(e["ts"] + e["dur"] for e in events) - start) / 1e6 / calls
@@ -106,6 +111,7 @@ def profile(config_name: str, mode: str, batch: int, size: str, conv_impl: str, 
             "calls": calls, "wall_s_per_call": round(wall, 4), "thunk_span_s_per_call": round(span, 4),
             "thunk_s_per_call": round(total, 4), "mean_thunks_at_once": round(total / span, 3),
             "threads": len({e["tid"] for e in events}), **facts,
+            "gflop_per_call": round(flops / 1e9, 2), "gflop_per_s": round(flops / 1e9 / wall, 1),
             "by_part": share(by_part, 25), "by_kind": share(by_kind, 15),
             "longest": [{**r, "op_name": names.get(r["name"], "")} for r in share(longest, 15)]}
 
@@ -113,7 +119,8 @@ def profile(config_name: str, mode: str, batch: int, size: str, conv_impl: str, 
 def print_profile(r: dict[str, Any]) -> None:
     print(f"{r['config']} {r['mode']} {r['size']} b{r['batch']} ({r['conv_impl']}): {r['wall_s_per_call']:.3f} s per "
           f"call, thunks {r['thunk_s_per_call']:.3f} s over {r['threads']} threads -> "
-          f"{r['mean_thunks_at_once']:.2f} thunks at once on average")
+          f"{r['mean_thunks_at_once']:.2f} thunks at once on average; {r['gflop_per_call']:.1f} GFLOP per call "
+          f"(cost_analysis) = {r['gflop_per_s']:.0f} GFLOP/s while traced")
     for title, key in (("model part", "by_part"), ("thunk kind", "by_kind"), ("longest thunks", "longest")):
         print(f"\n{title:<60} {'s/call':>8} {'share':>6}")
         for row in r[key]:

@@ -45,3 +45,20 @@ def test_gpu_bench_script_runs_on_cpu_at_tiny_size(tmp_path):
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["bench_layers_tiny.json", "bench_train_tiny_auto.json", "bench_train_tiny_bf16.json",
                        "bench_train_tiny_unrolled.json"], written
+
+
+def test_profile_step_attributes_thunks_to_model_parts(tmp_path):
+    from experiments import profile_step
+
+    out = tmp_path / "profile.json"
+    assert profile_step.main(["--config", "jaanet", "--mode", "train", "--size", "tiny", "--batch", "2",
+                              "--calls", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    parts = {row["name"] for row in r["by_part"]}
+    assert any(p.startswith("bwd ") for p in parts) and any(not p.startswith("bwd ") for p in parts)
+    assert any("local_au_feat" in p for p in parts)             # Flax module paths from the HLO metadata
+    assert r["thunk_s_per_call"] > 0 and r["mean_thunks_at_once"] > 0 and r["gflop_per_call"] > 0
+    assert abs(sum(row["share"] for row in r["by_kind"]) - 1) < 0.5
+    assert profile_step.model_part("jit(train_step)/transpose(jvp(ALGRNet))/local_au_feat/bn3/reduce_sum", 2) \
+        == "bwd local_au_feat/bn3"
+    assert profile_step.kind("multiply_reduce_fusion.73") == "multiply_reduce_fusion"
