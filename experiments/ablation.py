@@ -24,6 +24,7 @@ import copy
 import json
 import pathlib
 import sys
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -133,7 +134,7 @@ def plot_ablation(aggregates: Mapping[str, Mapping[str, Any]], out_png: str | pa
     top.set_ylabel("mean F1 (%)")
     lows = [min(p["per_seed_mean_f1"]) for p in final]
     top.set_ylim(max(0.0, min(lows) - 10), min(100.0, max(p["mean_f1"] + p["std_f1"] for p in final) + 5))
-    top.set_title(_title(first, "mean F1 +- std over seeds (dots: seeds)"), fontsize=9)
+    top.set_title(textwrap.fill(_title(first, "mean F1 +- std over seeds (dots: seeds)"), 110), fontsize=9)
     width = 0.8 / len(names)
     for i, n in enumerate(names):
         p = aggregates[n]["predictions"]["final"]

@@ -50,13 +50,14 @@ def dense(features: int, in_features: int, name: str | None = None, **dtypes: An
 CONV_IMPLS = ("auto", "unrolled", "grouped", "matmul")
 
 
-def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = None) -> str:
+def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = None, train: bool = True) -> str:
     """The implementation ``auto`` stands for on a backend, for a layer ``kind``: "copies" (per-AU / per-region
-    layers, few large convs) or "cells" (region-layer cells, many small convs). Explicit choices pass through.
+    layers, few large convs) or "cells" (region-layer cells, many small convs), in a training (``train``) or an
+    inference program. Explicit choices pass through.
 
-    Measured (experiments/bench_train.py layer table): on CPU, k unrolled native convolutions beat the patches x
-    matmul form (no 3x3 patch copies, XNNPACK convs that XLA can run side by side); the grouped convolution of
-    ``vmap(conv)`` has a very slow filter gradient on XLA:CPU. On GPU, cuDNN runs grouped convolutions natively.
+    Measured (``experiments/bench_layers.py``, docs/performance.md): on CPU, k unrolled native convolutions beat the
+    patches x matmul form and PyTorch's loop in every layer; the grouped convolution of ``vmap(conv)`` has a very slow
+    filter gradient on XLA:CPU. On GPU, cuDNN runs grouped convolutions natively (best or within 0.5 ms per layer).
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
@@ -64,15 +65,17 @@ def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = Non
         return impl
     backend = backend or jax.default_backend()
     if backend == "cpu":
-        return CPU_AUTO[kind]
+        return (CPU_AUTO if train else CPU_AUTO_EVAL)[kind]
     return "grouped"
 
 
-# What ``auto`` means on CPU per layer kind. Region-layer cells stay "matmul": unrolled, their 2 x 84 small
-# convolutions (and their gradients) are faster per layer but made the paper-size ALGRNet train step take 106 s to
-# compile against 60 s (same machine and load, 2026-11-28), over the 60 s budget; the 12-copy per-AU layers gain
-# most from unrolling and cost little to compile.
+# What ``auto`` means on CPU per layer kind (measured 2026-11-28, 2-core CPU, quiet, XLA flags of xla_flags.py).
+# Training: the region-layer cells stay "matmul": with their 2 x 84 small convolutions unrolled, the paper-size train
+# step compiled in 86-88 s (over the 60 s budget) and ran 2.2x (JAA-Net) / 1.5x (ALGRNet) slower as a whole, although
+# each cell layer alone is faster unrolled. Inference: unrolled everywhere (JAA-Net eval forward at batch 8 1.50 s ->
+# 1.15 s, compile 9 s -> 17 s).
 CPU_AUTO = {"copies": "unrolled", "cells": "matmul"}
+CPU_AUTO_EVAL = {"copies": "unrolled", "cells": "unrolled"}
 
 
 def native_conv(x: jax.Array, kernel: jax.Array, padding: int, groups: int = 1) -> jax.Array:
@@ -129,7 +132,8 @@ class Conv(nn.Module):
     x [B, H, W, c] (or [copies, B, H, W, c]) -> [B, H', W', features] (or [copies, ...]); ``padding`` an int
     (PyTorch's) or "VALID". Params: kernel [(copies,) k, k, c, features] HWIO, bias [(copies,) features].
     ``impl`` (``CONV_IMPLS``) says how copies are computed (without copies: XLA's native convolution, or
-    "matmul" for a conv inside ``scan``); ``kind`` is the layer kind ``auto`` resolves for (``resolve_conv_impl``).
+    "matmul" for a conv inside ``scan``); ``kind`` is the layer kind ``auto`` resolves for, in a training program
+    when ``train`` (``resolve_conv_impl``).
     ``dtype``: computation dtype (None: that of the input and params); ``param_dtype``: the parameters'.
     """
 
@@ -139,6 +143,7 @@ class Conv(nn.Module):
     copies: int = 0
     impl: str = "auto"
     kind: str = "copies"
+    train: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -153,7 +158,7 @@ class Conv(nn.Module):
         bias = self.param("bias", torch_bias_init(c * k * k), lead + (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         pad = 0 if self.padding == "VALID" else int(self.padding)
-        impl = resolve_conv_impl(self.impl, self.kind)
+        impl = resolve_conv_impl(self.impl, self.kind, train=self.train)
         if self.copies:
             if x.ndim != 5 or x.shape[0] != self.copies:
                 raise ValueError(f"Conv with copies={self.copies}: expected [copies, B, H, W, C], got {x.shape}")

@@ -42,7 +42,8 @@ class CellBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.relu(BatchNorm(self.train, copies=self.cells, name="bn", **dt)(x))
-        return Conv(self.features, copies=self.cells, impl=self.conv_impl, kind="cells", name="conv", **dt)(x)
+        return Conv(self.features, copies=self.cells, impl=self.conv_impl, kind="cells", train=self.train, name="conv",
+                    **dt)(x)
 
 
 def to_cells(x: jax.Array, grid: int) -> jax.Array:
