@@ -5,8 +5,9 @@ compilation is not timed):
 
 - ``keyframes``: MTCNN every ``--keyframe-every`` frames (two passes there), landmark tracking with one
   pass and an O-Net check in between, the tracked frames between two key frames run as one batch
-  (``--frame-batch``, the default of ``algrnet predict``: 8);
-- ``keyframes_fb1``: the same, frame by frame (``--frame-batch 1``: each frame aligned from the previous one);
+  (``--frame-batch``, default 8 here; ``algrnet predict``'s default on a GPU);
+- ``keyframes_fb1``: the same, frame by frame (``--frame-batch 1``: each frame aligned from the previous one;
+  ``algrnet predict``'s default on CPU);
 - ``every_frame``: MTCNN and two passes on every frame;
 - the network alone per face (batch 1, the same aligned crops) for JAX ALGRNet, JAX JAA-Net and the
   PyTorch JAA-Net baseline (``reference.torch_jaanet``, ``torch.set_num_threads(2)``).

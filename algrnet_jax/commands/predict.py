@@ -29,9 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keyframe-every", type=int, default=10,
                         help="videos: run the detector every N frames (and when a tracked face is lost); "
                              "1 = every frame (default 10)")
-    parser.add_argument("--frame-batch", type=int, default=8,
-                        help="videos: frames run through the network together (default 8); tracked frames of a batch "
-                             "are aligned from the landmarks before it, 1 = from the previous frame's")
+    parser.add_argument("--frame-batch", type=int, default=0,
+                        help="videos: frames run through the network together; tracked frames of a batch are aligned "
+                             "from the landmarks before it (1 = from the previous frame's). 0 (default) = auto: "
+                             "tracked frames 1 on CPU, 8 on GPU; --aligned / --landmarks videos 8")
     parser.add_argument("--track-threshold", type=float, default=0.5,
                         help="videos: re-detect when a tracked face's O-Net score falls below this (default 0.5)")
     parser.add_argument("--threshold", type=float, default=0.5, help="occurrence threshold for AUxx_c (default 0.5)")
@@ -52,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from algrnet_jax.inference import Predictor
     from algrnet_jax.training.checkpoint import CheckpointError
 
-    for name in ("keyframe_every", "frame_batch", "batch_size", "min_face_size"):
+    if args.frame_batch < 0:
+        raise UserError(f"predict: --frame-batch must be >= 0 (0 = auto), got {args.frame_batch}")
+    for name in ("keyframe_every", "batch_size", "min_face_size"):
         if getattr(args, name) < 1:
             raise UserError(f"predict: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_faces < 0:
