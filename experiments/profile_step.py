@@ -49,13 +49,15 @@ def op_names(hlo_text: str) -> dict[str, str]:
 
 
 def model_part(op_name: str, depth: int) -> str:
-    """The Flax module path of an ``op_name`` (``jit(f)/Model/local_au/...``) below the model's own module,
-    ``depth`` modules deep; the backward pass (``transpose(...)`` in the path) is tagged ``bwd``."""
+    """The Flax module path of an ``op_name`` below the model's own module, ``depth`` modules deep; the backward
+    pass (``transpose(...)`` in the path) is tagged ``bwd``. ``jit(apply)/ALGRNet/local_au_feat/conv2/conv`` and
+    ``jit(train_step)/transpose(jvp(ALGRNet))/local_au_feat/conv2/reduce_sum`` both give ``local_au_feat/conv2``."""
     parts = [p for p in op_name.split("/") if p]
     bwd = any(p.startswith("transpose(") for p in parts)
-    modules = [p for p in parts if not re.match(r"^\w+\(", p) and not re.match(r"^(checkpoint|rem)$", p)]
-    modules = modules[:-1]                    # the last component is the primitive (conv_general_dilated, ...)
-    return ("bwd " if bwd else "") + ("/".join(modules[1:1 + depth]) or "(outside modules)")
+    # Drop transforms (``jit(f)``, ``jvp(...)``), the model's class name (capitalised) and the primitive (last).
+    modules = [p for p in parts[:-1] if not re.match(r"^\w+\(", p) and not re.match(r"^[A-Z]", p)
+               and p not in ("checkpoint", "rem")]
+    return ("bwd " if bwd else "") + ("/".join(modules[:depth]) or "(outside modules)")
 
 
 def kind(hlo_op: str) -> str:
@@ -111,7 +113,7 @@ def profile(config_name: str, mode: str, batch: int, size: str, conv_impl: str, 
             "calls": calls, "wall_s_per_call": round(wall, 4), "thunk_span_s_per_call": round(span, 4),
             "thunk_s_per_call": round(total, 4), "mean_thunks_at_once": round(total / span, 3),
             "threads": len({e["tid"] for e in events}), **facts,
-            "gflop_per_call": round(flops / 1e9, 2), "gflop_per_s": round(flops / 1e9 / wall, 1),
+            "gflop_per_call": round(flops / 1e9, 6), "gflop_per_s": round(flops / 1e9 / wall, 3),
             "by_part": share(by_part, 25), "by_kind": share(by_kind, 15),
             "longest": [{**r, "op_name": names.get(r["name"], "")} for r in share(longest, 15)]}
 

@@ -61,4 +61,7 @@ def test_profile_step_attributes_thunks_to_model_parts(tmp_path):
     assert abs(sum(row["share"] for row in r["by_kind"]) - 1) < 0.5
     assert profile_step.model_part("jit(train_step)/transpose(jvp(ALGRNet))/local_au_feat/bn3/reduce_sum", 2) \
         == "bwd local_au_feat/bn3"
+    assert profile_step.model_part("jit(apply)/ALGRNet/attention_refine/conv2/conv_general_dilated", 2) \
+        == "attention_refine/conv2"
+    assert profile_step.model_part("jit(train_step)/reduce_sum", 2) == "(outside modules)"
     assert profile_step.kind("multiply_reduce_fusion.73") == "multiply_reduce_fusion"
