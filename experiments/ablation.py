@@ -95,7 +95,7 @@ def ablation_table(aggregates: Mapping[str, Mapping[str, Any]]) -> list[dict[str
     return [table]
 
 
-def spread_markdown(aggregates: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, float] | None = None) -> str:
+def spread_markdown(aggregates: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown: mean +- std over seeds of the mean F1 per prediction kind with the per-seed values (and the
     training time), then each AU's F1 mean +- std (final prediction)."""
     first = next(iter(aggregates.values()))
@@ -105,7 +105,7 @@ def spread_markdown(aggregates: Mapping[str, Mapping[str, Any]], seconds: Mappin
         p = agg["predictions"]
         cells = [f"{p[k]['mean_f1']:.1f} +- {p[k]['std_f1']:.1f}" for k in ("final", "integrated", "local")]
         per_seed = ", ".join(f"{v:.1f}" for v in p["final"]["per_seed_mean_f1"])
-        minutes = f"{seconds[name] / 60:.1f}" if seconds and name in seconds else ""
+        minutes = f"{agg['seconds'] / 60:.1f}" if "seconds" in agg else ""
         lines.append(f"| {CHOICES[name]} | {' | '.join(cells)} | {per_seed} | {minutes} |")
     aus = list(first["aus"])
     lines += ["", f"**{_title(first, 'per-AU F1 (%) +- std over seeds, final prediction')}**", "",
@@ -158,23 +158,23 @@ def run_ablation(args: argparse.Namespace, variants: Sequence[str]) -> dict[str,
                        for name in variants}               # every variant checked before the first trains
     for config in variant_configs.values():
         experiment.check_selection(config, args.select)
-    aggregates, seconds = {}, {}
+    aggregates = {}
     for name, config in variant_configs.items():
         t0 = time.time()
         runs = {seed: cross_validation.run_cross_validation(seed_config(config, seed), workdir / name / f"seed{seed}",
                                                             folds=args.folds, resume=args.resume, select=args.select)
                 for seed in args.seeds}
-        seconds[name] = time.time() - t0
-        aggregates[name] = {**over_seeds(runs), "seconds": seconds[name]}
+        aggregates[name] = {**over_seeds(runs), "seconds": time.time() - t0}
     tables = ablation_table(aggregates)
     reporting.print_tables(tables)
-    spread = spread_markdown(aggregates, seconds)
+    spread = spread_markdown(aggregates)
     print(spread)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ablation.json").write_text(json.dumps(aggregates, indent=1))
     (workdir / "ablation.md").write_text("\n".join(reporting.markdown_table(t) for t in tables) + "\n" + spread)
     plot_ablation(aggregates, workdir / "ablation.png")
-    print(f"wrote {workdir / 'ablation.md'}, ablation.json, ablation.png ({sum(seconds.values()) / 60:.1f} min)")
+    minutes = sum(agg["seconds"] for agg in aggregates.values()) / 60
+    print(f"wrote {workdir / 'ablation.md'}, ablation.json, ablation.png ({minutes:.1f} min)")
     return aggregates
 
 

@@ -49,7 +49,9 @@ class Options:
     frame_batch: int = 0
 
 
-AUTO_FRAME_BATCH = 8
+AUTO_FRAME_BATCH = 8   # Options.frame_batch = 0: frames per batch on accelerators, and of independent frames
+
+
 @dataclasses.dataclass
 class FaceResult:
     """One face in one frame: ``landmarks`` [49, 2] original pixels, ``probs`` [n], ``box`` (x, y, w, h),
@@ -209,8 +211,7 @@ class Engine:
         results, start = [], 0
         for fs in faces:
             part = _take(final, slice(start, start + len(fs)))
-            results.append(self._results(list(range(len(fs))), [f.box for f in fs], [f.score for f in fs], part)
-                           if fs else [])
+            results.append(self._results(list(range(len(fs))), [f.box for f in fs], [f.score for f in fs], part))
             start += len(fs)
         return results
 
