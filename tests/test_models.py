@@ -18,7 +18,7 @@ import pytest
 from algrnet_jax import losses
 from algrnet_jax.configs import MODEL_NAMES, get_config
 from algrnet_jax.models import networks
-from algrnet_jax.models.layers import BatchNorm, Conv, max_pool2, resolve_conv_impl
+from algrnet_jax.models.layers import BatchNorm, Conv, batch_norm_train, max_pool2, resolve_conv_impl
 from algrnet_jax.models.stem import CellBlock, from_cells, to_cells
 
 RECIPE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d" / "recipe.json"
@@ -350,6 +350,45 @@ def test_batchnorm_matches_torch():
     y = BatchNorm(train=False).apply(variables, jnp.asarray(x))
     y_t = bn_t.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(y, y_t, atol=1e-5)
+
+
+def test_batchnorm_training_gradient_matches_torch_and_autodiff():
+    """The custom backward pass of training-mode BatchNorm (two reductions) against PyTorch's, and against autodiff
+    of the forward formula in float64 for the per-copy form."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5, 4, 6)).astype(np.float32) * 2 + 1
+    g = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)
+    scale, bias = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.uniform(-0.5, 0.5, 6).astype(np.float32)
+    variables = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)},
+                 "batch_stats": {"mean": jnp.zeros(6), "var": jnp.ones(6)}}
+    _, vjp = jax.vjp(lambda p, x: BatchNorm(train=True).apply({**variables, "params": p}, x,
+                                                               mutable=["batch_stats"])[0], variables["params"],
+                     jnp.asarray(x))
+    dp, dx = vjp(jnp.asarray(g))
+    bn_t = torch.nn.BatchNorm2d(6).train()
+    with torch.no_grad():
+        bn_t.weight.copy_(torch.from_numpy(scale))
+        bn_t.bias.copy_(torch.from_numpy(bias))
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    (bn_t(xt) * torch.from_numpy(g.transpose(0, 3, 1, 2).copy())).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+    np.testing.assert_allclose(dp["scale"], bn_t.weight.grad.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(dp["bias"], bn_t.bias.grad.numpy(), rtol=1e-5)
+
+    def formula(x, s, b):
+        mean = jnp.mean(x, (1, 2, 3), keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), (1, 2, 3), keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * s + b
+
+    x64 = np.float64(rng.standard_normal((2, 3, 4, 5, 6)) * 3 + 1)
+    s64, b64 = np.float64(rng.standard_normal((2, 1, 1, 1, 6))), np.float64(rng.standard_normal((2, 1, 1, 1, 6)))
+    g64 = np.float64(rng.standard_normal(x64.shape))
+    with jax.enable_x64(True):
+        ours = jax.vjp(lambda *a: batch_norm_train(*a, (1, 2, 3), 1e-5)[0], x64, s64, b64)[1](g64)
+        auto = jax.vjp(formula, x64, s64, b64)[1](g64)
+    for a, b in zip(ours, auto):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("impl", ["unrolled", "grouped", "matmul"])
