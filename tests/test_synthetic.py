@@ -60,6 +60,36 @@ def test_sizes_and_bad_config():
         next(synthetic.generate(dataclasses.replace(TINY, num_subjects=0)))
 
 
+def test_hidden_aus_are_labelled_but_not_drawn(monkeypatch):
+    """``hidden_aus``: the frame (pixels and landmarks) does not depend on a hidden AU's intensity, its label does;
+    the ``bp4d_small_hidden2`` builder config hides AU2."""
+    cfg = dataclasses.replace(TINY, num_subjects=1, frames_per_sequence=2, noise_std=0.0)
+    i2 = face.AU_INDEX[2]
+
+    def frames(au2: float, hidden: tuple[int, ...]):
+        def fixed(rng, c):
+            x = np.zeros((c.frames_per_sequence, face.NUM_AUS), np.float32)
+            x[:, face.AU_INDEX[1]] = 4.0
+            x[:, i2] = au2
+            return x
+        monkeypatch.setattr(generator, "intensities", fixed)
+        return _frames(dataclasses.replace(cfg, hidden_aus=hidden))
+
+    hidden_on, hidden_off = frames(5.0, (2,)), frames(0.0, (2,))
+    drawn_on, drawn_off = frames(5.0, ()), frames(0.0, ())
+    for a, b in zip(hidden_on, hidden_off):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["landmarks"], b["landmarks"])
+        assert synthetic.occurrence(a["intensity"], "bp4d")[1] == 1 and synthetic.occurrence(b["intensity"], "bp4d")[1] == 0
+    np.testing.assert_array_equal(hidden_off[0]["image"], drawn_off[0]["image"])
+    assert not np.array_equal(drawn_on[0]["image"], drawn_off[0]["image"])     # AU2 is drawn without the option
+    with pytest.raises(ValueError, match="hidden_aus"):
+        next(synthetic.generate(dataclasses.replace(cfg, hidden_aus=(3,))))
+    from data_pipelines.builders import synth_au
+    config = {c.name: c for c in synth_au.SynthAu.BUILDER_CONFIGS}["bp4d_small_hidden2"]
+    assert config.synth_config().hidden_aus == (2,) and config.synth_config().num_subjects == 24
+
+
 def test_occurrence_label_sets():
     x = np.zeros((3, 15), np.float32)
     x[0, generator.face.AU_INDEX[12]] = 2.0

@@ -69,10 +69,11 @@ def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = Non
     return "grouped"
 
 
-# What ``auto`` means on CPU per layer kind (measured 2026-11-28, 2-core CPU, quiet, XLA flags of xla_flags.py).
-# Training: the region-layer cells stay "matmul": with their 2 x 84 small convolutions unrolled, the paper-size train
-# step compiled in 86-88 s (over the 60 s budget) and ran 2.2x (JAA-Net) / 1.5x (ALGRNet) slower as a whole, although
-# each cell layer alone is faster unrolled. Inference: unrolled everywhere (JAA-Net eval forward at batch 8 1.50 s ->
+# What ``auto`` means on CPU per layer kind (measured 2026-11-28/29, 2-core CPU, quiet, XLA flags of xla_flags.py).
+# Training: the region-layer cells stay "matmul". Unrolled (2 x 84 small convolutions), the paper-size train step was
+# first 2.2x slower (the per-copy gradients were summed as k padded full-size arrays; ``unrolled_conv`` now splits);
+# after that fix it is faster (JAA-Net 5.1 -> 4.6 s, ALGRNet 14.1 -> 12.8 s) but the ALGRNet step compiles in 64.5 s
+# against 40 s, over the 60 s budget. Inference: unrolled everywhere (JAA-Net eval forward at batch 8 1.50 s ->
 # 1.15 s, compile 9 s -> 17 s).
 CPU_AUTO = {"copies": "unrolled", "cells": "matmul"}
 CPU_AUTO_EVAL = {"copies": "unrolled", "cells": "unrolled"}

@@ -2,7 +2,8 @@
 
 Configs ``<label_set>_<size>``: label set ``bp4d`` (12 AUs), ``disfa`` (8 AUs, occurrence =
 intensity >= 2) or ``paralysis`` (the grade), size ``tiny`` / ``small`` / ``medium``
-(``synthetic.SIZES``). Splits ``part1..part3`` hold the subject-exclusive folds of the generator.
+(``synthetic.SIZES``); ``bp4d_small_hidden2``: ``bp4d_small`` with AU2 labelled but not drawn (the
+relational test of docs/ablation_synthetic.md). Splits ``part1..part3`` hold the subject-exclusive folds of the generator.
 
 Build: ``algrnet data build synth_au --config bp4d_small [--data-dir D]`` or
 ``tfds build data_pipelines/builders/synth_au.py --config bp4d_small --data_dir D``.
@@ -23,17 +24,30 @@ class SynthAuConfig(base.AlgrnetBuilderConfig):
     """A label set and a generator size (a key of ``synthetic.SIZES``)."""
 
     size: str = "tiny"
+    hidden_aus: tuple[int, ...] = ()
 
     def synth_config(self) -> synthetic.SynthConfig:
         """The generator config of this size (paralysis faces for the paralysis label set)."""
         cfg = synthetic.SIZES[self.size]
-        return dataclasses.replace(cfg, paralysis=self.label_set == label_sets.PARALYSIS)
+        return dataclasses.replace(cfg, paralysis=self.label_set == label_sets.PARALYSIS,
+                                   hidden_aus=self.hidden_aus)
+
+
+# The relational test set: AU2 is labelled but never drawn; it occurs with AU1, AU25 and AU26 (prototype
+# 1+2+25+26) and in single-AU episodes, so only its partners (or chance) reveal it.
+HIDDEN_AU_CONFIGS = {"bp4d_small_hidden2": ("small", (2,))}
 
 
 def _configs() -> list[SynthAuConfig]:
-    return [SynthAuConfig(name=f"{label_set}_{size}", label_set=label_set, size=size,
-                          description=f"synthetic faces, {label_set} labels, size {size}")
-            for label_set in label_sets.LABEL_SETS for size in synthetic.SIZES]
+    out = [SynthAuConfig(name=f"{label_set}_{size}", label_set=label_set, size=size,
+                         description=f"synthetic faces, {label_set} labels, size {size}")
+           for label_set in label_sets.LABEL_SETS for size in synthetic.SIZES]
+    for name, (size, hidden) in HIDDEN_AU_CONFIGS.items():
+        aus = ", ".join(f"AU{a}" for a in hidden)
+        out.append(SynthAuConfig(name=name, label_set="bp4d", size=size, hidden_aus=hidden,
+                                 description=f"synthetic faces, bp4d labels, size {size}; {aus} labelled but not "
+                                             "drawn (visible only through co-occurring AUs)"))
+    return out
 
 
 class SynthAu(base.AlgrnetBuilder):

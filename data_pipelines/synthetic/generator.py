@@ -36,6 +36,9 @@ class SynthConfig:
     singles_per_sequence: float = 2.0     # mean single-AU episodes per sequence
     noise_std: float = 3.0                # sensor noise (uint8 units)
     pose_jitter: float = 1.0              # scale of the per-frame pose jitter (0: none)
+    # AUs that are labelled but not drawn (neither appearance nor landmark motion): visible only through the
+    # partners of their co-occurrence prototypes, a test that rewards relational models by construction.
+    hidden_aus: tuple[int, ...] = ()
 
 
 SIZES: dict[str, SynthConfig] = {
@@ -174,6 +177,11 @@ def generate(cfg: SynthConfig) -> Iterator[dict]:
     if cfg.image_size < 32:
         raise ValueError(f"SynthConfig.image_size must be >= 32, got {cfg.image_size}")
     size = cfg.image_size
+    unknown = sorted(set(cfg.hidden_aus) - set(face.AU_INDEX))
+    if unknown:
+        raise ValueError(f"SynthConfig.hidden_aus: {unknown} not rendered by the generator ({au_sets.SYNTH_AUS})")
+    drawn = np.ones(face.NUM_AUS, np.float32)
+    drawn[[face.AU_INDEX[a] for a in cfg.hidden_aus]] = 0.0
     for i in range(cfg.num_subjects):
         subj = make_subject(cfg, i)
         sid = subject_id(i)
@@ -184,7 +192,7 @@ def generate(cfg: SynthConfig) -> Iterator[dict]:
             for f in range(cfg.frames_per_sequence):
                 oy, ox = rng.integers(NOISE_PAD, size=2)
                 noise = subj.noise[oy:oy + size, ox:ox + size] if cfg.noise_std > 0 else None
-                img, lm = render_frame(subj, inten[f], poses[f], noise, size)
+                img, lm = render_frame(subj, inten[f] * drawn, poses[f], noise, size)
                 yield {"image": img, "landmarks": lm, "intensity": inten[f], "subject": sid,
                        "sequence": f"{sid}_Q{q + 1}", "frame": f, "fold": subject_fold(i),
                        "grade": subj.identity.grade}
