@@ -93,3 +93,14 @@ def test_bad_shapes():
         jax.eval_shape(FusionRefine(F).init, jax.random.key(0), l, g[:, :4])
     with pytest.raises(ValueError, match="FusionRefine: expected"):
         jax.eval_shape(FusionRefine(F).init, jax.random.key(0), l[0], g)
+
+
+def test_rescale_gives_unit_rms_output(setup):
+    """``rescale`` (off by default, not the paper's): r * sqrt(F), so the entries of r have RMS near 1 instead of
+    1/sqrt(F); the same parameters."""
+    model, variables, l, g = setup
+    r = np.asarray(model.apply(variables, l, g))
+    scaled = np.asarray(FusionRefine(F, rescale=True).apply(variables, l, g))
+    np.testing.assert_allclose(scaled, r * np.sqrt(F), rtol=1e-6, atol=1e-6)
+    assert np.sqrt(np.mean(r ** 2)) <= 1 / np.sqrt(F) + 1e-6            # convex mix of two unit vectors per position
+    assert 0.3 < np.sqrt(np.mean(scaled ** 2)) <= 1.0 + 1e-6

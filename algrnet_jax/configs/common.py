@@ -89,6 +89,7 @@ def base_config(name: str, arg: str | None, *, arch: str, adaptive: bool, relati
     c.model.adaptive = adaptive          # AdaptiveRegions (offsets and scales)
     c.model.relation = relation          # "skip_bilstm" | "bilstm" | "none"
     c.model.fusion_refine = fusion_refine
+    c.model.fusion_refine_rescale = False  # r_t * sqrt(F), unit-RMS F&R output: not the paper's (ablation doc)
     c.model.num_grades = len(au_sets.GRADES)
     c.model.num_regions = 12             # paralysis muscle regions
     c.model.conv_impl = "auto"           # per-copy convs: auto | unrolled | grouped | matmul (models/layers.py)

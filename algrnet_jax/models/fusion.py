@@ -34,6 +34,7 @@ class FusionRefineAU(nn.Module):
     """Fusion & refining of one AU: l [B, h, w, F], g [B, h, w, F] -> r [B, h, w, F]."""
 
     features: int
+    rescale: bool = False   # multiply r by sqrt(F): unit RMS entries (not in the paper; docs/ablation_synthetic.md)
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -47,7 +48,8 @@ class FusionRefineAU(nn.Module):
         alpha = nn.sigmoid(conv(f, g.shape[-1], name="gate_g", **c1)(g) + conv(f, l.shape[-1], name="gate_l", **c1)(l))
         g_hat = l2_normalize(conv(f, g.shape[-1], name="conv_g", **c1)(g))
         l_hat = l2_normalize(conv(f, l.shape[-1], name="conv_l", **c1)(l))
-        return alpha * g_hat + (1.0 - alpha) * l_hat
+        r = alpha * g_hat + (1.0 - alpha) * l_hat
+        return r * jnp.sqrt(jnp.asarray(f, r.dtype)) if self.rescale else r
 
 
 FusionRefine = nn.vmap(FusionRefineAU, variable_axes={"params": 0}, split_rngs={"params": True},

@@ -80,6 +80,7 @@ class ALGRNet(nn.Module):
     adaptive: bool = True
     relation: str = "skip_bilstm"
     fusion_refine: bool = True
+    fusion_refine_rescale: bool = False  # r_t * sqrt(F) (unit RMS; not the paper's: off by default)
     final_mean: bool = True          # final = mean(local, integrated); False: integrated (JAA-Net)
     task: str = "au"                 # a tasks.TASKS name: "au" | "paralysis"
     num_grades: int = 4
@@ -133,7 +134,7 @@ class ALGRNet(nn.Module):
         local = HLFeat(u, train, copies=n, name="local_au_feat", **kw)(s)     # [n, B, 5, 5, 20u]
         glob = HLFeat(u, train, name="global_au_feat", **kw)(region)        # [B, 5, 5, 20u]
         if self.fusion_refine:
-            local = FusionRefine(local.shape[-1], name="fusion_refine", **dt)(local, glob)
+            local = FusionRefine(local.shape[-1], self.fusion_refine_rescale, name="fusion_refine", **dt)(local, glob)
         classes, units = task.head_units(n, self.num_grades)
         local_logits = DenseHead(8 * u, classes, copies=n, name="local_au_output", **dt)(local)  # [n, B, classes]
         local_logits = local_logits.astype(geo["dtype"])
@@ -177,6 +178,7 @@ def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
         raise ValueError(f"config.model.param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
     return ALGRNet(aus=tuple(config.aus), crop_size=config.crop_size, unit=m.unit, lstm_hidden=m.lstm_hidden,
                    map_margin=m.map_margin, map_scale=m.map_scale, adaptive=m.adaptive, relation=m.relation,
-                   fusion_refine=m.fusion_refine, final_mean=m.arch != "jaanet", task=m.task,
+                   fusion_refine=m.fusion_refine, fusion_refine_rescale=bool(m.get("fusion_refine_rescale", False)),
+                   final_mean=m.arch != "jaanet", task=m.task,
                    num_grades=m.num_grades, num_regions=m.num_regions, conv_impl=conv_impl,
                    dtype=COMPUTE_DTYPES[dtype], param_dtype=jnp.dtype(param_dtype))
