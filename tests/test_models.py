@@ -416,11 +416,12 @@ def test_conv_copies_implementations_equal_native_convs(impl):
 
 def test_conv_impl_auto_per_backend():
     assert resolve_conv_impl("auto", "copies", backend="cpu") == "unrolled"
-    assert resolve_conv_impl("auto", "cells", backend="cpu") == "matmul"
-    assert resolve_conv_impl("auto", "cells", backend="cpu", train=False) == "unrolled"   # inference programs
+    assert resolve_conv_impl("auto", "cells1", backend="cpu") == "unrolled"
+    assert resolve_conv_impl("auto", "cells2", backend="cpu") == "matmul"                 # training programs
+    assert resolve_conv_impl("auto", "cells2", backend="cpu", train=False) == "unrolled"  # inference programs
     assert resolve_conv_impl("auto", "copies", backend="cpu", train=False) == "unrolled"
     assert resolve_conv_impl("auto", "copies", backend="gpu") == "grouped"
-    assert resolve_conv_impl("matmul", "cells", backend="gpu") == "matmul"
+    assert resolve_conv_impl("matmul", "cells2", backend="gpu") == "matmul"
     with pytest.raises(ValueError, match="model.conv_impl must be one of"):
         resolve_conv_impl("fast")
 

@@ -52,7 +52,8 @@ CONV_IMPLS = ("auto", "unrolled", "grouped", "matmul")
 
 def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = None, train: bool = True) -> str:
     """The implementation ``auto`` stands for on a backend, for a layer ``kind``: "copies" (per-AU / per-region
-    layers, few large convs) or "cells" (region-layer cells, many small convs), in a training (``train``) or an
+    layers, few large convs) or "cells1" / "cells2" (the cells of region layer 1 / 2, many small convs), in a
+    training (``train``) or an
     inference program. Explicit choices pass through.
 
     Measured (``experiments/bench_layers.py``, docs/performance.md): on CPU, k unrolled native convolutions beat the
@@ -69,14 +70,16 @@ def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = Non
     return "grouped"
 
 
-# What ``auto`` means on CPU per layer kind (measured 2026-11-28/29, 2-core CPU, quiet, XLA flags of xla_flags.py).
-# Training: the region-layer cells stay "matmul". Unrolled (2 x 84 small convolutions), the paper-size train step was
-# first 2.2x slower (the per-copy gradients were summed as k padded full-size arrays; ``unrolled_conv`` now splits);
-# after that fix it is faster (JAA-Net 5.1 -> 4.6 s, ALGRNet 14.1 -> 12.8 s) but the ALGRNet step compiles in 64.5 s
-# against 40 s, over the 60 s budget. Inference: unrolled everywhere (JAA-Net eval forward at batch 8 1.50 s ->
-# 1.15 s, compile 9 s -> 17 s).
-CPU_AUTO = {"copies": "unrolled", "cells": "matmul"}
-CPU_AUTO_EVAL = {"copies": "unrolled", "cells": "unrolled"}
+# What ``auto`` means on CPU per layer kind (measured 2026-11-28/29, 2-core CPU, quiet, XLA flags of xla_flags.py;
+# paper-size train step, batch 8, JAA-Net / ALGRNet seconds and ALGRNet compile seconds):
+#   region cells matmul in both layers     5.07 / 14.05 s, compile 40 s
+#   cells of layer 1 unrolled, layer 2 matmul  4.59 / 13.01 s, compile 47 s   <- auto in training
+#   cells unrolled in both layers          4.6 / 12.8 s, compile 64.5 s (over the 60 s budget)
+# (Before ``unrolled_conv`` split its copies, unrolled cells made the step 2.2x slower: their gradients were summed
+# as k padded full-size arrays.) Inference: unrolled everywhere (JAA-Net eval forward at batch 8 1.50 s -> 1.15 s,
+# compile 9 s -> 17 s).
+CPU_AUTO = {"copies": "unrolled", "cells1": "unrolled", "cells2": "matmul"}
+CPU_AUTO_EVAL = {"copies": "unrolled", "cells1": "unrolled", "cells2": "unrolled"}
 
 
 def native_conv(x: jax.Array, kernel: jax.Array, padding: int, groups: int = 1) -> jax.Array:

@@ -35,6 +35,7 @@ class CellBlock(nn.Module):
     cells: int
     train: bool = False
     conv_impl: str = "auto"
+    kind: str = "cells1"    # the layer kind conv_impl "auto" resolves for (layers.resolve_conv_impl)
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -42,8 +43,8 @@ class CellBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.relu(BatchNorm(self.train, copies=self.cells, name="bn", **dt)(x))
-        return Conv(self.features, copies=self.cells, impl=self.conv_impl, kind="cells", train=self.train, name="conv",
-                    **dt)(x)
+        return Conv(self.features, copies=self.cells, impl=self.conv_impl, kind=self.kind, train=self.train,
+                    name="conv", **dt)(x)
 
 
 def to_cells(x: jax.Array, grid: int) -> jax.Array:
@@ -65,7 +66,7 @@ def from_cells(y: jax.Array, grid: int) -> jax.Array:
 def cell_convs(x: jax.Array, grid: int, features: int, train: bool, name: str, **kwargs: Any) -> jax.Array:
     """A grid x grid split of x [B, H, W, c], each cell its own BN -> ReLU -> conv3x3 (padding inside the cell).
 
-    ``kwargs``: CellBlock's conv_impl, dtype, param_dtype."""
+    ``kwargs``: CellBlock's conv_impl, kind, dtype, param_dtype."""
     return from_cells(CellBlock(features, grid * grid, train, name=name, **kwargs)(to_cells(x, grid)), grid)
 
 
@@ -79,6 +80,7 @@ class RegionLayer(nn.Module):
     features: int
     train: bool = False
     conv_impl: str = "auto"
+    cell_kind: str = "cells1"   # "cells1" | "cells2": which region layer, for conv_impl "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -87,9 +89,10 @@ class RegionLayer(nn.Module):
         c = self.features
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = Conv(c, name="conv", **dt)(x)
-        b1 = cell_convs(x, 8, c // 2, self.train, "branch1", conv_impl=self.conv_impl, **dt)
-        b2 = cell_convs(b1, 4, c // 4, self.train, "branch2", conv_impl=self.conv_impl, **dt)
-        b3 = cell_convs(b2, 2, c // 4, self.train, "branch3", conv_impl=self.conv_impl, **dt)
+        kw = dict(conv_impl=self.conv_impl, kind=self.cell_kind, **dt)
+        b1 = cell_convs(x, 8, c // 2, self.train, "branch1", **kw)
+        b2 = cell_convs(b1, 4, c // 4, self.train, "branch2", **kw)
+        b3 = cell_convs(b2, 2, c // 4, self.train, "branch3", **kw)
         out = x + jnp.concatenate([b1, b2, b3], axis=-1)
         return nn.relu(BatchNorm(self.train, name="bn", **dt)(out))
 
@@ -106,8 +109,8 @@ class RegionLearning(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = max_pool2(RegionLayer(4 * self.unit, self.train, name="layer1", **kw)(x))
-        return max_pool2(RegionLayer(8 * self.unit, self.train, name="layer2", **kw)(x))
+        x = max_pool2(RegionLayer(4 * self.unit, self.train, cell_kind="cells1", name="layer1", **kw)(x))
+        return max_pool2(RegionLayer(8 * self.unit, self.train, cell_kind="cells2", name="layer2", **kw)(x))
 
 
 class HLFeat(nn.Module):
