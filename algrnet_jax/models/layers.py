@@ -53,8 +53,7 @@ CONV_IMPLS = ("auto", "unrolled", "grouped", "matmul")
 def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = None, train: bool = True) -> str:
     """The implementation ``auto`` stands for on a backend, for a layer ``kind``: "copies" (per-AU / per-region
     layers, few large convs) or "cells1" / "cells2" (the cells of region layer 1 / 2, many small convs), in a
-    training (``train``) or an
-    inference program. Explicit choices pass through.
+    training (``train``) or an inference program. Explicit choices pass through.
 
     Measured (``experiments/bench_layers.py``, docs/performance.md): on CPU, k unrolled native convolutions beat the
     patches x matmul form and PyTorch's loop in every layer; the grouped convolution of ``vmap(conv)`` has a very slow
@@ -251,13 +250,9 @@ def _batch_norm_bwd(axes, epsilon, residuals, cotangents):
     dbias = jnp.sum(dy, axes, keepdims=True)
     dscale = jnp.sum(dy * xhat, axes, keepdims=True)
     dx = (scale * rstd) * (dy - dbias / n - xhat * (dscale / n))
-
-    def to(g, like):  # back to the parameter's (broadcast) shape
-        extra = tuple(range(g.ndim - like.ndim))
-        g = jnp.sum(g, extra) if extra else g
-        return jnp.sum(g, tuple(i for i, d in enumerate(like.shape) if d == 1 and g.shape[i] != 1), keepdims=True)
-
-    return dx.astype(x.dtype), to(dscale, scale).astype(scale.dtype), to(dbias, bias).astype(bias.dtype)
+    # One value per normalised group, as scale and bias hold them ([C] or [copies, 1, .., 1, C]).
+    return (dx.astype(x.dtype), dscale.reshape(scale.shape).astype(scale.dtype),
+            dbias.reshape(bias.shape).astype(bias.dtype))
 
 
 batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)

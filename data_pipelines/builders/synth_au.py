@@ -3,7 +3,8 @@
 Configs ``<label_set>_<size>``: label set ``bp4d`` (12 AUs), ``disfa`` (8 AUs, occurrence =
 intensity >= 2) or ``paralysis`` (the grade), size ``tiny`` / ``small`` / ``medium``
 (``synthetic.SIZES``); ``bp4d_small_hidden2``: ``bp4d_small`` with AU2 labelled but not drawn (the
-relational test of docs/ablation_synthetic.md). Splits ``part1..part3`` hold the subject-exclusive folds of the generator.
+relational test of docs/ablation_synthetic.md). Splits ``part1..part3`` hold the subject-exclusive folds
+of the generator.
 
 Build: ``algrnet data build synth_au --config bp4d_small [--data-dir D]`` or
 ``tfds build data_pipelines/builders/synth_au.py --config bp4d_small --data_dir D``.
