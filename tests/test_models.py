@@ -19,7 +19,7 @@ from algrnet_jax import losses
 from algrnet_jax.configs import MODEL_NAMES, get_config
 from algrnet_jax.models import networks
 from algrnet_jax.models.layers import BatchNorm, Conv, batch_norm_train, max_pool2, resolve_conv_impl
-from algrnet_jax.models.stem import CellBlock, from_cells, to_cells
+from algrnet_jax.models.stem import CellBlock, from_cell_list, from_cells, to_cell_list, to_cells
 
 RECIPE = pathlib.Path(__file__).parent / "fixtures" / "jaanet_parity_bp4d" / "recipe.json"
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -414,6 +414,47 @@ def test_conv_copies_implementations_equal_native_convs(impl):
                 np.testing.assert_allclose(dv["params"][leaf][k], dp_k["params"][leaf], atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["jaanet", "algrnet"])
+def test_conv_impls_give_the_same_model(name):
+    """Whole network, every ``model.conv_impl``: identical parameter trees, and the same loss, loss gradients
+    and updated batch statistics of a training step ("unrolled" runs the per-AU chains as per-copy tuples)."""
+    results = {}
+    for impl in ("unrolled", "grouped", "matmul"):
+        config = get_config(name, "tiny")
+        config.model.conv_impl = impl
+        model = networks.create_model(config)
+        batch = _inputs(config)
+        variables = model.init(jax.random.key(0, impl="rbg"), batch["image"])
+        fn = jax.jit(jax.value_and_grad(_loss_parts_fn(model, config, variables["batch_stats"]), has_aux=True),
+                     compiler_options=FAST)
+        (loss, state), grads = fn(variables["params"], jnp.ones(3), batch)
+        results[impl] = variables, loss, grads, state["batch_stats"]
+    base_vars, base_loss, base_grads, base_stats = results.pop("unrolled")
+    for impl, (variables, loss, grads, stats) in results.items():
+        jax.tree.map(np.testing.assert_array_equal, variables, base_vars)    # same init, same tree
+        np.testing.assert_allclose(loss, base_loss, rtol=1e-5, err_msg=impl)
+        # Relative per leaf (measured <= 1e-4); conv biases before a BatchNorm have a zero gradient up to rounding,
+        # hence the absolute term relative to the largest gradient entry.
+        atol = 1e-4 * max(float(jnp.abs(g).max()) for g in jax.tree.leaves(base_grads))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=atol, err_msg=impl), grads,
+                     base_grads)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=impl), stats,
+                     base_stats)
+
+
+def test_batchnorm_per_copy_tuple_equals_stacked():
+    """BatchNorm(copies) on a per-copy tuple: the stacked result, the same statistics updates (train and eval)."""
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((3, 2, 5, 4, 6)) * 2 + 1, jnp.float32)
+    for train in (True, False):
+        bn = BatchNorm(train, copies=3)
+        variables = bn.init(jax.random.key(0, impl="rbg"), x)
+        variables = jax.tree.map(lambda a: a + 0.1 * jnp.arange(a.size).reshape(a.shape), variables)
+        y, state = bn.apply(variables, x, mutable=["batch_stats"])
+        yt, state_t = bn.apply(variables, tuple(x), mutable=["batch_stats"])
+        np.testing.assert_allclose(jnp.stack(yt), y, rtol=1e-6, atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), state_t, state)
+
+
 def test_conv_impl_auto_per_backend():
     assert resolve_conv_impl("auto", "copies", backend="cpu") == "unrolled"
     assert resolve_conv_impl("auto", "cells1", backend="cpu") == "unrolled"
@@ -445,6 +486,8 @@ def test_cell_convs_are_row_major_per_cell_blocks():
     assert cells.shape == (16, 2, 2, 3, 3)
     np.testing.assert_array_equal(cells[1 * 4 + 2], x[:, 2:4, 6:9])   # row 1, column 2
     np.testing.assert_array_equal(from_cells(cells, 4), x)
+    np.testing.assert_array_equal(jnp.stack(to_cell_list(x, 4)), cells)            # the per-copy form
+    np.testing.assert_array_equal(from_cell_list(to_cell_list(x, 4), 4), x)
     layer = CellBlock(5, 16, True)
     variables = layer.init(jax.random.key(0, impl="rbg"), cells)
     y = from_cells(layer.apply(variables, cells, mutable=["batch_stats"])[0], 4)

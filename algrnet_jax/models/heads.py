@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from algrnet_jax.models.layers import BatchNorm, Conv, Dense, flatten_nchw
+from algrnet_jax.models.layers import BatchNorm, Conv, Dense, each, flatten_nchw, per_copy_form, stacked
 
 
 class DenseHead(nn.Module):
@@ -59,7 +59,8 @@ class RefineNet(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = dict(padding="VALID", copies=self.copies, impl=self.conv_impl, **dt)
+        x = per_copy_form(x, self.copies, self.conv_impl, self.train)
         for k in range(1, 4):
             x = Conv(8 * self.unit, name=f"conv{k}", **conv)(x)
-            x = nn.relu(BatchNorm(self.train, copies=self.copies, name=f"bn{k}", **dt)(x))
-        return nn.sigmoid(Conv(1, name="conv4", **conv)(x))
+            x = each(nn.relu, BatchNorm(self.train, copies=self.copies, name=f"bn{k}", **dt)(x))
+        return stacked(each(nn.sigmoid, Conv(1, name="conv4", **conv)(x)))

@@ -76,7 +76,9 @@ def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = Non
 #   cells unrolled in both layers          4.6 / 12.8 s, compile 64.5 s (over the 60 s budget)
 # (Before ``unrolled_conv`` split its copies, unrolled cells made the step 2.2x slower: their gradients were summed
 # as k padded full-size arrays.) Inference: unrolled everywhere (JAA-Net eval forward at batch 8 1.50 s -> 1.15 s,
-# compile 9 s -> 17 s).
+# compile 9 s -> 17 s). With the per-copy chains and one-pass BatchNorm sums (2026-11-29, later): JAA-Net 4.10 s with
+# layer-1 cells unrolled, 4.43 s matmul; ALGRNet 12.4 / 12.55 s, compile 64 / 53 s: the relational models pass
+# their layer-1 cells as kind "cells2" (networks.py).
 CPU_AUTO = {"copies": "unrolled", "cells1": "unrolled", "cells2": "matmul"}
 CPU_AUTO_EVAL = {"copies": "unrolled", "cells1": "unrolled", "cells2": "unrolled"}
 
@@ -106,6 +108,37 @@ def matmul_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     return jnp.einsum("kbhwi,kio->kbhwo", patches, kernel.reshape(k, kh * kw * c, f))
 
 
+# The per-copy form: a tuple of k arrays [B, ...] instead of one stacked [k, B, ...]. A chain of per-copy layers
+# (conv, BatchNorm, ReLU, pooling) on it keeps every copy separate from the chain's first layer to its last: no
+# stack after each convolution and no split before the next one (two copies of every activation per layer).
+PerCopy = tuple[jax.Array, ...]
+
+
+def unstack(x: jax.Array) -> PerCopy:
+    """[k, ...] -> k arrays [...], taken apart with ``split``: its transpose is one concatenate, while the
+    transpose of indexing ``x[i]`` pads each gradient back to the full [k, ...] shape (k^2 memory traffic)."""
+    return tuple(part[0] for part in jnp.split(x, x.shape[0], axis=0))
+
+
+def each(fn: Any, x: jax.Array | PerCopy) -> jax.Array | PerCopy:
+    """``fn`` on an array, or on every copy of a per-copy tuple."""
+    return tuple(fn(part) for part in x) if isinstance(x, tuple) else fn(x)
+
+
+def per_copy_form(x: jax.Array | PerCopy, copies: int, impl: str, train: bool,
+                  kind: str = "copies") -> jax.Array | PerCopy:
+    """The form a chain of per-copy layers runs in: a per-copy tuple where ``impl`` resolves to "unrolled" for
+    the layer ``kind`` in this program, else stacked [copies, ...]. x: either form."""
+    if copies and resolve_conv_impl(impl, kind, train=train) == "unrolled":
+        return x if isinstance(x, tuple) else unstack(x)
+    return jnp.stack(x) if isinstance(x, tuple) else x
+
+
+def stacked(x: jax.Array | PerCopy) -> jax.Array:
+    """A per-copy tuple stacked to [k, ...]; an array as it is."""
+    return jnp.stack(x) if isinstance(x, tuple) else x
+
+
 def unrolled_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """k independent native convs, unrolled in the program: x [k, B, H, W, c], kernel [k, kh, kw, c, f] -> [k, B, H', W', f].
 
@@ -115,9 +148,7 @@ def unrolled_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     fusion of the following BatchNorm backward (k^2 slices of memory traffic; the paper-size JAA-Net train step went
     from 7.46 to 6.0 s without it).
     """
-    k = kernel.shape[0]
-    pairs = zip(jnp.split(x, k, axis=0), jnp.split(kernel, k, axis=0))
-    return jnp.concatenate([native_conv(xi[0], ki[0], padding)[None] for xi, ki in pairs], axis=0)
+    return jnp.stack([native_conv(xi, ki, padding) for xi, ki in zip(unstack(x), unstack(kernel))])
 
 
 def grouped_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
@@ -138,11 +169,12 @@ COPIES_CONV = {"unrolled": unrolled_conv, "grouped": grouped_conv, "matmul": mat
 class Conv(nn.Module):
     """Square conv, stride 1, PyTorch init; with ``copies`` > 0, that many independent convs (params [copies, ...]).
 
-    x [B, H, W, c] (or [copies, B, H, W, c]) -> [B, H', W', features] (or [copies, ...]); ``padding`` an int
-    (PyTorch's) or "VALID". Params: kernel [(copies,) k, k, c, features] HWIO, bias [(copies,) features].
-    ``impl`` (``CONV_IMPLS``) says how copies are computed (without copies: XLA's native convolution, or
-    "matmul" for a conv inside ``scan``); ``kind`` is the layer kind ``auto`` resolves for, in a training program
-    when ``train`` (``resolve_conv_impl``).
+    x [B, H, W, c] (or [copies, B, H, W, c], or a per-copy tuple of ``copies`` arrays [B, H, W, c]) ->
+    [B, H', W', features] (or [copies, ...], or a per-copy tuple); ``padding`` an int (PyTorch's) or "VALID".
+    Params: kernel [(copies,) k, k, c, features] HWIO, bias [(copies,) features].
+    ``impl`` (``CONV_IMPLS``) says how stacked copies are computed (a per-copy tuple: one native convolution per
+    copy; without copies: XLA's native convolution, or "matmul" for a conv inside ``scan``); ``kind`` is the layer
+    kind ``auto`` resolves for, in a training program when ``train`` (``resolve_conv_impl``).
     ``dtype``: computation dtype (None: that of the input and params); ``param_dtype``: the parameters'.
     """
 
@@ -157,16 +189,23 @@ class Conv(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k, c = self.kernel_size, x.shape[-1]
+    def __call__(self, x: jax.Array | PerCopy) -> jax.Array | PerCopy:
+        per_copy = isinstance(x, tuple)
+        k, c = self.kernel_size, (x[0] if per_copy else x).shape[-1]
         lead = (self.copies,) if self.copies else ()
         batch_axis = (0,) if self.copies else ()
         kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform",
                                                                        batch_axis=batch_axis),
                             lead + (k, k, c, self.features), self.param_dtype)
         bias = self.param("bias", torch_bias_init(c * k * k), lead + (self.features,), self.param_dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         pad = 0 if self.padding == "VALID" else int(self.padding)
+        if per_copy:
+            if len(x) != self.copies:
+                raise ValueError(f"Conv with copies={self.copies}: got a per-copy tuple of {len(x)} arrays")
+            dtype = nn.dtypes.canonicalize_dtype(*x, kernel, bias, dtype=self.dtype)
+            return tuple(native_conv(xi.astype(dtype), ki.astype(dtype), pad) + bi.astype(dtype)
+                         for xi, ki, bi in zip(x, unstack(kernel), unstack(bias)))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         impl = resolve_conv_impl(self.impl, self.kind, train=self.train)
         if self.copies:
             if x.ndim != 5 or x.shape[0] != self.copies:
@@ -220,6 +259,20 @@ def max_pool2(x: jax.Array) -> jax.Array:
     return y
 
 
+def _pair_sums(a: jax.Array, b: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """(sum(a), sum(b)) over ``axes`` (removed) in one pass: a variadic reduce, in two stages (the last axis of
+    ``axes``, then the rest). On XLA:CPU one variadic pass over a [8, 44, 44, 96] activation takes ~1/5 of the time
+    of one plain ``jnp.sum`` (which goes through a slow reduce-window first stage), and the two stages keep the
+    float32 summation chains short (error below ``jnp.sum``'s; measured in docs/performance.md)."""
+    zero = jnp.zeros((), a.dtype)
+    add = lambda p, q: (p[0] + q[0], p[1] + q[1])   # noqa: E731
+    axes = tuple(sorted(axes))
+    a, b = jax.lax.reduce((a, b), (zero, zero), add, axes[-1:])
+    if len(axes) > 1:   # the remaining axes come before the reduced one: their numbers do not change
+        a, b = jax.lax.reduce((a, b), (zero, zero), add, axes[:-1])
+    return a, b
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, axes: tuple[int, ...],
                      epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -227,16 +280,22 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, axes: tupl
 
     x [..., C]; scale, bias broadcastable to x (one value per normalised group); mean and var (biased) have x's
     shape with ``axes`` kept as 1. The statistics outputs are for the running averages only: their cotangents are
-    ignored (wrap them in ``stop_gradient`` where they are used). The backward pass needs two reductions over x's
-    size, ``sum(dy)`` and ``sum(dy * xhat)``; differentiating the forward formula gave XLA four or five (through
-    the mean and the variance), each a full pass over memory, the largest remaining cost of the CPU train step.
+    ignored (wrap them in ``stop_gradient`` where they are used). Each direction makes one pass over x for its
+    reductions (``_pair_sums``): forward sum(d) and sum(d^2) of d = x - K, K the mean of a slice of x (one row
+    per image), so that var = E[d^2] - E[d]^2 does not cancel; backward sum(dy) and sum(dy * xhat). Autodiff of
+    the mean/variance formula gave XLA four or five full passes in the backward pass.
     """
     return _batch_norm_fwd(x, scale, bias, axes, epsilon)[0]
 
 
 def _batch_norm_fwd(x, scale, bias, axes, epsilon):
-    mean = jnp.mean(x, axes, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
+    keep = tuple(1 if ax in axes else n for ax, n in enumerate(x.shape))
+    row = axes[1] if len(axes) > 1 else axes[0]     # the shift K: the mean over the first index of this axis
+    shift = jnp.mean(jax.lax.slice_in_dim(x, 0, 1, axis=row), axes, keepdims=True)
+    d = x - shift
+    n = math.prod(x.shape[a] for a in axes)
+    sd, sdd = (s.reshape(keep) / n for s in _pair_sums(d, d * d, axes))
+    mean, var = shift + sd, sdd - jnp.square(sd)
     rstd = jax.lax.rsqrt(var + epsilon)
     y = (x - mean) * rstd * scale + bias
     return (y, mean, var), (x, mean, rstd, scale, bias)
@@ -245,10 +304,10 @@ def _batch_norm_fwd(x, scale, bias, axes, epsilon):
 def _batch_norm_bwd(axes, epsilon, residuals, cotangents):
     x, mean, rstd, scale, bias = residuals
     dy = cotangents[0]
+    keep = tuple(1 if ax in axes else n for ax, n in enumerate(x.shape))
     n = math.prod(x.shape[a] for a in axes)
     xhat = (x - mean) * rstd
-    dbias = jnp.sum(dy, axes, keepdims=True)
-    dscale = jnp.sum(dy * xhat, axes, keepdims=True)
+    dbias, dscale = (s.reshape(keep) for s in _pair_sums(dy, dy * xhat, axes))
     dx = (scale * rstd) * (dy - dbias / n - xhat * (dscale / n))
     # One value per normalised group, as scale and bias hold them ([C] or [copies, 1, .., 1, C]).
     return (dx.astype(x.dtype), dscale.reshape(scale.shape).astype(scale.dtype),
@@ -269,33 +328,50 @@ class BatchNorm(nn.Module):
     train: bool = False
     momentum: float = 0.1
     epsilon: float = 1e-5
-    copies: int = 0    # > 0: that many independent BatchNorms on [copies, ...] (params [copies, C])
+    copies: int = 0    # > 0: that many independent BatchNorms on [copies, ...] or a per-copy tuple (params [copies, C])
     dtype: Any = None  # output dtype (None: the input's); statistics are computed in at least float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = ((self.copies,) if self.copies else ()) + (x.shape[-1],)
+    def __call__(self, x: jax.Array | PerCopy) -> jax.Array | PerCopy:
+        per_copy = isinstance(x, tuple)
+        shape = ((self.copies,) if self.copies else ()) + ((x[0] if per_copy else x).shape[-1],)
         scale = self.param("scale", nn.initializers.ones, shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, shape, self.param_dtype)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, self.param_dtype))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, self.param_dtype))
+        if per_copy:    # one BatchNorm per copy: [B, ..., C] each, statistics over all but the channel axis
+            if len(x) != self.copies:
+                raise ValueError(f"BatchNorm with copies={self.copies}: got a per-copy tuple of {len(x)} arrays")
+            parts = [self._normalise(xi, *p) for xi, *p in zip(x, *map(unstack, (scale, bias, ra_mean.value,
+                                                                                 ra_var.value)))]
+            y = tuple(part[0] for part in parts)
+            stats = (jnp.stack([part[1] for part in parts]), jnp.stack([part[2] for part in parts]), parts[0][3])
+        else:
+            if self.copies and (x.ndim < 2 or x.shape[0] != self.copies):
+                raise ValueError(f"BatchNorm with copies={self.copies}: expected [copies, ..., C], got {x.shape}")
+            expand = (slice(None),) + (None,) * (x.ndim - 2) + (slice(None),) if self.copies else (Ellipsis,)
+            y, *stats = self._normalise(x, scale[expand], bias[expand], ra_mean.value[expand],
+                                        ra_var.value[expand], first_axis=1 if self.copies else 0)
+        if self.train and not self.is_initializing():
+            mean, var, n = stats
+            ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean.reshape(shape)
+            ra_var.value = ((1.0 - self.momentum) * ra_var.value
+                            + self.momentum * var.reshape(shape) * (n / max(n - 1, 1)))
+        return y
+
+    def _normalise(self, x: jax.Array, scale: jax.Array, bias: jax.Array, ra_mean: jax.Array, ra_var: jax.Array,
+                   first_axis: int = 0) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+        """x [..., C] normalised over axes ``first_axis`` .. ndim-2 -> (y, batch mean, batch var, count); scale,
+        bias and the running statistics broadcast against x. Statistics in at least float32."""
         out_dtype = self.dtype or x.dtype
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        axes = tuple(range(1 if self.copies else 0, x.ndim - 1))
-        if self.copies and (x.ndim < 2 or x.shape[0] != self.copies):
-            raise ValueError(f"BatchNorm with copies={self.copies}: expected [copies, ..., C], got {x.shape}")
-        expand = (slice(None),) + (None,) * (x.ndim - 2) + (slice(None),) if self.copies else (Ellipsis,)
+        axes = tuple(range(first_axis, x.ndim - 1))
+        n = math.prod(x.shape[a] for a in axes)
         if self.train:
-            y, mean, var = batch_norm_train(x, scale[expand], bias[expand], axes, self.epsilon)
+            y, mean, var = batch_norm_train(x, scale, bias, axes, self.epsilon)
             mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
-            if not self.is_initializing():
-                n = math.prod(x.shape[a] for a in axes)
-                mean_s, var_s = mean.reshape(shape), var.reshape(shape)
-                ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean_s
-                ra_var.value = ((1.0 - self.momentum) * ra_var.value
-                                + self.momentum * var_s * (n / max(n - 1, 1)))
         else:
-            mean, var = ra_mean.value[expand], ra_var.value[expand]
-            y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale[expand] + bias[expand]
-        return y.astype(out_dtype)
+            mean, var = ra_mean, ra_var
+            y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return y.astype(out_dtype), mean, var, n

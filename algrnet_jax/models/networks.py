@@ -58,7 +58,7 @@ from algrnet_jax.models import regions
 from algrnet_jax.models.adaptive import AdaptiveRegions
 from algrnet_jax.models.fusion import FusionRefine
 from algrnet_jax.models.heads import DenseHead, RefineNet
-from algrnet_jax.models.layers import CONV_IMPLS, flatten_nchw
+from algrnet_jax.models.layers import CONV_IMPLS, each, flatten_nchw, per_copy_form
 from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
 from algrnet_jax.models.stem import HLFeat, RegionLearning
 
@@ -110,7 +110,10 @@ class ALGRNet(nn.Module):
         geo = dict(dtype=jnp.promote_types(self.dtype or jnp.float32, jnp.float32), param_dtype=self.param_dtype)
         if self.dtype is not None:
             images = images.astype(self.dtype)
-        region = RegionLearning(u, train, name="region_learning", **kw)(images)
+        # With relations, unrolled layer-1 cells in training programs cost compile time (paper-size ALGRNet step
+        # 64 s, over the 60 s budget) and gain nothing (12.4 vs 12.55 s): ``auto`` treats them like layer 2's.
+        cell_kinds = ("cells1" if self.relation == "none" else "cells2", "cells2")
+        region = RegionLearning(u, train, cell_kinds=cell_kinds, name="region_learning", **kw)(images)
         align = HLFeat(u, train, name="align_feat", **kw)(region)
         landmarks = DenseHead(64 * u, 2 * au_sets.NUM_LANDMARKS, name="align_output", **geo)(align)
         landmarks = landmarks.reshape(b, au_sets.NUM_LANDMARKS, 2)
@@ -129,8 +132,11 @@ class ALGRNet(nn.Module):
         out["initial_au_maps"] = maps
         out["refined_au_maps"] = refined[..., 0].transpose(1, 0, 2, 3)
 
-        v = region[None] * refined.astype(region.dtype)              # [n, B, h, w, 8u]
-        s = v + self._relations()(v) if self.relation != "none" else v
+        if self.relation != "none":
+            v = region[None] * refined.astype(region.dtype)          # [n, B, h, w, 8u]
+            s = v + self._relations()(v)
+        else:   # straight into the per-AU blocks, per copy where they run so (layers.per_copy_form)
+            s = each(lambda r: region * r, per_copy_form(refined.astype(region.dtype), n, self.conv_impl, train))
         local = HLFeat(u, train, copies=n, name="local_au_feat", **kw)(s)     # [n, B, 5, 5, 20u]
         glob = HLFeat(u, train, name="global_au_feat", **kw)(region)        # [B, 5, 5, 20u]
         if self.fusion_refine:
