@@ -442,6 +442,30 @@ def test_conv_impls_give_the_same_model(name):
                      base_stats)
 
 
+def test_normalised_conv_bias_gradient_is_zero():
+    """Conv -> training BatchNorm: autodiff gives the conv bias a zero gradient up to rounding, which is what
+    ``Conv(normalised=True)`` uses (no reduction computed); outputs and all other gradients unchanged."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 6, 5, 3)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((2, 6, 5, 4)), jnp.float32)
+    results = []
+    for normalised in (False, True):
+        conv, bn = Conv(4, train=True, normalised=normalised), BatchNorm(True)
+        cv, bv = conv.init(jax.random.key(0, impl="rbg"), x), bn.init(jax.random.key(1, impl="rbg"), g)
+
+        def f(cv, x, conv=conv, bn=bn, bv=bv):
+            return bn.apply(bv, conv.apply(cv, x), mutable=["batch_stats"])[0]
+
+        y, vjp = jax.vjp(f, cv, x)
+        results.append((y, *vjp(g)))
+    (y0, dp0, dx0), (y1, dp1, dx1) = results
+    np.testing.assert_array_equal(y1, y0)
+    assert float(jnp.abs(dp0["params"]["bias"]).max()) < 1e-5 * float(jnp.abs(dp0["params"]["kernel"]).max())
+    np.testing.assert_array_equal(dp1["params"]["bias"], 0.0)
+    np.testing.assert_allclose(dp1["params"]["kernel"], dp0["params"]["kernel"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-5, atol=1e-6)
+
+
 def test_batchnorm_per_copy_tuple_equals_stacked():
     """BatchNorm(copies) on a per-copy tuple: the stacked result, the same statistics updates (train and eval)."""
     x = jnp.asarray(np.random.default_rng(3).standard_normal((3, 2, 5, 4, 6)) * 2 + 1, jnp.float32)

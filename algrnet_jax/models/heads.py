@@ -61,6 +61,6 @@ class RefineNet(nn.Module):
         conv = dict(padding="VALID", copies=self.copies, impl=self.conv_impl, **dt)
         x = per_copy_form(x, self.copies, self.conv_impl, self.train)
         for k in range(1, 4):
-            x = Conv(8 * self.unit, name=f"conv{k}", **conv)(x)
+            x = Conv(8 * self.unit, train=self.train, normalised=True, name=f"conv{k}", **conv)(x)
             x = each(nn.relu, BatchNorm(self.train, copies=self.copies, name=f"bn{k}", **dt)(x))
         return stacked(each(nn.sigmoid, Conv(1, name="conv4", **conv)(x)))

@@ -175,6 +175,9 @@ class Conv(nn.Module):
     ``impl`` (``CONV_IMPLS``) says how stacked copies are computed (a per-copy tuple: one native convolution per
     copy; without copies: XLA's native convolution, or "matmul" for a conv inside ``scan``); ``kind`` is the layer
     kind ``auto`` resolves for, in a training program when ``train`` (``resolve_conv_impl``).
+    ``normalised``: the output reaches the loss only through BatchNorms over its channels, which in training
+    (``train``) cancel any per-channel constant, so the bias gradient is exactly zero: it is then added under
+    ``stop_gradient`` and its full-size reduction is not computed (the values are unchanged).
     ``dtype``: computation dtype (None: that of the input and params); ``param_dtype``: the parameters'.
     """
 
@@ -185,6 +188,7 @@ class Conv(nn.Module):
     impl: str = "auto"
     kind: str = "copies"
     train: bool = True
+    normalised: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -198,6 +202,8 @@ class Conv(nn.Module):
                                                                        batch_axis=batch_axis),
                             lead + (k, k, c, self.features), self.param_dtype)
         bias = self.param("bias", torch_bias_init(c * k * k), lead + (self.features,), self.param_dtype)
+        if self.normalised and self.train:
+            bias = jax.lax.stop_gradient(bias)
         pad = 0 if self.padding == "VALID" else int(self.padding)
         if per_copy:
             if len(x) != self.copies:

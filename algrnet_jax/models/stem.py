@@ -110,7 +110,7 @@ class RegionLayer(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.features
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = Conv(c, name="conv", **dt)(x)
+        x = Conv(c, train=self.train, normalised=True, name="conv", **dt)(x)   # every path to the loss: a BatchNorm
         kw = dict(conv_impl=self.conv_impl, kind=self.cell_kind, **dt)
         b1 = cell_convs(x, 8, c // 2, self.train, "branch1", **kw)
         b2 = cell_convs(b1, 4, c // 4, self.train, "branch2", **kw)
@@ -160,7 +160,8 @@ class HLFeat(nn.Module):
         for width in (12 * self.unit, 16 * self.unit, 20 * self.unit):
             for _ in range(2):
                 k += 1
-                x = Conv(width, copies=self.copies, impl=self.conv_impl, name=f"conv{k}", **dt)(x)
+                x = Conv(width, copies=self.copies, impl=self.conv_impl, train=self.train, normalised=True,
+                         name=f"conv{k}", **dt)(x)
                 x = each(nn.relu, BatchNorm(self.train, copies=self.copies, name=f"bn{k}", **dt)(x))
             x = each(max_pool2, x)
         return stacked(x)
