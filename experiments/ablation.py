@@ -16,6 +16,8 @@ Examples::
     # the synthetic study of docs/ablation_synthetic.md (7 variants x 3 seeds, ~80 min on 2 CPU cores)
     python -m experiments.ablation --size small --workdir runs/synth_ablation --folds 1 --seeds 0 1 2 \
         --select val_best --set data.batch_size=8 --set train.num_epochs=2
+    # more seeds later, then one report over all of them (seeds must not repeat)
+    python -m experiments.ablation --merge runs/a/ablation.json runs/b/ablation.json:jaanet,algrnet --workdir runs/ab
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from algrnet_jax import configs, experiment, reporting, verbosity
 from algrnet_jax.configs.validate import validate_config
-from algrnet_jax.errors import run_main
+from algrnet_jax.errors import UserError, run_main
 from algrnet_jax.commands import config_args
 from experiments import cross_validation, report
 
@@ -165,6 +167,34 @@ def run_ablation(args: argparse.Namespace, variants: Sequence[str]) -> dict[str,
                                                             folds=args.folds, resume=args.resume, select=args.select)
                 for seed in args.seeds}
         aggregates[name] = {**over_seeds(runs), "seconds": time.time() - t0}
+    write_reports(aggregates, workdir)
+    minutes = sum(agg["seconds"] for agg in aggregates.values()) / 60
+    print(f"wrote {workdir / 'ablation.md'}, ablation.json, ablation.png ({minutes:.1f} min)")
+    return aggregates
+
+
+def merge_aggregates(specs: Sequence[str]) -> dict[str, Any]:
+    """Aggregates of earlier runs joined over seeds: each spec is ``ablation.json`` or ``ablation.json:v1,v2`` (only
+    those variants). A variant in several files gets the union of their seeds (a seed twice is an error)."""
+    seeds: dict[str, dict[int, Any]] = {}
+    for spec in specs:
+        path, _, names = spec.partition(":")
+        try:
+            aggregates = json.loads(pathlib.Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"--merge {path}: cannot read an ablation.json there ({e})") from None
+        for name in (names.split(",") if names else aggregates):
+            if name not in aggregates:
+                raise UserError(f"--merge {path}: no variant {name!r} (it has {', '.join(aggregates)})")
+            for seed, agg in aggregates[name]["seeds"].items():
+                if int(seed) in seeds.setdefault(name, {}):
+                    raise UserError(f"--merge {spec}: seed {seed} of {name} is already in an earlier file")
+                seeds[name][int(seed)] = agg
+    return {name: over_seeds(dict(sorted(runs.items()))) for name, runs in seeds.items()}
+
+
+def write_reports(aggregates: Mapping[str, Mapping[str, Any]], workdir: pathlib.Path) -> None:
+    """Prints the tables and writes ablation.json / .md / .png into ``workdir``."""
     tables = ablation_table(aggregates)
     reporting.print_tables(tables)
     spread = spread_markdown(aggregates)
@@ -173,9 +203,6 @@ def run_ablation(args: argparse.Namespace, variants: Sequence[str]) -> dict[str,
     (workdir / "ablation.json").write_text(json.dumps(aggregates, indent=1))
     (workdir / "ablation.md").write_text("\n".join(reporting.markdown_table(t) for t in tables) + "\n" + spread)
     plot_ablation(aggregates, workdir / "ablation.png")
-    minutes = sum(agg["seconds"] for agg in aggregates.values()) / 60
-    print(f"wrote {workdir / 'ablation.md'}, ablation.json, ablation.png ({minutes:.1f} min)")
-    return aggregates
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train.seed and data.shuffle_seed of the repeated runs (default: 0)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(config_args.FOLDS), choices=config_args.FOLDS)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--merge", nargs="+", metavar="JSON[:VARIANTS]",
+                        help="train nothing: join earlier ablation.json files over seeds (optionally only the "
+                             "comma-separated variants of a file) and write the reports into --workdir")
     cross_validation.add_select_argument(parser)
     return parser
 
@@ -196,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = configs.parse_args(build_parser(), argv)
     verbosity.configure(args.verbose)
+    if args.merge:
+        write_reports(merge_aggregates(args.merge), pathlib.Path(args.workdir))
+        return 0
     run_ablation(args, args.variants)
     return 0
 

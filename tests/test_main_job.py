@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from algrnet_jax import configs, metrics, reporting
+from algrnet_jax.errors import UserError
 from experiments import ablation, cross_validation, paper_configs, report
 
 
@@ -159,6 +160,22 @@ def test_ablation_runner_cross_validates_each_variant_and_seed_end_to_end(tmp_pa
     assert agg["mean_f1"] == pytest.approx(np.mean(f1s)) and agg["std_f1"] == pytest.approx(np.std(f1s, ddof=1))
     assert sorted(agg["seeds"]) == ["0", "1"] and agg["seconds"] > 0
     assert (work / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+    # --merge: the two seeds from two files (as if run at different times) give the same report
+    for seed in ("0", "1"):
+        one = {"wo_full": {**agg, "seeds": {seed: agg["seeds"][seed]}}}
+        (tmp_path / f"seed{seed}.json").write_text(json.dumps(one))
+    merged = tmp_path / "merged"
+    assert ablation.main(["--merge", str(tmp_path / "seed0.json"), f"{tmp_path / 'seed1.json'}:wo_full",
+                          "--workdir", str(merged)]) == 0
+    again = json.loads((merged / "ablation.json").read_text())["wo_full"]
+    assert again["mean_f1"] == pytest.approx(agg["mean_f1"]) and again["std_f1"] == pytest.approx(agg["std_f1"])
+    assert f"| w/o full | {np.mean(f1s):.1f} +- {np.std(f1s, ddof=1):.1f} |" in (merged / "ablation.md").read_text()
+    with pytest.raises(UserError, match="seed 0 of wo_full is already"):
+        ablation.main(["--merge", str(tmp_path / "seed0.json"), str(tmp_path / "seed0.json"), "--workdir",
+                       str(merged)])
+    with pytest.raises(UserError, match="no variant 'algrnet'"):
+        ablation.main(["--merge", f"{tmp_path / 'seed0.json'}:algrnet", "--workdir", str(merged)])
 
 
 def test_runner_configs_default_to_the_datasets_builder_config():
