@@ -125,11 +125,10 @@ def each(fn: Any, x: jax.Array | PerCopy) -> jax.Array | PerCopy:
     return tuple(fn(part) for part in x) if isinstance(x, tuple) else fn(x)
 
 
-def per_copy_form(x: jax.Array | PerCopy, copies: int, impl: str, train: bool,
-                  kind: str = "copies") -> jax.Array | PerCopy:
-    """The form a chain of per-copy layers runs in: a per-copy tuple where ``impl`` resolves to "unrolled" for
-    the layer ``kind`` in this program, else stacked [copies, ...]. x: either form."""
-    if copies and resolve_conv_impl(impl, kind, train=train) == "unrolled":
+def per_copy_form(x: jax.Array | PerCopy, copies: int, impl: str, train: bool) -> jax.Array | PerCopy:
+    """The form a chain of per-copy layers (kind "copies") runs in: a per-copy tuple where ``impl`` resolves to
+    "unrolled" in this program (``train``: a training program), else stacked [copies, ...]. x: either form."""
+    if copies and resolve_conv_impl(impl, "copies", train=train) == "unrolled":
         return x if isinstance(x, tuple) else unstack(x)
     return jnp.stack(x) if isinstance(x, tuple) else x
 
