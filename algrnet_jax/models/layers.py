@@ -130,7 +130,7 @@ def per_copy_form(x: jax.Array | PerCopy, copies: int, impl: str, train: bool) -
     "unrolled" in this program (``train``: a training program), else stacked [copies, ...]. x: either form."""
     if copies and resolve_conv_impl(impl, "copies", train=train) == "unrolled":
         return x if isinstance(x, tuple) else unstack(x)
-    return jnp.stack(x) if isinstance(x, tuple) else x
+    return stacked(x)
 
 
 def stacked(x: jax.Array | PerCopy) -> jax.Array:
@@ -267,7 +267,8 @@ _WINDOW = ((0, 0), (0, 1), (1, 0), (1, 1))   # row-major positions in the 2x2 wi
 def _max_pool2_fwd(x):
     *lead, h, w, c = x.shape
     xr = x[..., : h // 2 * 2, : w // 2 * 2, :].reshape(*lead, h // 2, 2, w // 2, 2, c)
-    y, winner = xr[..., 0, :, 0, :], jnp.zeros(xr.shape[:-4] + xr.shape[-3:-2] + xr.shape[-1:], jnp.int8)
+    y = xr[..., 0, :, 0, :]
+    winner = jnp.zeros(y.shape, jnp.int8)
     for k, (i, j) in enumerate(_WINDOW[1:], start=1):
         v = xr[..., i, :, j, :]
         take = v > y
@@ -333,10 +334,9 @@ def _batch_norm_fwd(x, scale, bias, axes, epsilon):
 def _batch_norm_bwd(axes, epsilon, residuals, cotangents):
     x, mean, rstd, scale, bias = residuals
     dy = cotangents[0]
-    keep = tuple(1 if ax in axes else n for ax, n in enumerate(x.shape))
     n = math.prod(x.shape[a] for a in axes)
     xhat = (x - mean) * rstd
-    dbias, dscale = (s.reshape(keep) for s in _pair_sums(dy, dy * xhat, axes))
+    dbias, dscale = (s.reshape(mean.shape) for s in _pair_sums(dy, dy * xhat, axes))   # mean: axes kept as 1
     dx = (scale * rstd) * (dy - dbias / n - xhat * (dscale / n))
     # One value per normalised group, as scale and bias hold them ([C] or [copies, 1, .., 1, C]).
     return (dx.astype(x.dtype), dscale.reshape(scale.shape).astype(scale.dtype),
