@@ -7,7 +7,9 @@ initialisation, and ``data.shuffle_seed``; the data, the validation subjects and
 Each fold reports its LAST checkpoint, or with ``--select val_best`` the one with the best validation mean F1
 (never one selected on the test part); the titles say which. Tables: per variant the mean over seeds of the
 mean-over-folds F1 (final prediction) beside the paper's Table VI (BP4D AUs) or Table V (DISFA AUs), and
-mean +- std over seeds of the mean F1 and of each AU's F1. Writes ``<workdir>/ablation.json``, ``.md`` and
+mean +- std over seeds of the mean F1 and of each AU's F1, and the paired differences between variants (the same
+seed gives every variant the same initialisation of shared parts and the same data order, so per-seed
+differences cancel the seed-to-seed spread; mean, 95% t interval, wins). Writes ``<workdir>/ablation.json``, ``.md`` and
 ``ablation.png`` (bar chart of mean F1 +- std with the seeds as dots, and per-AU F1).
 
 Examples::
@@ -119,6 +121,50 @@ def spread_markdown(aggregates: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_differences(aggregates: Mapping[str, Mapping[str, Any]], base: str) -> dict[str, dict[str, Any]]:
+    """Final mean F1 of each variant minus ``base``'s, seed by seed (the seeds both have): per variant the
+    differences, their mean, sample std, the 95% t interval of the mean and the number of seeds it wins."""
+    from scipy import stats
+
+    base_runs = aggregates[base]["seeds"]
+    out = {}
+    for name, agg in aggregates.items():
+        seeds = [s for s in agg["seeds"] if s in base_runs and name != base]
+        if not seeds:
+            continue
+        d = np.array([agg["seeds"][s]["predictions"]["final"]["mean_f1"]
+                      - base_runs[s]["predictions"]["final"]["mean_f1"] for s in seeds])
+        half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[name] = {"seeds": seeds, "diffs": d.tolist(), "mean": float(d.mean()),
+                     "std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                     "ci95": [float(d.mean()) - half, float(d.mean()) + half], "wins": int((d > 0).sum())}
+    return out
+
+
+def paired_markdown(aggregates: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: per variant, the paired difference of its final mean F1 to the first variant (the baseline) and
+    to ``wo_full`` (what the adaptive / relational parts add), each as mean [95% t interval] and wins / seeds."""
+    first = next(iter(aggregates.values()))
+    bases = [b for b in dict.fromkeys([next(iter(aggregates)), "wo_full"]) if b in aggregates]
+    paired = {b: paired_differences(aggregates, b) for b in bases}
+    lines = [f"**{_title(first, 'paired difference of the final mean F1 (points), same seeds')}**", "",
+             "| variant | " + " | ".join(f"minus {CHOICES[b]}: mean [95% CI] | wins" for b in bases) + " | per seed |",
+             "|---|" + "---|---|" * len(bases) + "---|"]
+    order = list(aggregates)
+    for name in order[1:]:
+        cells = []
+        for b in bases:
+            p = paired[b].get(name) if order.index(name) > order.index(b) else None
+            cells += ["", ""] if p is None else [f"{p['mean']:+.1f} [{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}]",
+                                                 f"{p['wins']}/{len(p['seeds'])}"]
+        first_base = paired[bases[0]].get(name)
+        per_seed = ", ".join(f"{v:+.1f}" for v in first_base["diffs"]) if first_base else ""
+        lines.append(f"| {CHOICES[name]} | " + " | ".join(cells) + f" | {per_seed} |")
+    lines += ["", f"_Per seed: the difference to {CHOICES[bases[0]]} (seeds in order). An interval that excludes 0 "
+                  "is a difference the seeds support; one that contains 0 is not evidence either way._"]
+    return "\n".join(lines) + "\n"
+
+
 def plot_ablation(aggregates: Mapping[str, Mapping[str, Any]], out_png: str | pathlib.Path) -> None:
     """Bar chart: mean F1 (final) +- std over seeds per variant with each seed as a dot; per-AU F1 below."""
     plt = report._pyplot()
@@ -198,6 +244,8 @@ def write_reports(aggregates: Mapping[str, Mapping[str, Any]], workdir: pathlib.
     tables = ablation_table(aggregates)
     reporting.print_tables(tables)
     spread = spread_markdown(aggregates)
+    if len(aggregates) > 1:
+        spread += "\n" + paired_markdown(aggregates)
     print(spread)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ablation.json").write_text(json.dumps(aggregates, indent=1))

@@ -25,12 +25,13 @@ def test_bench_layers_tiny_writes_every_implementation(tmp_path):
 def test_bench_train_tiny_interleaves_jax_and_torch(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "train.json"
-    assert bench_train.main(["--sizes", "tiny", "--rounds", "1", "--eval-batch-sizes", "2", "--batch-size", "2",
-                             "--no-rss", "--out", str(out)]) == 0
+    # One JAX model keeps the test short (the programs of each model take most of its time); ALGRNet's train and eval
+    # programs compile in test_models.py and test_main_job.py.
+    assert bench_train.main(["--sizes", "tiny", "--models", "jaanet", "--rounds", "1", "--eval-batch-sizes", "2",
+                             "--batch-size", "2", "--no-rss", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert sorted((r["mode"], r["framework"], r["model"]) for r in rows) == sorted(
-        (m, fw, model) for m in ("train", "eval") for fw, model in (("jax", "jaanet"), ("jax", "algrnet"),
-                                                                    ("torch", "jaanet")))
+        (m, fw, "jaanet") for m in ("train", "eval") for fw in ("jax", "torch"))
     for r in rows:
         assert r["median_s"] > 0 and r["images_per_s"] > 0
         if r["framework"] == "jax":

@@ -72,6 +72,26 @@ def test_ablation_table_has_one_row_per_variant_beside_the_papers():
     assert list(ablation.CHOICES) == ["jaanet", *ablation.VARIANTS]    # the baseline first, then the paper's rows
 
 
+def test_paired_differences_are_per_seed_with_a_t_interval():
+    """Variant minus base, seed by seed (only the seeds both have), mean, 95% t interval, wins; the Markdown table
+    lists them against the first variant and against w/o full."""
+    def agg(f1s):
+        return {"seeds": {str(s): {"predictions": {"final": {"mean_f1": v}}} for s, v in f1s.items()},
+                "folds": [1], "dataset": "synth_au", "builder_config": "x", "selection": "val_best"}
+
+    aggs = {"jaanet": agg({0: 60.0, 1: 70.0, 2: 50.0, 3: 65.0}), "wo_full": agg({0: 62.0, 1: 71.0, 2: 55.0}),
+            "algrnet": agg({0: 61.0, 1: 73.0, 2: 50.0})}
+    p = ablation.paired_differences(aggs, "jaanet")
+    assert "jaanet" not in p and p["wo_full"]["seeds"] == ["0", "1", "2"]
+    assert p["wo_full"]["diffs"] == [2.0, 1.0, 5.0] and p["wo_full"]["wins"] == 3
+    half = 4.302653 * np.std([2.0, 1.0, 5.0], ddof=1) / np.sqrt(3)          # t(0.975, 2 dof)
+    np.testing.assert_allclose(p["wo_full"]["ci95"], [8 / 3 - half, 8 / 3 + half], rtol=1e-6)
+    assert ablation.paired_differences(aggs, "wo_full")["algrnet"]["diffs"] == [-1.0, 2.0, -5.0]
+    md = ablation.paired_markdown(aggs)
+    assert "| w/o full | +2.7 [" in md and "| 3/3 |  |  | +2.0, +1.0, +5.0 |" in md
+    assert "| ALGRNet | +1.3 [" in md and "| 2/3 | -1.3 [" in md and "| 1/3 |" in md
+
+
 def test_report_writes_curves_bars_and_attention_maps(tmp_path):
     rng = np.random.default_rng(2)
     result = _fold_result(rng, 1)
