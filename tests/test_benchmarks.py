@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import bench_layers, bench_train
@@ -66,3 +69,32 @@ def test_profile_step_attributes_thunks_to_model_parts(tmp_path):
         == "attention_refine/conv2"
     assert profile_step.model_part("jit(train_step)/reduce_sum", 2) == "(outside modules)"
     assert profile_step.kind("multiply_reduce_fusion.73") == "multiply_reduce_fusion"
+
+
+def test_bench_ceiling_tiny_measures_gemm_winograd_and_the_eval_ceiling(tmp_path):
+    from experiments import bench_ceiling
+
+    out = tmp_path / "ceiling.json"
+    assert bench_ceiling.main(["--tiny", "--rounds", "1", "--eval-batch-sizes", "2", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    names = {row["name"] for row in r["rows"]}
+    assert {"jax matmul 256", "native fwd", "winograd F(2,3) fwd+bwd", "winograd F(4,3) fwd",
+            "jax jaanet eval b2"} <= names
+    errors = {row["name"]: row["rel_error"] for row in r["rows"] if "rel_error" in row}
+    assert errors["native fwd"] == 0 and errors["winograd F(2,3) fwd"] < 1e-5 and errors["winograd F(4,3) fwd"] < 1e-4
+    (c,) = r["eval_ceiling"]
+    assert c["gflop"] > 0 and c["jax_gflop_per_s"] > 0 and c["gemm_peak_gflop_per_s"] > 0
+
+
+def test_winograd_equals_the_convolution_in_float64():
+    """The Winograd transforms are exact algebra: in float64 they match the native convolution to rounding,
+    including map sizes that are not a multiple of the tile."""
+    from experiments import bench_ceiling
+
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        for m, size in ((2, 11), (4, 10), (4, 12)):
+            xs = (jnp.asarray(rng.standard_normal((2, size, size, 3))),)
+            ws = (jnp.asarray(rng.standard_normal((3, 3, 3, 4))),)
+            (y,), (ref,) = bench_ceiling.winograd_copies(xs, ws, m), bench_ceiling.native_copies(xs, ws)
+            np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-10)
