@@ -40,7 +40,7 @@ import numpy as np
 from algrnet_jax import evaluation, experiment, verbosity
 from algrnet_jax.errors import UserError, run_main
 from algrnet_jax.models.adaptive import AdaptiveRegions
-from algrnet_jax.models.fusion import FusionRefine
+from algrnet_jax.models.fusion import FusionRefineAU
 from algrnet_jax.models.networks import create_model
 from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
 from algrnet_jax.training import checkpoint as ckpt_lib
@@ -71,7 +71,7 @@ def _adaptive_other(out: tuple[jax.Array, jax.Array], module: Any) -> tuple[jax.
 
 
 def _global_other(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    local, glob = args                                                # [n, B, ...], [B, ...]
+    local, glob = args                        # one AU's [B, h, w, F] each (FusionRefine vmaps FusionRefineAU)
     return local, _other_face(glob, axis=0)
 
 
@@ -87,7 +87,7 @@ KNOCKOUTS: dict[str, Knockout] = {
     "relations other face": Knockout(RELATIONS, on_output=_relations_other),
     "adaptive fixed": Knockout(AdaptiveRegions, on_output=_adaptive_fixed),
     "adaptive other face": Knockout(AdaptiveRegions, on_output=_adaptive_other),
-    "F&R global other face": Knockout(FusionRefine, on_args=_global_other),
+    "F&R global other face": Knockout(FusionRefineAU, on_args=_global_other),
 }
 
 
@@ -95,7 +95,7 @@ def applicable(config: Any) -> list[str]:
     """The knock-outs of the parts ``config``'s model has."""
     m = config.model
     has = {RELATIONS: m.get("relation", "none") != "none", AdaptiveRegions: bool(m.get("adaptive", False)),
-           FusionRefine: bool(m.get("fusion_refine", False))}
+           FusionRefineAU: bool(m.get("fusion_refine", False))}
     return [name for name, k in KNOCKOUTS.items() if has[k.modules]]
 
 

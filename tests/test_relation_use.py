@@ -34,8 +34,15 @@ def test_knockouts_equal_the_ablated_models_and_other_face_changes_the_output():
     for key in ("final_au_prob", "local_au_prob", "au_prob", "refined_au_maps"):
         np.testing.assert_allclose(knocked[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
-    other = relation_use.knocked_forward(model, ("relations other face",))(variables, images)
-    assert np.abs(np.asarray(other["local_au_prob"]) - np.asarray(knocked["local_au_prob"])).max() > 1e-6
+    intact = relation_use.knocked_forward(model)(variables, images)
+    for knockout in ("relations other face", "F&R global other face"):
+        other = relation_use.knocked_forward(model, (knockout,))(variables, images)
+        assert np.abs(np.asarray(other["local_au_prob"]) - np.asarray(intact["local_au_prob"])).max() > 1e-6, knockout
+    # At initialisation two faces' regions differ by ~1e-3 px (too little to move a probability): check the swap.
+    swapped = relation_use.knocked_forward(model, ("adaptive other face",))(variables, images)
+    for key in ("offsets", "scales"):
+        np.testing.assert_array_equal(swapped[key], np.roll(np.asarray(intact[key]), 1, axis=0))
+        assert np.abs(np.asarray(intact[key][0]) - np.asarray(intact[key][1])).max() > 0
     n = len(config.aus)
     assert other["relation_ratio"].shape == (2, n) and np.all(np.asarray(other["relation_ratio"]) > 0)
     assert relation_use.applicable(config) == list(relation_use.KNOCKOUTS)
