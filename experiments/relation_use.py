@@ -19,7 +19,7 @@ the size of the relation term against its input, ||R(v)_t|| / ||v_t|| per AU (me
 Only parts the model has are knocked out. Nothing is selected here: the checkpoint is the one the run reports.
 
     python -m experiments.relation_use runs/synth_hidden_rescale/algrnet/seed*/fold1 --select val_best \
-        --out experiments/results/relation_use_hidden2.json
+        --out experiments/results/relation_use_hidden2_rescaled.json
 
 Writes JSON (``--out``) and prints a Markdown table (also written beside the JSON as ``.md``).
 """
