@@ -19,12 +19,19 @@ from collections.abc import MutableMapping
 CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 
+def add_flags(environ: MutableMapping[str, str], flags: tuple[str, ...]) -> str:
+    """Appends each of ``flags`` to ``environ["XLA_FLAGS"]`` unless a flag of that name is set there already;
+    returns the result."""
+    current = environ.get("XLA_FLAGS", "")
+    for flag in flags:
+        if flag.split("=")[0] not in current:
+            current = f"{current} {flag}".strip()
+    environ["XLA_FLAGS"] = current
+    return current
+
+
 def apply(environ: MutableMapping[str, str] = os.environ) -> str:
     """Adds :data:`CPU_FLAGS` to ``environ["XLA_FLAGS"]`` (unless set there already or turned off); returns it."""
-    flags = environ.get("XLA_FLAGS", "")
     if environ.get("ALGRNET_XLA_DEFAULTS", "1") != "0":
-        for flag in CPU_FLAGS:
-            if flag.split("=")[0] not in flags:
-                flags = f"{flags} {flag}".strip()
-        environ["XLA_FLAGS"] = flags
-    return flags
+        return add_flags(environ, CPU_FLAGS)
+    return environ.get("XLA_FLAGS", "")

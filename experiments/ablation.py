@@ -134,10 +134,11 @@ def paired_differences(aggregates: Mapping[str, Mapping[str, Any]], base: str) -
             continue
         d = np.array([agg["seeds"][s]["predictions"]["final"]["mean_f1"]
                       - base_runs[s]["predictions"]["final"]["mean_f1"] for s in seeds])
-        half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-        out[name] = {"seeds": seeds, "diffs": d.tolist(), "mean": float(d.mean()),
-                     "std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
-                     "ci95": [float(d.mean()) - half, float(d.mean()) + half], "wins": int((d > 0).sum())}
+        std = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+        half = float(stats.t.ppf(0.975, len(d) - 1)) * std / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        mean = float(d.mean())
+        out[name] = {"seeds": seeds, "diffs": d.tolist(), "mean": mean, "std": std,
+                     "ci95": [mean - half, mean + half], "wins": int((d > 0).sum())}
     return out
 
 

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
+from algrnet_jax.models.layers import native_conv
 from experiments import bench_train, timing
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "bench_ceiling.json"
@@ -101,8 +101,7 @@ def winograd_copies(xs: Sequence[jax.Array], ws: Sequence[jax.Array], m: int) ->
 
 def native_copies(xs: Sequence[jax.Array], ws: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
     """The same k convolutions as unrolled native convolutions (what ``conv_impl`` "unrolled" runs)."""
-    return tuple(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-                 for x, w in zip(xs, ws))
+    return tuple(native_conv(x, w, padding=1) for x, w in zip(xs, ws))
 
 
 def gemm_runners(sizes: Sequence[int], torch_too: bool) -> dict:
@@ -136,11 +135,12 @@ def layer_runners(k: int, shape: tuple[int, int, int, int], cout: int) -> tuple[
     conv_flop = 2 * k * b * h * w * c * cout * 9
     for name, fn in forms.items():
         fwd = jax.jit(fn)
-        errors[name] = max(float(jnp.abs(y - r).max()) for y, r in zip(fwd(xs, ws), reference)) / scale
+        error = max(float(jnp.abs(y - r).max()) for y, r in zip(fwd(xs, ws), reference)) / scale
         bwd = jax.jit(jax.grad(lambda xs, ws, fn=fn: sum(jnp.sum(y * y) for y in fn(xs, ws)), argnums=(0, 1)))
         runners[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(xs, ws))
         runners[f"{name} fwd+bwd"] = lambda bwd=bwd: jax.block_until_ready(bwd(xs, ws))
         flops[f"{name} fwd"], flops[f"{name} fwd+bwd"] = conv_flop, 3 * conv_flop
+        errors[f"{name} fwd"] = errors[f"{name} fwd+bwd"] = error
     return runners, flops, errors
 
 
@@ -169,23 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         run, facts = bench_train.jax_eval_runner("jaanet", size, batch, "auto")
         runners[f"jax jaanet eval b{batch}"] = run
         flops[f"jax jaanet eval b{batch}"] = run.compiled.cost_analysis()["flops"]
-        if torch_too:
-            runners[f"torch jaanet eval b{batch}"] = bench_train.torch_runner(size, batch, "eval")[0]
         evals[batch] = flops[f"jax jaanet eval b{batch}"]
+        if torch_too:                   # the same network: the JAX program's FLOPs
+            runners[f"torch jaanet eval b{batch}"] = bench_train.torch_runner(size, batch, "eval")[0]
+            flops[f"torch jaanet eval b{batch}"] = evals[batch]
     stats = timing.interleaved(runners, rounds=args.rounds)
 
-    rows = []
-    for n in runners:
-        row = {"name": n, **stats[n]}
-        if n in flops:                  # the PyTorch eval's FLOPs are the JAX program's (same network)
-            row.update(gflop=flops[n] / 1e9, gflop_per_s=flops[n] / stats[n]["median_s"] / 1e9)
-        if n.rsplit(" ", 1)[0] in errors:
-            row["rel_error"] = errors[n.rsplit(" ", 1)[0]]
-        rows.append(row)
+    rows = [{"name": n, **stats[n], "gflop": flops[n] / 1e9, "gflop_per_s": flops[n] / stats[n]["median_s"] / 1e9,
+             **({"rel_error": errors[n]} if n in errors else {})} for n in runners]
     peak = max((r["gflop_per_s"] for r in rows if "matmul" in r["name"]), default=float("nan"))
-    for r in rows:
-        if r["name"].startswith("torch jaanet eval"):
-            r["gflop_per_s"] = evals[int(r["name"].rsplit("b", 1)[1])] / r["median_s"] / 1e9
     ceiling = []
     for batch, gflop in evals.items():
         jax_s = stats[f"jax jaanet eval b{batch}"]["median_s"]

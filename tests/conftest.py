@@ -8,11 +8,9 @@ affected: they never load this file. ``ALGRNET_TEST_XLA_OPT=1`` keeps the full o
 """
 import os
 
+from algrnet_jax import xla_flags
+
 FAST_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 
 if os.environ.get("ALGRNET_TEST_XLA_OPT", "0") != "1":
-    flags = os.environ.get("XLA_FLAGS", "")
-    for flag in FAST_FLAGS:
-        if flag.split("=")[0] not in flags:
-            flags = f"{flags} {flag}".strip()
-    os.environ["XLA_FLAGS"] = flags
+    xla_flags.add_flags(os.environ, FAST_FLAGS)
