@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from algrnet_jax import configs, experiment, reporting, verbosity
 from algrnet_jax.configs.validate import validate_config
@@ -124,8 +125,6 @@ def spread_markdown(aggregates: Mapping[str, Mapping[str, Any]]) -> str:
 def paired_differences(aggregates: Mapping[str, Mapping[str, Any]], base: str) -> dict[str, dict[str, Any]]:
     """Final mean F1 of each variant minus ``base``'s, seed by seed (the seeds both have): per variant the
     differences, their mean, sample std, the 95% t interval of the mean and the number of seeds it wins."""
-    from scipy import stats
-
     base_runs = aggregates[base]["seeds"]
     out = {}
     for name, agg in aggregates.items():
