@@ -26,11 +26,10 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from algrnet_jax import evaluation
+from algrnet_jax import checkpoints, evaluation
 from algrnet_jax.configs.validate import validate_config
 from algrnet_jax.errors import UserError
 from algrnet_jax.models import networks
-from algrnet_jax.training import checkpoint as ckpt_lib
 from algrnet_jax.training import loop, parallel
 from data_pipelines import builders
 from data_pipelines.pipeline import make_source
@@ -106,7 +105,7 @@ def select_checkpoint(workdir: str | os.PathLike, select: str = LAST) -> str:
     validation-best (``"val_best"``; a CheckpointError when the run kept none)."""
     if select not in SELECTIONS:
         raise UserError(f"checkpoint selection {select!r}: choose one of {', '.join(SELECTIONS)}")
-    return ckpt_lib.resolve_checkpoint(workdir, best=select == VAL_BEST)
+    return checkpoints.resolve_checkpoint(workdir, best=select == VAL_BEST)
 
 
 def evaluate_selected(workdir: str | os.PathLike, select: str = LAST, *,
@@ -117,7 +116,7 @@ def evaluate_selected(workdir: str | os.PathLike, select: str = LAST, *,
     The result (``evaluation.evaluate_variables``) records ``checkpoint`` (the path) and ``selection``.
     """
     path = select_checkpoint(workdir, select)
-    config, variables = ckpt_lib.load_for_inference(path)
+    config, variables = checkpoints.load_for_inference(path)
     # The trainer's placement: its evaluators' jitted forward is reused, not compiled again.
     variables = jax.device_put(variables, parallel.replicated(parallel.make_mesh()))
     result = evaluation.evaluate_variables(config, variables, apply_fn=apply_fn, on_batch=on_batch)

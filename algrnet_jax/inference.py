@@ -1,6 +1,6 @@
 """The inference module: one eval-mode forward of a trained (or converted) checkpoint, with its inputs.
 
-``Predictor.from_checkpoint(path)`` loads ``(config, variables)`` (``training.checkpoint.load_for_inference``:
+``Predictor.from_checkpoint(path)`` loads ``(config, variables)`` (``checkpoints.load_for_inference``:
 a training work directory, a step directory or a ``convert-jaanet`` output) and owns
 
 - ``preprocess(aligned)``: host-side numpy, aligned faces uint8 ``[..., S, S, 3]`` RGB (S = 200, the
@@ -44,8 +44,8 @@ import ml_collections
 import numpy as np
 
 from algrnet_jax import tasks
+from algrnet_jax.checkpoints import load_for_inference
 from algrnet_jax.models.networks import create_model
-from algrnet_jax.training.checkpoint import load_for_inference
 
 RECORD_SIZE = 200   # side of the aligned faces in the records and of the alignment (SPEC section 2)
 

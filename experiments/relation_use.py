@@ -37,13 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algrnet_jax import evaluation, experiment, verbosity
+from algrnet_jax import checkpoints, evaluation, experiment, verbosity
 from algrnet_jax.errors import UserError, run_main
 from algrnet_jax.models.adaptive import AdaptiveRegions
 from algrnet_jax.models.fusion import FusionRefineAU
 from algrnet_jax.models.networks import create_model
 from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
-from algrnet_jax.training import checkpoint as ckpt_lib
 
 RELATIONS = (SkipBiLSTM, ConvBiLSTM)
 
@@ -133,7 +132,7 @@ def knocked_forward(model: Any, knockouts: Sequence[str] = ()) -> Callable[[Any,
 def knockout_run(workdir: str | pathlib.Path, select: str) -> dict[str, Any]:
     """Evaluates the selected checkpoint of one run intact and with each applicable knock-out."""
     path = experiment.select_checkpoint(workdir, select)
-    config, variables = ckpt_lib.load_for_inference(path)
+    config, variables = checkpoints.load_for_inference(path)
     model = create_model(config)
     out: dict[str, Any] = {"run": str(workdir), "checkpoint": path, "model": config.name, "results": {}}
     for knockout in [None, *applicable(config)]:

@@ -13,7 +13,7 @@ from algrnet_jax.commands import data_show as show_cmd
 from algrnet_jax.commands import train as train_cmd
 from algrnet_jax.configs import common, jaanet, overrides, validate, wo_fr
 from algrnet_jax.errors import UserError
-from algrnet_jax.training import checkpoint as ckpt_lib
+from algrnet_jax import checkpoints as ckpt_lib
 from algrnet_jax.training import loop
 from data_pipelines import builders
 from experiments import ablation, cross_validation, main_job

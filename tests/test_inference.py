@@ -15,7 +15,7 @@ import tensorflow as tf
 from algrnet_jax import cli, configs, inference
 from algrnet_jax.interop import convert
 from algrnet_jax.models.networks import create_model
-from algrnet_jax.training.checkpoint import save_inference_checkpoint
+from algrnet_jax.checkpoints import save_inference_checkpoint
 from data_pipelines import builders, pipeline
 from data_pipelines.builders import examples
 

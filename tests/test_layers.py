@@ -1,6 +1,7 @@
 """Layers point one way (docs/design.md, module map).
 
-The neutral modules (tasks, configs) load no layer above them; the trainer loads neither the data package nor
+The neutral modules (tasks, configs) load no layer above them; the checkpoint format loads neither the trainer
+nor inference, interop, predict, models, evaluation or the command layer; the trainer loads neither the data package nor
 evaluation nor the command layer; evaluation and reporting load neither the trainer loop nor the command layer;
 the data package imports only the neutral library modules.
 """
@@ -48,6 +49,9 @@ DATA_AND_EVAL = ("data_pipelines", "algrnet_jax.evaluation", "algrnet_jax.report
     ("algrnet_jax.training.loop", COMMAND_LAYER + DATA_AND_EVAL),
     ("algrnet_jax.evaluation", COMMAND_LAYER + ("algrnet_jax.training.loop",)),
     ("algrnet_jax.reporting", COMMAND_LAYER + ("algrnet_jax.training.loop",)),
+    ("algrnet_jax.checkpoints", COMMAND_LAYER + DATA_AND_EVAL + (
+        "algrnet_jax.training", "algrnet_jax.inference", "algrnet_jax.interop", "algrnet_jax.predict",
+        "algrnet_jax.models")),
 ])
 def test_importing_a_layer_loads_nothing_above_it(module: str, forbidden: tuple[str, ...]):
     """In a fresh interpreter, importing ``module`` loads none of ``forbidden`` (itself or what it imports)."""
@@ -62,6 +66,13 @@ def test_the_trainer_source_imports_no_data_evaluation_or_command_layer():
     bad = [f"{f.name} imports {name}" for f in files for name in _imports(f)
            if name.startswith(COMMAND_LAYER + DATA_AND_EVAL)]
     assert files and bad == []
+
+
+def test_the_checkpoint_format_source_imports_only_neutral_modules():
+    """Not even lazily: ``checkpoints.py`` names no library module above the neutral ones."""
+    f = ROOT / "algrnet_jax" / "checkpoints.py"
+    bad = [name for name in _imports(f) if (m := _library_module(name)) is not None and m not in NEUTRAL]
+    assert bad == []
 
 
 def test_data_pipelines_import_only_neutral_library_modules():

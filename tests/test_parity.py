@@ -183,7 +183,7 @@ def jax_step(converted, expected):
 
     from algrnet_jax.reference import step_parity
     from algrnet_jax.inference import torch_layout
-    from algrnet_jax.training.checkpoint import load_for_inference
+    from algrnet_jax.checkpoints import load_for_inference
 
     config, variables = load_for_inference(converted[0])
     outputs, metrics, new_state = step_parity.one_step(config, variables,

@@ -21,7 +21,7 @@ from algrnet_jax import configs, inference, predict
 from algrnet_jax.errors import UserError
 from algrnet_jax.predict import faces as faces_lib
 from algrnet_jax.predict import media, outputs
-from algrnet_jax.training.checkpoint import save_inference_checkpoint
+from algrnet_jax.checkpoints import save_inference_checkpoint
 from data_pipelines import alignment
 from data_pipelines.synthetic import face as synth_face
 from data_pipelines.synthetic import generator

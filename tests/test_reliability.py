@@ -31,7 +31,8 @@ from algrnet_jax.configs import get_config  # noqa: E402
 from algrnet_jax.configs.validate import ConfigError, config_problems, validate_config  # noqa: E402
 from algrnet_jax.errors import UserError  # noqa: E402
 from algrnet_jax.locking import DirLock, LockedError  # noqa: E402
-from algrnet_jax.training import checkpoint as ckpt_lib  # noqa: E402
+from algrnet_jax import checkpoints as ckpt_lib  # noqa: E402
+from algrnet_jax.training import checkpoint as train_ckpt  # noqa: E402
 from data_pipelines import builders, errors, images  # noqa: E402
 from data_pipelines.builders import base, examples, raw_frames  # noqa: E402
 from data_pipelines.synthetic import raw_layouts  # noqa: E402
@@ -507,10 +508,10 @@ def test_disk_full_while_checkpointing_is_one_message(data_dir, tmp_path, capsys
     def full(*args, **kwargs):
         raise ValueError("Error writing: tensorstore ... [OS error: No space left on device]")
 
-    monkeypatch.setattr(ckpt_lib.TrainCheckpointer, "save", full)
-    with pytest.raises(ckpt_lib.DiskFullError, match=r"no space left on the device while writing a checkpoint"):
+    monkeypatch.setattr(train_ckpt.TrainCheckpointer, "save", full)
+    with pytest.raises(train_ckpt.DiskFullError, match=r"no space left on the device while writing a checkpoint"):
         _run(_loop_config(data_dir, num_epochs=1, max_steps=2), str(tmp_path / "w"), tensorboard=False)
-    assert ckpt_lib.is_disk_full(OSError(errno.ENOSPC, "x")) and not ckpt_lib.is_disk_full(ValueError("x"))
+    assert train_ckpt.is_disk_full(OSError(errno.ENOSPC, "x")) and not train_ckpt.is_disk_full(ValueError("x"))
 
 
 _FILL_DISK = textwrap.dedent("""

@@ -123,7 +123,7 @@ import textwrap  # noqa: E402
 
 from algrnet_jax import experiment  # noqa: E402
 from algrnet_jax.errors import UserError  # noqa: E402
-from algrnet_jax.training import checkpoint as ckpt_lib  # noqa: E402
+from algrnet_jax import checkpoints as ckpt_lib  # noqa: E402
 from algrnet_jax.training.loop import NonFiniteLossError  # noqa: E402
 from data_pipelines.pipeline import make_source  # noqa: E402
 

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # orbax, jax and the model load here, not when the CLI builds its parser (``algrnet --help`` stays fast).
     from algrnet_jax.interop.convert import ConversionError, convert_release, count_parameters
-    from algrnet_jax.training.checkpoint import check_inference_target
+    from algrnet_jax.checkpoints import check_inference_target
 
     check_inference_target(args.out)          # before the (slow) conversion: never overwrite other data
     if not os.path.isdir(args.torch_dir):

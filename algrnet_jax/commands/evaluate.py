@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
     # The library (JAX, TF) is imported here, not at the top: the command line imports every command module to
     # build its --help.
     from algrnet_jax import evaluation, reporting
-    from algrnet_jax.training import checkpoint
+    from algrnet_jax import checkpoints
 
     # Every user error (no checkpoint, corrupt checkpoint, data not built, no such split, AUs the data lacks,
     # bad config values) is a UserError: one message, exit 2 (``algrnet --debug`` for the traceback).
-    path = checkpoint.resolve_checkpoint(args.checkpoint, best=args.best)
+    path = checkpoints.resolve_checkpoint(args.checkpoint, best=args.best)
     if path != str(args.checkpoint):
         print(f"evaluating the {'validation-best' if args.best else 'last'} checkpoint of {args.checkpoint}: {path}")
     result = evaluation.evaluate_checkpoint(

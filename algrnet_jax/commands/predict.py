@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     # OpenCV, jax, the model and orbax load here, not when the CLI builds its parser (``--help`` stays fast).
     from algrnet_jax import predict
     from algrnet_jax.inference import Predictor
-    from algrnet_jax.training.checkpoint import CheckpointError
+    from algrnet_jax.checkpoints import CheckpointError
 
     if args.frame_batch < 0:
         raise UserError(f"predict: --frame-batch must be >= 0 (0 = auto), got {args.frame_batch}")

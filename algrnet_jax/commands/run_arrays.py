@@ -41,7 +41,7 @@ def output_path(out: str, input_path: str) -> str:
 def run(args: argparse.Namespace) -> int:
     # jax, the model and orbax load here, not when the CLI builds its parser (``algrnet --help`` stays fast).
     from algrnet_jax.inference import Predictor, check_finite, check_range, to_nhwc
-    from algrnet_jax.training.checkpoint import CheckpointError
+    from algrnet_jax.checkpoints import CheckpointError
 
     if not os.path.isfile(args.input):
         raise UserError(f"run-arrays: input file {args.input} does not exist")

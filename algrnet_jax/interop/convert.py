@@ -39,7 +39,7 @@ from algrnet_jax.configs import get_config
 from algrnet_jax.errors import UserError
 from algrnet_jax.interop.release import MODULES, StateDicts, pth_path
 from algrnet_jax.models.networks import create_model
-from algrnet_jax.training.checkpoint import save_inference_checkpoint
+from algrnet_jax.checkpoints import save_inference_checkpoint
 from algrnet_jax.training.precision import param_dtype
 
 _HLFEAT_CONVS = (0, 3, 7, 10, 14, 17)

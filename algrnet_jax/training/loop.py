@@ -46,7 +46,7 @@ import numpy as np
 from flax import traverse_util
 from tqdm.auto import tqdm
 
-from algrnet_jax import configs
+from algrnet_jax import checkpoints, configs
 from algrnet_jax.errors import UserError
 from algrnet_jax.locking import DirLock
 from algrnet_jax.training import checkpoint as ckpt_lib
@@ -114,7 +114,7 @@ def _flat(d: Mapping[str, Any]) -> dict[str, Any]:
 def check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
     """Raises ResumeError listing the config keys that differ from the run being resumed."""
     # Fields deleted from the configs since (configs.DELETED_FIELDS) do not block a resume.
-    a, b = _flat(configs.drop_deleted_fields(saved)), _flat(ckpt_lib.config_to_dict(config))
+    a, b = _flat(configs.drop_deleted_fields(saved)), _flat(checkpoints.config_to_dict(config))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         lines = "\n".join(f"  {k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff)
@@ -127,21 +127,21 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, resume: bool)
     """Before any work: a work directory with checkpoints needs ``resume``, and then the config of its newest
     checkpoint (only the small JSON ``meta`` item is read) must equal ``config`` up to RESUMABLE_CHANGES. A
     checkpoint whose ``meta`` is unreadable is left to the restore (which names it and can fall back)."""
-    latest = ckpt_lib.last_checkpoint(workdir)
+    latest = checkpoints.last_checkpoint(workdir)
     if latest is None:
         return
     if not resume:
         raise ResumeError(f"{workdir}: holds checkpoints already; pass --resume to continue that run "
                           "or choose a new --workdir")
     try:
-        saved = ckpt_lib.read_meta(latest)
-    except ckpt_lib.CheckpointError:
+        saved = checkpoints.read_meta(latest)
+    except checkpoints.CheckpointError:
         return
     check_resumable(saved["config"], config, latest)
 
 
 def _disk_full(error: BaseException, workdir: str) -> ckpt_lib.DiskFullError:
-    good = ckpt_lib.last_checkpoint(workdir)
+    good = checkpoints.last_checkpoint(workdir)
     return ckpt_lib.DiskFullError(
         f"{workdir}: no space left on the device while writing a checkpoint ({type(error).__name__}). "
         f"The last complete checkpoint is {good or 'none'}; free some space and rerun with --resume.")
@@ -317,7 +317,7 @@ class Trainer:
         self.state = self.state.replace_items(variables, train_items)
         pos = Position(int(saved["epoch"]), int(saved["batch_in_epoch"]))
         if int(parallel.to_host(self.state.step)) != at or pos.epoch * self.steps_per_epoch + pos.batch != at:
-            raise ckpt_lib.CheckpointError(
+            raise checkpoints.CheckpointError(
                 f"{self.workdir}: checkpoint step {at} does not match its data position (epoch {pos.epoch}, batch "
                 f"{pos.batch}) with {self.steps_per_epoch} steps per epoch: was the dataset or batch size changed?")
         self.run_state = RunState(step=at, position=pos, best_mean_f1=saved.get("best_mean_f1"),
@@ -329,7 +329,7 @@ class Trainer:
         none, by a run killed before its first save): they would repeat steps."""
         if self.is_main:
             with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                json.dump(ckpt_lib.config_to_dict(self.config), f, indent=2)
+                json.dump(checkpoints.config_to_dict(self.config), f, indent=2)
         self.writer.truncate_after(self.run_state.resumed_from or 0)
 
     def _train(self) -> None:
@@ -403,8 +403,8 @@ class Trainer:
     def meta(self) -> dict[str, Any]:
         """The ``meta`` item of a checkpoint of the current step."""
         rs = self.run_state
-        return {"kind": "train", "format_version": ckpt_lib.FORMAT_VERSION,
-                "config": ckpt_lib.config_to_dict(self.config), "step": rs.step, "epoch": rs.position.epoch,
+        return {"kind": "train", "format_version": checkpoints.FORMAT_VERSION,
+                "config": checkpoints.config_to_dict(self.config), "step": rs.step, "epoch": rs.position.epoch,
                 "batch_in_epoch": rs.position.batch, "steps_per_epoch": self.steps_per_epoch,
                 "best_mean_f1": rs.best_mean_f1, "best_step": rs.best_step, "evaluations": rs.evaluations}
 
@@ -455,7 +455,7 @@ class Trainer:
         return {"step": rs.step, "epoch": rs.position.epoch, "batch_in_epoch": rs.position.batch,
                 "evaluations": rs.evaluations, "best_mean_f1": rs.best_mean_f1, "best_step": rs.best_step,
                 "best_checkpoint": best if best and os.path.isdir(best) else None,
-                "last_checkpoint": ckpt_lib.last_checkpoint(self.workdir), "interrupted": rs.interrupted,
+                "last_checkpoint": checkpoints.last_checkpoint(self.workdir), "interrupted": rs.interrupted,
                 "resumed_from_step": rs.resumed_from, "workdir": self.workdir}
 
 

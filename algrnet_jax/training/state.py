@@ -1,7 +1,7 @@
 """Train state: params, batch statistics, optimizer state, step and RNG in one pytree.
 
 The data position (epoch and batch within the epoch of the next batch) is host-side bookkeeping,
-kept beside the state in every checkpoint's ``meta`` (see ``checkpoint.py``): with a fixed number of
+kept beside the state in every checkpoint's ``meta`` (see ``algrnet_jax/checkpoints.py``): with a fixed number of
 steps per epoch it always equals ``(step // steps_per_epoch, step % steps_per_epoch)``.
 """
 from __future__ import annotations

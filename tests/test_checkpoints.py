@@ -1,4 +1,5 @@
-"""Inference checkpoints (save/load round trip, path resolution, clear errors) and the training manager."""
+"""The checkpoint format (inference save/load round trip, path resolution, clear errors) and the training
+manager that writes it."""
 import os
 
 import jax.numpy as jnp
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from algrnet_jax.configs import get_config
-from algrnet_jax.training import checkpoint as ckpt
+from algrnet_jax import checkpoints as ckpt
+from algrnet_jax.training.checkpoint import TrainCheckpointer
 
 
 def _variables(seed=0):
@@ -48,7 +50,7 @@ def test_workdir_resolution_takes_the_last_checkpoint_and_best_only_when_asked(t
     config = get_config("jaanet", "tiny")
     meta = {"kind": "train", "config": ckpt.config_to_dict(config)}
     # One manager: the latest 2 plus the best by validation mean F1 (mid-epoch saves carry none).
-    m = ckpt.TrainCheckpointer(tmp_path, keep=2, track_best=True)
+    m = TrainCheckpointer(tmp_path, keep=2, track_best=True)
     for step, f1 in ((1, 50.0), (2, 80.0), (3, None), (4, 60.0), (5, 70.0)):
         m.save(step, _variables(step), _train_items(), meta, val_mean_f1=f1)
     m.wait()
@@ -68,14 +70,14 @@ def test_workdir_resolution_takes_the_last_checkpoint_and_best_only_when_asked(t
     _assert_tree_equal(_variables(5), ckpt.load_for_inference(tmp_path.name)[1])
     _assert_tree_equal(_variables(4), ckpt.load_for_inference(f"{tmp_path.name}/checkpoints/4")[1])
     # Resumed, the manager reads the ranking back from the checkpoints.
-    m = ckpt.TrainCheckpointer(tmp_path, keep=2, track_best=True)
+    m = TrainCheckpointer(tmp_path, keep=2, track_best=True)
     assert m.best_step() == 2 and m.latest_step() == 5
     m.close()
 
 
 def test_without_validation_there_is_no_best(tmp_path):
     meta = {"kind": "train", "config": ckpt.config_to_dict(get_config("jaanet", "tiny"))}
-    m = ckpt.TrainCheckpointer(tmp_path, keep=2)
+    m = TrainCheckpointer(tmp_path, keep=2)
     for step in (1, 2, 3):
         m.save(step, _variables(step), _train_items(), meta, val_mean_f1=float(step))   # ignored: no tracking
     m.wait()
