@@ -5,16 +5,28 @@ ERROR and third-party deprecation warnings are hidden unless verbose: ``algrnet 
 ``python -m experiments.main_job --verbose`` (``bash run_main.sh --verbose``) or ``ALGRNET_VERBOSE=1``.
 
 Call :func:`configure` once at the start of an entry point, before TensorFlow is imported (its C++ log level
-is read from the environment at import). The setting is exported in the environment, so child processes
+is read from the environment at import). Some of TensorFlow's start-up lines ignore that level: on CPUs where
+it turns its oneDNN operations on (AVX-512 and newer x86), its bundled absl logs "oneDNN custom operations are
+on" before its logging is initialised, straight to file descriptor 2. :func:`install_import_filter` (run when
+``algrnet_jax`` is imported) therefore imports ``tensorflow`` with descriptor 2 captured and writes back every
+captured line except absl's INFO / WARNING records; oneDNN itself stays as TensorFlow chooses. The setting is exported in the environment, so child processes
 (tfds builds, benchmarks) follow it. Library code asks :func:`is_verbose` (e.g. whether to show a
 third-party progress bar).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
+from types import ModuleType
 
 from absl import logging as absl_logging
 
@@ -69,3 +81,88 @@ def configure(verbose: bool | None = None) -> bool:
         warnings.filterwarnings("ignore", category=category)
     absl_logging.set_verbosity(absl_logging.ERROR)   # absl's Python logging (tfds, orbax)
     return False
+
+
+# absl / glog records below ERROR ("I1206 16:24:31.123456   4552 port.cc:153] ...") and absl's note that it
+# writes to stderr before its initialisation: the C++ start-up lines of TensorFlow's import.
+# Before initialisation absl writes the time as "00:00:<epoch seconds>". cpu_feature_guard's record goes on
+# in a second line ("To enable the following instructions: ...").
+_STARTUP_LINE = re.compile(r"^(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]]+\] |"
+                           r"WARNING: All log messages before absl::InitializeLog\(\) is called|"
+                           r"To enable the following instructions: .* rebuild TensorFlow with the appropriate)")
+# The modules whose import prints those lines.
+FILTERED_IMPORTS: tuple[str, ...] = ("tensorflow",)
+
+
+def is_startup_line(line: str) -> bool:
+    """Whether ``line`` is a third-party C++ start-up record hidden in quiet mode (INFO / WARNING only)."""
+    return bool(_STARTUP_LINE.match(line))
+
+
+@contextlib.contextmanager
+def filtered_stderr() -> Iterator[None]:
+    """Captures file descriptor 2 for the block, then writes back every line but :func:`is_startup_line` ones.
+
+    Works below Python (C++ writes to the descriptor directly). Output of other threads during the block is
+    delayed, not lost.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:             # no descriptor 2 (a daemon): nothing to filter
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            kept = "".join(ln for ln in text.splitlines(keepends=True) if not is_startup_line(ln))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+class _FilteringLoader(importlib.abc.Loader):
+    """Runs another loader's ``exec_module`` inside :func:`filtered_stderr`, then hands the module back to it."""
+
+    def __init__(self, loader: importlib.abc.Loader):
+        self.loader = loader
+
+    def create_module(self, spec):  # noqa: ANN001 - importlib's signature
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader
+        if is_verbose():
+            self.loader.exec_module(module)
+            return
+        with filtered_stderr():
+            self.loader.exec_module(module)
+
+
+class _ImportFilter(importlib.abc.MetaPathFinder):
+    """Finds :data:`FILTERED_IMPORTS` with the other finders and gives them a :class:`_FilteringLoader`."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - importlib's signature
+        if fullname not in FILTERED_IMPORTS:
+            return None
+        others = [finder for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec")]
+        for finder in others:
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _FilteringLoader(spec.loader)
+                return spec
+        return None
+
+
+def install_import_filter() -> None:
+    """Hides TensorFlow's C++ start-up lines at its import unless verbose (idempotent; decided at the import)."""
+    if not any(isinstance(finder, _ImportFilter) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ImportFilter())

@@ -38,20 +38,39 @@ print("ours")
 
 
 def _run(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", verbosity.ENV_VAR)}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", verbosity.ENV_VAR)}
     env.update(env_extra)
     return subprocess.run([sys.executable, "-W", "default", "-c", NOISY], capture_output=True, text=True, env=env,
                           check=True, timeout=300)
 
 
-def test_third_party_logs_are_hidden_by_default_and_shown_when_verbose():
-    quiet = _run({})
+@pytest.mark.parametrize("onednn", [None, "0", "1"])
+def test_third_party_logs_are_hidden_by_default_and_shown_when_verbose(onednn):
+    """Whatever the CPU: TF_ENABLE_ONEDNN_OPTS=1 makes TensorFlow print its oneDNN start-up lines on any x86."""
+    dnn = {} if onednn is None else {"TF_ENABLE_ONEDNN_OPTS": onednn}
+    quiet = _run(dnn)
     assert quiet.stdout.strip() == "ours"
     assert quiet.stderr == "", quiet.stderr
-    loud = _run({verbosity.ENV_VAR: "1"})
+    loud = _run({verbosity.ENV_VAR: "1", "TF_ENABLE_ONEDNN_OPTS": "1"})
     assert loud.stdout.strip() == "ours"
     assert "absl says hi" in loud.stderr and "DeprecationWarning: old api" in loud.stderr
     assert "cpu_feature_guard" in loud.stderr or "oneDNN" in loud.stderr, loud.stderr   # TF's C++ start-up
+
+
+def test_filtered_stderr_drops_only_startup_records(capfd):
+    """C++ writes to descriptor 2 directly: INFO / WARNING records go, errors and everything else stay."""
+    lines = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+             "I0000 00:00:1796573811.392846    6420 port.cc:153] oneDNN custom operations are on.\n",
+             "W1206 16:24:31.123456    4552 port.cc:148] TF_ENABLE_ONEDNN_OPTS is not set\n",
+             "E1206 16:24:31.123456    4552 foo.cc:1] a real error\n",
+             "a line of ours\n"]
+    with verbosity.filtered_stderr():
+        for line in lines:
+            os.write(2, line.encode())
+    err = capfd.readouterr().err
+    assert err == lines[3] + lines[4], err
+    assert not verbosity.is_startup_line(lines[3]) and verbosity.is_startup_line(lines[1])
 
 
 def test_verbose_flag_is_exported_to_children(monkeypatch):
