@@ -1,4 +1,4 @@
-"""Does a trained ALGRNet use its relational parts? Knock-out tests at inference (issue 13).
+"""Does a trained ALGRNet use its relational parts? Knock-out tests at inference.
 
 The ablation (experiments.ablation) trains each variant from scratch; it cannot tell whether a trained ALGRNet
 *uses* its adaptive regions, skip-BiLSTM or fusion & refining, or learned to ignore them. Here the weights stay
@@ -42,9 +42,7 @@ from algrnet_jax.errors import UserError, run_main
 from algrnet_jax.models.adaptive import AdaptiveRegions
 from algrnet_jax.models.fusion import FusionRefineAU
 from algrnet_jax.models.networks import create_model
-from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
-
-RELATIONS = (SkipBiLSTM, ConvBiLSTM)
+from algrnet_jax.models.relations import NONE, Relation
 
 
 def _other_face(x: jax.Array, axis: int) -> jax.Array:
@@ -82,8 +80,8 @@ class Knockout(NamedTuple):
 
 
 KNOCKOUTS: dict[str, Knockout] = {
-    "relations zero": Knockout(RELATIONS, on_output=_relations_zero),
-    "relations other face": Knockout(RELATIONS, on_output=_relations_other),
+    "relations zero": Knockout(Relation, on_output=_relations_zero),
+    "relations other face": Knockout(Relation, on_output=_relations_other),
     "adaptive fixed": Knockout(AdaptiveRegions, on_output=_adaptive_fixed),
     "adaptive other face": Knockout(AdaptiveRegions, on_output=_adaptive_other),
     "F&R global other face": Knockout(FusionRefineAU, on_args=_global_other),
@@ -93,7 +91,7 @@ KNOCKOUTS: dict[str, Knockout] = {
 def applicable(config: Any) -> list[str]:
     """The knock-outs of the parts ``config``'s model has."""
     m = config.model
-    has = {RELATIONS: m.get("relation", "none") != "none", AdaptiveRegions: bool(m.get("adaptive", False)),
+    has = {Relation: m.get("relation", NONE) != NONE, AdaptiveRegions: bool(m.get("adaptive", False)),
            FusionRefineAU: bool(m.get("fusion_refine", False))}
     return [name for name, k in KNOCKOUTS.items() if has[k.modules]]
 
@@ -114,7 +112,7 @@ def knocked_forward(model: Any, knockouts: Sequence[str] = ()) -> Callable[[Any,
             for k in mine:
                 args = k.on_args(args) if k.on_args else args
             out = next_fun(*args, **kwargs)
-            if isinstance(context.module, RELATIONS) and "relation_ratio" not in stash:
+            if isinstance(context.module, Relation) and "relation_ratio" not in stash:
                 axes = (2, 3, 4)
                 stash["relation_ratio"] = (jnp.sqrt(jnp.sum(out * out, axes))
                                            / jnp.sqrt(jnp.sum(args[0] * args[0], axes) + 1e-12)).T

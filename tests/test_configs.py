@@ -13,6 +13,7 @@ from algrnet_jax.commands import data_show as show_cmd
 from algrnet_jax.commands import train as train_cmd
 from algrnet_jax.configs import common, jaanet, overrides, validate, wo_fr
 from algrnet_jax.errors import UserError
+from algrnet_jax.models import relations
 from algrnet_jax import checkpoints as ckpt_lib
 from algrnet_jax.training import loop
 from data_pipelines import builders
@@ -21,7 +22,7 @@ from experiments import ablation, cross_validation, main_job
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "configs_before_issue9.json"
 # Fields deleted (configs.DELETED_FIELDS) or added since the fixture was frozen.
 ADDED_FIELDS: tuple[str, ...] = ("data.val_fraction", "data.val_seed",   # the validation split (PIPELINE)
-                                 "model.fusion_refine_rescale")         # off = the paper (issue 13)
+                                 "model.fusion_refine_rescale")         # off = the paper
 
 
 def _thaw(x):
@@ -183,8 +184,15 @@ def test_command_line_choices_come_from_the_registries():
     assert args.overrides == ["train.lr=0.5"]
 
 
-def test_validated_dataset_names_are_the_builders_registry():
-    assert validate.DATASETS == tuple(builders.REGISTRY)
+def test_validated_names_are_read_from_the_registries(monkeypatch):
+    """The dataset and relation rules read builders.REGISTRY and relations.RELATIONS (no copy to drift)."""
+    config = configs.get_config("algrnet", "tiny")
+    config.data.dataset, config.model.relation = "dot_faces", "gated"
+    assert [p.split(" = ")[0] for p in validate.config_problems(config)] == ["model.relation", "data.dataset"]
+    monkeypatch.setitem(builders.REGISTRY, "dot_faces", "tests.test_pipeline:DotFaces")
+    monkeypatch.setitem(relations.RELATIONS, "gated", relations.ConvBiLSTM)
+    assert validate.config_problems(config) == []
+    assert validate.names("dataset") == tuple(builders.REGISTRY)
 
 
 def test_a_checkpoint_saved_with_a_deleted_field_still_resumes():

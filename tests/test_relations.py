@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algrnet_jax.models import relations
+from algrnet_jax.configs import get_config, validate
+from algrnet_jax.models import networks, relations
 from algrnet_jax.models.relations import ConvBiLSTM, ConvLSTMCell, SkipBiLSTM
 
 B, H, W, C, F = 2, 6, 6, 8, 8
@@ -248,3 +250,29 @@ def test_skip_direction_backward_memory_linear_in_n():
     ad = {n: _grad_temp_bytes(plain, n) for n in (12, 24)}
     assert ad[24] > 2.5 * ad[12], ad          # the metric sees the quadratic history of the buffer
     assert got[24] < ad[24] / 2, (got, ad)
+
+
+def test_a_registered_relation_is_chosen_by_name_from_the_config(monkeypatch):
+    """A new variant is one Relation subclass and one registered name; config.model.relation selects it."""
+    monkeypatch.setattr(relations, "RELATIONS", dict(relations.RELATIONS))
+
+    @relations.register("scaled")
+    class Scaled(relations.Relation):
+        @nn.compact
+        def __call__(self, v):
+            return v * self.param("scale", nn.initializers.ones, (self.hidden,))
+
+    config = get_config("algrnet", "tiny")
+    config.model.relation = "scaled"
+    assert validate.config_problems(config) == [] and "scaled" in relations.relation_names()
+    model = networks.create_model(config)
+    images = jnp.zeros((1, config.crop_size, config.crop_size, 3))
+    params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+    assert jax.tree.map(lambda a: a.shape, params["relations"]) == {"scale": (config.model.lstm_hidden,)}
+    with pytest.raises(ValueError, match="relation name 'scaled' is taken"):
+        relations.register("scaled")(Scaled)
+    with pytest.raises(TypeError, match="must subclass relations.Relation"):
+        relations.register("plain")(nn.Dense)
+    config.model.relation = "gru"
+    with pytest.raises(ValueError, match="model.relation = 'gru': must be one of skip_bilstm, bilstm, scaled, none"):
+        networks.create_model(config)

@@ -6,6 +6,7 @@ its value, the rule and how to fix it, instead of a traceback (or an epoch of lo
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +17,6 @@ from algrnet_jax.errors import UserError
 
 ARCHS = ("jaanet", "algrnet")
 TASKS = tuple(tasks.TASKS)   # the registered tasks (algrnet_jax.tasks)
-# The dataset registry is data_pipelines.builders.REGISTRY, which this neutral module must not import;
-# tests/test_configs.py checks that the two agree.
-DATASETS = ("synth_au", "bp4d", "disfa", "fpara")
 
 
 class ConfigError(UserError, ValueError):
@@ -37,17 +35,28 @@ def _pos_int(v: Any) -> bool:
     return _is_int(v) and v >= 1
 
 
-def _model_names(table: str) -> tuple[str, ...]:
-    """The names the model accepts, from its tables in models/networks.py (``RELATIONS``, ``COMPUTE_DTYPES``,
-    ``PARAM_DTYPES``); imported on first use, so that importing this module stays cheap."""
-    from algrnet_jax.models import networks
+# Tables of allowed names, each in the module that uses it: "module:attribute" (a dict's keys, a tuple, or a
+# function returning the names). They are read on first use, so that importing this neutral module loads
+# neither the model (jax) nor the data package.
+TABLES = {
+    "relation": "algrnet_jax.models.relations:relation_names",
+    "dtype": "algrnet_jax.models.networks:COMPUTE_DTYPES",
+    "param_dtype": "algrnet_jax.models.networks:PARAM_DTYPES",
+    "conv_impl": "algrnet_jax.models.layers:CONV_IMPLS",
+    "dataset": "data_pipelines.builders:REGISTRY",
+}
 
-    return tuple(getattr(networks, table))
+
+def names(table: str) -> tuple[str, ...]:
+    """The names the ``TABLES`` entry ``table`` allows, e.g. ``names("dataset")`` = the registered datasets."""
+    module, attribute = TABLES[table].split(":")
+    value = getattr(importlib.import_module(module), attribute)
+    return tuple(value() if callable(value) else value)
 
 
 def _one_of(table: str) -> tuple[Callable[[Any], bool], Callable[[], str]]:
-    """(predicate, rule in words) of a field whose value is a name of the model table ``table``."""
-    return (lambda v: v in _model_names(table)), (lambda: f"one of {', '.join(_model_names(table))}")
+    """(predicate, rule in words) of a field whose value is a name of the table ``table``."""
+    return (lambda v: v in names(table)), (lambda: f"one of {', '.join(names(table))}")
 
 
 # (key, predicate, rule in words or a function giving it). Keys absent from a config (older checkpoints) are skipped.
@@ -62,13 +71,14 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str | Callable[[], str]], ...] =
     ("model.map_margin", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("model.map_scale", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
     ("model.adaptive", lambda v: isinstance(v, bool), "true or false"),
-    ("model.relation", *_one_of("RELATIONS")),
+    ("model.relation", *_one_of("relation")),
     ("model.fusion_refine", lambda v: isinstance(v, bool), "true or false"),
     ("model.num_grades", lambda v: v == len(au_sets.GRADES), f"{len(au_sets.GRADES)} (the paralysis grades)"),
     ("model.num_regions", _pos_int, "a positive integer"),
-    ("model.dtype", *_one_of("COMPUTE_DTYPES")),
-    ("model.param_dtype", *_one_of("PARAM_DTYPES")),
-    ("data.dataset", lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    ("model.conv_impl", *_one_of("conv_impl")),
+    ("model.dtype", *_one_of("dtype")),
+    ("model.param_dtype", *_one_of("param_dtype")),
+    ("data.dataset", *_one_of("dataset")),
     ("data.builder_config", lambda v: isinstance(v, str), "a string"),
     ("data.data_dir", lambda v: isinstance(v, str), "a string (\"\" = $ALGRNET_DATA_DIR or ./data/tfds)"),
     ("data.fold", lambda v: _is_int(v) and 1 <= v <= 3, "1, 2 or 3"),
@@ -118,15 +128,30 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     _, aligned = lookup(config, "aligned_size")
     if present and _pos_int(crop) and _pos_int(aligned) and crop > aligned:
         problems.append(f"crop_size = {crop} must not exceed aligned_size = {aligned} (the crop is taken from it)")
+    if present and _pos_int(crop) and crop % 16:
+        problems.append(f"crop_size = {crop} must be divisible by 16 (the region layers' 4x4 and 8x8 cell grids "
+                        "at crop / 4)")
     _, unit = lookup(config, "model.unit")
     _, hidden = lookup(config, "model.lstm_hidden")
     _, relation = lookup(config, "model.relation")
-    if relation in ("skip_bilstm", "bilstm") and _pos_int(unit) and _pos_int(hidden) and hidden != 8 * unit:
+    if relation in names("relation") and relation != "none" and _pos_int(unit) and _pos_int(hidden) \
+            and hidden != 8 * unit:
         problems.append(f"model.lstm_hidden = {hidden} must equal 8 * model.unit = {8 * unit} "
                         "(the skip connection adds region features and LSTM states)")
+    _, arch = lookup(config, "model.arch")
+    _, adaptive = lookup(config, "model.adaptive")
+    _, fusion_refine = lookup(config, "model.fusion_refine")
+    if arch == "jaanet" and (adaptive or relation not in (None, "none") or fusion_refine):
+        problems.append(f"model.arch = 'jaanet' has no adaptive regions, relations or fusion & refining: set "
+                        f"model.adaptive = False, model.relation = 'none', model.fusion_refine = False")
     present, aus = lookup(config, "aus")
     _, label_set = lookup(config, "label_set")
     _, task = lookup(config, "model.task")
+    _, regions = lookup(config, "model.num_regions")
+    if task in tasks.TASKS and tasks.get_task(task).region_scheme == "muscle" and _pos_int(regions) \
+            and regions != len(au_sets.PARALYSIS_REGIONS):
+        problems.append(f"model.num_regions = {regions} must be {len(au_sets.PARALYSIS_REGIONS)}, the number of "
+                        "muscle regions in au_sets.PARALYSIS_REGIONS")
     if present and task in tasks.TASKS and tasks.get_task(task).reads_aus:
         allowed = au_sets.AU_SETS.get(label_set, ())
         try:

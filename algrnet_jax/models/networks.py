@@ -9,7 +9,7 @@ Forward pass (n AUs or paralysis regions, u = unit width, C = crop, M = C/4 + 8)
   no Ada:    maps = stop_grad(attention_maps(centres, 0.14))  (exactly JAA-Net)
   refined  = attention_refine(maps) (per AU)                 [B, n, M-8, M-8]
   v_t      = region * refined_t                              [n, B, C/4, C/4, 8u]
-  s_t      = v_t + relations(v)_t  (skip_bilstm | bilstm), or v_t (none)
+  s_t      = v_t + relations(v)_t  (a registered relation: relations.RELATIONS), or v_t (none)
   l_t      = local_au_feat(s_t) (per-AU HLFeat)              [n, B, 5, 5, 20u]
   G        = global_au_feat(region) (HLFeat)                 [B, 5, 5, 20u]
   r_t      = fusion_refine(l, G)_t, or l_t without F&R
@@ -37,7 +37,7 @@ with the JAA-Net release's state_dict names in brackets (see stem.py and heads.p
   local_au_output: per-AU DenseHead {dense1 [n, 4000, 8u], dense2 [n, 8u, 2]}  [local_au_net.local_aus_output.<au>]
   global_au_feat: HLFeat                                          [global_au_feat.feat_extract]
   au_output: DenseHead {dense1 [12000, 64u], dense2 [64u, 2n]}    [au_net.au_output.{0,1}]
-  ALGRNet only: adaptive (AdaptiveRegions), relations (SkipBiLSTM | ConvBiLSTM), fusion_refine (FusionRefine).
+  ALGRNet only: adaptive (AdaptiveRegions), relations (relations.RELATIONS[relation]), fusion_refine (FusionRefine).
 HLFeat: conv1..conv6 [feat_extract.{0,3,7,10,14,17}], bn1..bn6 [feat_extract.{1,4,8,11,15,18}].
 RefineNet: conv1..conv4 [.{0,3,6,9}], bn1..bn3 [.{1,4,7}].
 RegionLayer: conv [.conv], branch{1,2,3}: {bn, conv} with a leading cell axis (row-major cells)
@@ -54,15 +54,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from algrnet_jax import au_sets, tasks
-from algrnet_jax.models import regions
+from algrnet_jax.configs.validate import validate_config
+from algrnet_jax.models import regions, relations
 from algrnet_jax.models.adaptive import AdaptiveRegions
 from algrnet_jax.models.fusion import FusionRefine
 from algrnet_jax.models.heads import DenseHead, RefineNet
-from algrnet_jax.models.layers import CONV_IMPLS, each, flatten_nchw, per_copy_form
-from algrnet_jax.models.relations import ConvBiLSTM, SkipBiLSTM
+from algrnet_jax.models.layers import each, flatten_nchw, per_copy_form
 from algrnet_jax.models.stem import HLFeat, RegionLearning
 
-RELATIONS = ("skip_bilstm", "bilstm", "none")
 # config.model.dtype -> the modules' computation dtype (float32: None, i.e. that of the float32 params).
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 PARAM_DTYPES = ("float32", "float64")
@@ -78,11 +77,11 @@ class ALGRNet(nn.Module):
     map_margin: int = 8
     map_scale: float = 0.14
     adaptive: bool = True
-    relation: str = "skip_bilstm"
+    relation: str = "skip_bilstm"    # a relations.RELATIONS name, or "none"
     fusion_refine: bool = True
     fusion_refine_rescale: bool = False  # r_t * sqrt(F) (unit RMS; not the paper's: off by default)
     final_mean: bool = True          # final = mean(local, integrated); False: integrated (JAA-Net)
-    task: str = "au"                 # a tasks.TASKS name: "au" | "paralysis"
+    task: tasks.Task = tasks.get_task("au")   # the task object (tasks.TASKS: "au" | "paralysis")
     num_grades: int = 4
     num_regions: int = 12            # paralysis regions
     conv_impl: str = "auto"          # per-copy convolutions: layers.CONV_IMPLS (auto: per backend and layer)
@@ -90,12 +89,8 @@ class ALGRNet(nn.Module):
     param_dtype: Any = jnp.float32   # parameters and BatchNorm statistics
 
     @property
-    def task_spec(self) -> tasks.Task:
-        return tasks.get_task(self.task)
-
-    @property
     def num_branches(self) -> int:
-        return self.task_spec.num_branches(self.aus, self.num_regions)
+        return self.task.num_branches(self.aus, self.num_regions)
 
     @property
     def map_size(self) -> int:
@@ -110,17 +105,16 @@ class ALGRNet(nn.Module):
         geo = dict(dtype=jnp.promote_types(self.dtype or jnp.float32, jnp.float32), param_dtype=self.param_dtype)
         if self.dtype is not None:
             images = images.astype(self.dtype)
-        # With relations, unrolled layer-1 cells in training programs cost compile time (paper-size ALGRNet step
-        # 64 s, over the 60 s budget) and gain nothing (12.4 vs 12.55 s): ``auto`` treats them like layer 2's.
-        cell_kinds = ("cells1" if self.relation == "none" else "cells2", "cells2")
+        # With relations, unrolled layer-1 cells in training programs push the compile over its budget and gain no
+        # speed (docs/performance.md, "Per-copy chains, ..."): ``auto`` treats them like layer 2's.
+        cell_kinds = ("cells1" if self.relation == relations.NONE else "cells2", "cells2")
         region = RegionLearning(u, train, cell_kinds=cell_kinds, name="region_learning", **kw)(images)
         align = HLFeat(u, train, name="align_feat", **kw)(region)
         landmarks = DenseHead(64 * u, 2 * au_sets.NUM_LANDMARKS, name="align_output", **geo)(align)
         landmarks = landmarks.reshape(b, au_sets.NUM_LANDMARKS, 2)
         out = {"landmarks": landmarks}
 
-        task = self.task_spec
-        centres = regions.CENTRE_SCHEMES[task.region_scheme](jax.lax.stop_gradient(landmarks), self.aus)
+        centres = regions.CENTRE_SCHEMES[self.task.region_scheme](jax.lax.stop_gradient(landmarks), self.aus)
         if self.adaptive:
             offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive", **geo)(flatten_nchw(align))
             maps = regions.attention_maps(centres + offsets[:, :, None, :], scales, self.map_size, self.crop_size)
@@ -132,59 +126,35 @@ class ALGRNet(nn.Module):
         out["initial_au_maps"] = maps
         out["refined_au_maps"] = refined[..., 0].transpose(1, 0, 2, 3)
 
-        if self.relation != "none":
+        if self.relation != relations.NONE:
             v = region[None] * refined.astype(region.dtype)          # [n, B, h, w, 8u]
-            s = v + self._relations()(v)
+            relation = relations.get_relation(self.relation)
+            s = v + relation(self.lstm_hidden, self.dtype, self.param_dtype, name="relations")(v)
         else:   # straight into the per-AU blocks, per copy where they run so (layers.per_copy_form)
             s = each(lambda r: region * r, per_copy_form(refined.astype(region.dtype), n, self.conv_impl, train))
         local = HLFeat(u, train, copies=n, name="local_au_feat", **kw)(s)     # [n, B, 5, 5, 20u]
         glob = HLFeat(u, train, name="global_au_feat", **kw)(region)        # [B, 5, 5, 20u]
         if self.fusion_refine:
             local = FusionRefine(local.shape[-1], self.fusion_refine_rescale, name="fusion_refine", **dt)(local, glob)
-        classes, units = task.head_units(n, self.num_grades)
+        classes, units = self.task.head_units(n, self.num_grades)
         local_logits = DenseHead(8 * u, classes, copies=n, name="local_au_output", **dt)(local)  # [n, B, classes]
         local_logits = local_logits.astype(geo["dtype"])
         concat = jnp.concatenate([align, glob, jax.lax.stop_gradient(jnp.mean(local, axis=0))], axis=-1)
         logits = DenseHead(64 * u, units, name="au_output", **geo)(concat)   # AU: PyTorch layout [B, 2, n]
-        out.update(task.head_outputs(logits, local_logits, self.final_mean))
+        out.update(self.task.head_outputs(logits, local_logits, self.final_mean))
         return out
-
-    def _relations(self) -> nn.Module:
-        if self.relation not in RELATIONS:
-            raise ValueError(f"model.relation must be one of {RELATIONS}, got {self.relation!r}")
-        cls = SkipBiLSTM if self.relation == "skip_bilstm" else ConvBiLSTM
-        return cls(self.lstm_hidden, self.dtype, self.param_dtype, name="relations")
 
 
 def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
-    """Builds the network of a config (reads ``config.model.*``, ``config.aus``, ``config.crop_size``)."""
+    """Builds the network of a config (reads ``config.model.*``, ``config.aus``, ``config.crop_size``).
+
+    The config is checked first (``configs.validate.validate_config``: the one home of its rules); a bad
+    value raises ``ConfigError`` (a ``ValueError``) listing every bad field."""
+    validate_config(config)
     m = config.model
-    if m.arch not in ("jaanet", "algrnet"):
-        raise ValueError(f"config.model.arch must be 'jaanet' or 'algrnet', got {m.arch!r}")
-    task = tasks.get_task(config)   # ValueError naming the registered tasks
-    if m.relation not in RELATIONS:
-        raise ValueError(f"config.model.relation must be one of {RELATIONS}, got {m.relation!r}")
-    if m.relation != "none" and m.lstm_hidden != 8 * m.unit:
-        raise ValueError(f"config.model.lstm_hidden ({m.lstm_hidden}) must equal 8 * unit ({8 * m.unit}): "
-                         "s_t = v_t + h_t adds the hidden state to the region features")
-    if config.crop_size % 16:
-        raise ValueError(f"config.crop_size ({config.crop_size}) must be divisible by 16 (region-layer grids)")
-    if task.region_scheme == "muscle" and m.num_regions != len(au_sets.PARALYSIS_REGIONS):
-        raise ValueError(f"config.model.num_regions ({m.num_regions}) must be {len(au_sets.PARALYSIS_REGIONS)}, "
-                         "the number of muscle regions in au_sets.PARALYSIS_REGIONS")
-    if m.arch == "jaanet" and (m.adaptive or m.relation != "none" or m.fusion_refine):
-        raise ValueError("arch 'jaanet' has no adaptive regions, relations or fusion & refining")
-    conv_impl = m.get("conv_impl", "auto")
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"config.model.conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-    dtype, param_dtype = m.get("dtype", "float32"), m.get("param_dtype", "float32")
-    if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"config.model.dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
-    if param_dtype not in PARAM_DTYPES:
-        raise ValueError(f"config.model.param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
     return ALGRNet(aus=tuple(config.aus), crop_size=config.crop_size, unit=m.unit, lstm_hidden=m.lstm_hidden,
                    map_margin=m.map_margin, map_scale=m.map_scale, adaptive=m.adaptive, relation=m.relation,
                    fusion_refine=m.fusion_refine, fusion_refine_rescale=bool(m.get("fusion_refine_rescale", False)),
-                   final_mean=m.arch != "jaanet", task=m.task,
-                   num_grades=m.num_grades, num_regions=m.num_regions, conv_impl=conv_impl,
-                   dtype=COMPUTE_DTYPES[dtype], param_dtype=jnp.dtype(param_dtype))
+                   final_mean=m.arch != "jaanet", task=tasks.get_task(m.task),
+                   num_grades=m.num_grades, num_regions=m.num_regions, conv_impl=m.get("conv_impl", "auto"),
+                   dtype=COMPUTE_DTYPES[m.get("dtype", "float32")], param_dtype=jnp.dtype(m.get("param_dtype", "float32")))

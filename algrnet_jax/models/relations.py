@@ -1,4 +1,11 @@
-"""Relations between AU features (SPEC section 4): the ConvLSTM cell, the skip-BiLSTM and the plain ConvBiLSTM.
+"""Relations between AU features (SPEC section 4): the registry of relation modules, the ConvLSTM cell, the
+skip-BiLSTM and the plain ConvBiLSTM.
+
+Registry: ``config.model.relation`` names a relation module registered with :func:`register` (``RELATIONS``:
+name -> class), or ``"none"`` (no relation term: s_t = v_t). A relation module subclasses :class:`Relation`
+(fields ``hidden``, ``dtype``, ``param_dtype``) and maps v [n, B, H, W, C] -> [n, B, H, W, hidden]; the network
+builds it as ``cls(hidden=lstm_hidden, dtype=..., param_dtype=..., name="relations")``. A new variant is one class
+and one ``@register("<name>")`` (docs/usage_relations.md).
 
 Input ``v``: [n, B, H, W, C], one feature map per AU (v_t = region features * refined map t, n AUs in table
 order). Output: [n, B, H, W, hidden] = (h_fwd_t + h_bwd_t) / 2; the network adds it: s_t = v_t + output_t.
@@ -15,9 +22,8 @@ Skip-BiLSTM, forward direction (t = 1..n), paper eqs (6)-(10):
   step, so its size and compile time do not grow with n.
   Because a 1x1 conv and GAP are both linear, GAP(W_j(concat(h_j, v_t))) = W_j(concat(GAP(h_j), GAP(v_t)))
   exactly; the gates are computed on the means ([n, B, hidden + C] @ [n, hidden + C, hidden]).
-  Memory: plain reverse-mode AD of that scan would keep the buffer of every step, O(n^2 B H W F) (measured,
-  XLA CPU, grad of both directions, B = 8, 44x44x64, F = 64: 2562 MiB at n = 12, 7289 MiB at n = 24). The
-  direction therefore has a custom VJP (``skip_direction``): its residuals are the n hidden and cell states
+  Memory: plain reverse-mode AD of that scan would keep the buffer of every step, O(n^2 B H W F)
+  (docs/performance.md, "Skip-BiLSTM backward memory"). The direction therefore has a custom VJP (``skip_direction``): its residuals are the n hidden and cell states
   only, O(n B H W F), and the backward pass is a reverse scan that recomputes each step from them. At step t the
   buffer holds exactly h_j for the sources j (zeros elsewhere) and the gates of every other j are masked to 0,
   so the step can be recomputed from the final stack of hidden states: the same values and gradients.
@@ -33,6 +39,7 @@ Param trees (F = hidden, C = input channels; kernels HWIO, PyTorch OIHW -> trans
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -42,6 +49,44 @@ import jax.numpy as jnp
 from algrnet_jax.models.layers import TORCH_KERNEL_INIT, Conv, matmul_conv, torch_bias_init
 
 Carry = tuple[jax.Array, jax.Array]                      # (c, h), each [B, H, W, F]
+
+NONE = "none"                                             # config.model.relation without a relation term
+RELATIONS: dict[str, type[Relation]] = {}                 # config.model.relation name -> module class
+
+
+class Relation(nn.Module):
+    """Base of the relation modules: v [n, B, H, W, C] (one feature map per AU) -> [n, B, H, W, hidden].
+
+    The network adds the output to its input, s_t = v_t + output_t, so ``hidden`` equals C there
+    (configs/validate.py checks ``model.lstm_hidden == 8 * model.unit``)."""
+
+    hidden: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
+def register(name: str) -> Callable[[type[Relation]], type[Relation]]:
+    """Class decorator: makes a :class:`Relation` subclass selectable as ``config.model.relation = name``."""
+    def add(cls: type[Relation]) -> type[Relation]:
+        if name == NONE or name in RELATIONS:
+            raise ValueError(f"relation name {name!r} is taken ({', '.join(relation_names())})")
+        if not issubclass(cls, Relation):
+            raise TypeError(f"relation {name!r}: {cls.__name__} must subclass relations.Relation")
+        RELATIONS[name] = cls
+        return cls
+    return add
+
+
+def relation_names() -> tuple[str, ...]:
+    """The values ``config.model.relation`` accepts: the registered names and ``"none"``."""
+    return (*RELATIONS, NONE)
+
+
+def get_relation(name: str) -> type[Relation]:
+    """The module class registered under ``name`` (ValueError naming the registered ones otherwise)."""
+    if name not in RELATIONS:
+        raise ValueError(f"model.relation must be one of {', '.join(relation_names())}, got {name!r}")
+    return RELATIONS[name]
 
 
 def _check_sequence(v: jax.Array, name: str) -> None:
@@ -177,12 +222,9 @@ def init_skip_direction(rng: jax.Array, n: int, channels: int, hidden: int, dtyp
     }
 
 
-class SkipBiLSTM(nn.Module):
+@register("skip_bilstm")
+class SkipBiLSTM(Relation):
     """Skip-BiLSTM with scanned gates: v [n, B, H, W, C] -> (h_fwd + h_bwd) / 2 [n, B, H, W, hidden]."""
-
-    hidden: int
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, v: jax.Array) -> jax.Array:
@@ -197,14 +239,11 @@ class SkipBiLSTM(nn.Module):
         return (outs[0] + outs[1]) / 2.0
 
 
-class ConvBiLSTM(nn.Module):
+@register("bilstm")
+class ConvBiLSTM(Relation):
     """Plain ConvBiLSTM ("w/ Bi"): v [n, B, H, W, C] -> (h_fwd + h_bwd) / 2 [n, B, H, W, hidden].
 
     Each direction is ``nn.scan`` over AUs of one ``ConvLSTMCell`` (params shared over steps)."""
-
-    hidden: int
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, v: jax.Array) -> jax.Array:
