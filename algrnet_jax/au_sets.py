@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 NUM_LANDMARKS = 49
+ALIGNED_SIZE = 200       # side of an aligned face: the alignment's output and the records' images (pixels)
 
 # AU order of each label set (the order of the paper's tables and of every label vector).
 AU_SETS: dict[str, tuple[int, ...]] = {

@@ -12,8 +12,9 @@ given, e.g. a ``DataSource``'s validation part) and reports:
 Every F1 / accuracy / error in a result dict is a PERCENTAGE, as in the paper's tables. Top-level
 ``result["mean_f1"]`` is the headline number (final AU prediction, or grades); on the validation part it
 selects the trainer's best checkpoint (``make_evaluator`` builds the trainer's evaluators).
-``evaluate_checkpoint`` goes through the inference module (``inference.Predictor.from_checkpoint``):
-layers point one way, the trainer never imports this module and this module never imports the trainer.
+``evaluate_checkpoint`` is the one way a saved checkpoint is evaluated (``algrnet eval`` and the runs'
+``experiment.evaluate_selected``); it goes through the inference module (``inference.Predictor.from_checkpoint``):
+layers point one way, the trainer never imports this module and this module never imports the trainer loop.
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from algrnet_jax import inference, metrics, tasks
 from algrnet_jax.configs.validate import validate_config
 from algrnet_jax.errors import UserError
 from algrnet_jax.models import networks
+from algrnet_jax.training import parallel
 from data_pipelines import builders, pipeline, records
 
 # Model outputs the evaluator reads (docs/design.md): every task's predictions and the landmarks; anything
@@ -95,7 +98,8 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
       config: full experiment config (``get_config``); ``config.data`` picks the dataset and fold.
       variables: ``{"params": ..., "batch_stats": ...}`` of the model.
       split: tfds split expression; None = the test part of ``config.data.fold``.
-      batches: optional iterable of batches (docs/design.md) replacing the input pipeline.
+      batches: optional iterable of batches (docs/design.md) replacing the data source's
+        (``make_source(config, training=split == "val").eval_batches(split or "test")``).
       apply_fn: optional ``(variables, images) -> outputs``; default the jitted model of ``config``.
       max_batches: stop after this many batches (smoke runs).
       on_batch: called with each batch and its outputs (numpy) after they are counted.
@@ -105,7 +109,7 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
     """
     task = tasks.get_task(config)
     if batches is None:
-        batches = pipeline.eval_batches(config, split=split)
+        batches = pipeline.make_source(config, training=split == "val").eval_batches(split or "test")
     apply_fn = apply_fn or make_eval_step(config)
     predictions = task.new_metrics(config)
     landmarks = metrics.LandmarkMetrics()
@@ -169,16 +173,21 @@ def check_eval_data(config: Any, split: str | None = None) -> str:
 def evaluate_checkpoint(path: str | pathlib.Path, *, dataset: str | None = None,
                         builder_config: str | None = None, fold: int | None = None,
                         data_dir: str | None = None, split: str | None = None,
-                        eval_batch_size: int | None = None) -> dict[str, Any]:
+                        eval_batch_size: int | None = None, apply_fn: ApplyFn | None = None,
+                        on_batch: Callable[[Batch, dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
     """Loads a checkpoint (``inference.Predictor.from_checkpoint``: a checkpoint directory, or a training work
     directory's LAST checkpoint) and evaluates it on the test part; None keeps the checkpoint's setting.
+    ``apply_fn`` (default: the Predictor's jitted forward) and ``on_batch`` as in :func:`evaluate_variables`.
 
     The config and the data are checked before the model runs (``validate_config``, ``check_eval_data``).
     The result records what the checkpoint was trained on (``trained_on``), the evaluated data's label set
     (``data_label_set``, which picks the paper table) and ``warnings`` when the two differ.
     """
     predictor = inference.Predictor.from_checkpoint(path)
-    config, variables = copy.deepcopy(predictor.config), predictor.variables
+    config = copy.deepcopy(predictor.config)
+    # The trainer's placement (replicated over the mesh): its evaluators' jitted forward is reused, not compiled
+    # again for another sharding.
+    variables = jax.device_put(predictor.variables, parallel.replicated(parallel.make_mesh()))
     trained_on = {"dataset": config.data.dataset, "builder_config": config.data.builder_config,
                   "label_set": config.label_set}
     if dataset is not None and builder_config is None and dataset != config.data.dataset:
@@ -192,7 +201,8 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, dataset: str | None = None,
             config.data[key] = value
     validate_config(config, f"{path} (checkpoint config with the eval flags)")
     data_label_set = check_eval_data(config, split)
-    result = evaluate_variables(config, variables, split=split, apply_fn=eval_forward(predictor.model))
+    result = evaluate_variables(config, variables, split=split, apply_fn=apply_fn or eval_forward(predictor.model),
+                                on_batch=on_batch)
     result["checkpoint"] = str(path)
     result["trained_on"] = trained_on
     result["data_label_set"] = data_label_set

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -30,7 +30,7 @@ from algrnet_jax import checkpoints, evaluation
 from algrnet_jax.configs.validate import validate_config
 from algrnet_jax.errors import UserError
 from algrnet_jax.models import networks
-from algrnet_jax.training import loop, parallel
+from algrnet_jax.training import loop
 from data_pipelines import builders
 from data_pipelines.pipeline import make_source
 
@@ -108,18 +108,11 @@ def select_checkpoint(workdir: str | os.PathLike, select: str = LAST) -> str:
     return checkpoints.resolve_checkpoint(workdir, best=select == VAL_BEST)
 
 
-def evaluate_selected(workdir: str | os.PathLike, select: str = LAST, *,
-                      apply_fn: evaluation.ApplyFn | None = None,
-                      on_batch: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Evaluates the selected checkpoint of a run (``select_checkpoint``) on the test part of its fold.
-
-    The result (``evaluation.evaluate_variables``) records ``checkpoint`` (the path) and ``selection``.
-    """
-    path = select_checkpoint(workdir, select)
-    config, variables = checkpoints.load_for_inference(path)
-    # The trainer's placement: its evaluators' jitted forward is reused, not compiled again.
-    variables = jax.device_put(variables, parallel.replicated(parallel.make_mesh()))
-    result = evaluation.evaluate_variables(config, variables, apply_fn=apply_fn, on_batch=on_batch)
-    result["checkpoint"] = path
+def evaluate_selected(workdir: str | os.PathLike, select: str = LAST, **kwargs: Any) -> dict[str, Any]:
+    """Evaluates the selected checkpoint of a run (``select_checkpoint``; a checkpoint directory is itself) with
+    ``evaluation.evaluate_checkpoint(path, **kwargs)`` (data overrides, ``apply_fn``, ``on_batch``), on the test
+    part of its fold unless ``kwargs`` say otherwise. The result records ``checkpoint`` (the path) and
+    ``selection``."""
+    result = evaluation.evaluate_checkpoint(select_checkpoint(workdir, select), **kwargs)
     result["selection"] = select
     return result

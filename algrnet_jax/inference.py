@@ -43,11 +43,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from algrnet_jax import tasks
+from algrnet_jax import au_sets, tasks
 from algrnet_jax.checkpoints import load_for_inference
 from algrnet_jax.models.networks import create_model
 
-RECORD_SIZE = 200   # side of the aligned faces in the records and of the alignment (SPEC section 2)
 
 # Model outputs (docs/design.md) in the order they are documented.
 OUTPUT_KEYS: tuple[str, ...] = (
@@ -93,7 +92,7 @@ def preprocess(aligned: np.ndarray, aligned_size: int, crop_size: int) -> np.nda
 
 
 def crop_to_aligned(points: np.ndarray, aligned_size: int, crop_size: int,
-                    record_size: int = RECORD_SIZE) -> np.ndarray:
+                    record_size: int = au_sets.ALIGNED_SIZE) -> np.ndarray:
     """Points ``[..., 2]`` in network-crop pixels -> pixels of the ``record_size`` aligned face.
 
     Inverse of the eval pipeline's landmark maths (half-pixel-centre resize, then the centre-crop shift).
@@ -224,24 +223,19 @@ class Predictor:
         return int(self.config.aligned_size)
 
     @property
-    def task_spec(self) -> tasks.Task:
-        """The checkpoint's task object (``tasks.get_task(config)``)."""
+    def task(self) -> tasks.Task:
+        """The checkpoint's task object (``tasks.get_task(config)``; ``task.name``: "au" | "paralysis")."""
         return tasks.get_task(self.config)
-
-    @property
-    def task(self) -> str:
-        """The task's name (``config.model.task``): "au" | "paralysis"."""
-        return self.task_spec.name
 
     @property
     def class_names(self) -> list[str]:
         """``AU01``, ``AU02``, ... (config.aus order) or the paralysis grades."""
-        return self.task_spec.class_names(self.config)
+        return self.task.class_names(self.config)
 
     @property
     def prob_key(self) -> str:
         """The headline probability output: ``final_au_prob`` [B, n] or ``final_grade_prob`` [B, 4]."""
-        return self.task_spec.prob_key
+        return self.task.prob_key
 
     # -- preprocessing
     def preprocess(self, aligned: np.ndarray) -> np.ndarray:

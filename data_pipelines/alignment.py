@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 
 from algrnet_jax import au_sets
+from algrnet_jax.au_sets import ALIGNED_SIZE
 
 BOX_ENLARGE = 2.9
-ALIGNED_SIZE = 200
 BORDER_VALUE = (128, 128, 128)
 # 0-based indices of the box points besides the eye centres: landmarks 14, 32, 38 (1-based).
 BOX_POINTS = (13, 31, 37)

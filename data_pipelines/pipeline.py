@@ -53,8 +53,7 @@ Batch = dict[str, np.ndarray]
 LEGACY_VAL_FRACTION = 0.0
 
 __all__ = ["Batch", "DataSource", "make_source", "validation_subjects", "epoch_permutation", "epoch_augmentation",
-           "label_columns", "loss_weights", "DataError", "DatasetNotBuiltError", "dataset_builder", "split_for",
-           "eval_batches"]
+           "label_columns", "loss_weights", "DataError", "DatasetNotBuiltError", "dataset_builder", "split_for"]
 
 
 # -------------------------------------------------------------------------------------- labels
@@ -387,12 +386,3 @@ def make_source(config: ml_collections.ConfigDict, *, training: bool = True) -> 
         label_set=label_set, batch_size=batch_size, eval_batch_size=int(d.eval_batch_size),
         shuffle_seed=int(d.shuffle_seed), train_split=train_split, test_split=test_split,
         _batcher=_Batcher(config, builder, columns))
-
-
-# ------------------------------------------------------------------------------- one-off evaluation
-
-
-def eval_batches(config: ml_collections.ConfigDict, *, split: str | None = None) -> Iterator[Batch]:
-    """``make_source(config, training=False).eval_batches(split or "test")``: evaluating one split once
-    (``split="val"`` makes a training source, whose validation part it is)."""
-    yield from make_source(config, training=split == "val").eval_batches(split or "test")

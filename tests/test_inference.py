@@ -38,7 +38,7 @@ def test_preprocess_equals_the_eval_pipeline_on_records(data_dir, size):
     c.data.data_dir, c.data.builder_config, c.data.eval_batch_size = data_dir, "bp4d_tiny", 4
     builder = builders.get_builder("synth_au", "bp4d_tiny", data_dir)
     records = list(examples.read_back(builder, "part1", decode_images=False))
-    batches = list(pipeline.eval_batches(c))
+    batches = list(pipeline.make_source(c, training=False).eval_batches("test"))
     images = np.concatenate([b["image"] for b in batches])[:len(records)]
     landmarks = np.concatenate([b["landmarks"] for b in batches])[:len(records)]
     raw = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(r["image"], np.uint8), cv2.IMREAD_COLOR),
@@ -78,7 +78,7 @@ def tiny_checkpoint(tmp_path_factory):
 def test_predictor_runs_padded_fixed_batches_with_one_trace(tiny_checkpoint):
     path, config, model, variables = tiny_checkpoint
     p = inference.Predictor.from_checkpoint(path, batch_size=3, model=model)
-    assert (p.crop_size, p.aligned_size, p.task, p.prob_key) == (32, 36, "au", "final_au_prob")
+    assert (p.crop_size, p.aligned_size, p.task.name, p.prob_key) == (32, 36, "au", "final_au_prob")
     assert p.class_names == ["AU01", "AU04", "AU12"]
     x = np.random.default_rng(1).uniform(-1, 1, size=(7, 32, 32, 3)).astype(np.float32)
     out = p.run(x)
@@ -161,7 +161,8 @@ def test_predictor_loads_a_converted_jaanet_checkpoint(tmp_path):
     path = save_inference_checkpoint(tmp_path / "converted", config, converted, source="release",
                                      source_epoch="1", converted_from="PyTorch JAA-Net release")
     p = inference.Predictor.from_checkpoint(path, batch_size=2)
-    assert (p.task, p.prob_key, p.class_names, p.crop_size) == ("au", "final_au_prob", ["AU01", "AU04", "AU12"], 32)
+    assert (p.task.name, p.prob_key, p.class_names, p.crop_size) == ("au", "final_au_prob", ["AU01", "AU04", "AU12"],
+                                                                      32)
     x = rng.uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)
     out = p.run_arrays(x)
     ref = model.apply(variables, x, train=False)

@@ -230,6 +230,8 @@ def test_uninterrupted_run(reference, data_dir):
     train_lines = [ln for ln in lines if ln["kind"] == "train"]
     assert [ln["step"] for ln in train_lines] == list(range(1, spe + 4))
     assert {"loss", "loss_au", "loss_local_au", "loss_align", "lr", "images_per_sec"} <= set(train_lines[0])
+    schedule = optim.make_schedule(_loop_config(data_dir).train, spe)     # the optimizer's, at update step - 1
+    assert [ln["lr"] for ln in train_lines] == [float(str(np.float32(schedule(ln["step"] - 1)))) for ln in train_lines]
     assert train_lines[0]["lr"] == 0.01
     for part in ("val", "test"):                                   # epoch end, max_steps
         assert [ln["step"] for ln in lines if ln["kind"] == part] == [spe, spe + 3]

@@ -34,17 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # The library (JAX, TF) is imported here, not at the top: the command line imports every command module to
     # build its --help.
-    from algrnet_jax import evaluation, reporting
-    from algrnet_jax import checkpoints
+    from algrnet_jax import experiment, reporting
 
     # Every user error (no checkpoint, corrupt checkpoint, data not built, no such split, AUs the data lacks,
     # bad config values) is a UserError: one message, exit 2 (``algrnet --debug`` for the traceback).
-    path = checkpoints.resolve_checkpoint(args.checkpoint, best=args.best)
-    if path != str(args.checkpoint):
-        print(f"evaluating the {'validation-best' if args.best else 'last'} checkpoint of {args.checkpoint}: {path}")
-    result = evaluation.evaluate_checkpoint(
-        path, dataset=args.dataset, builder_config=args.builder_config, fold=args.fold,
+    select = experiment.VAL_BEST if args.best else experiment.LAST
+    result = experiment.evaluate_selected(
+        args.checkpoint, select, dataset=args.dataset, builder_config=args.builder_config, fold=args.fold,
         data_dir=args.data_dir, split=args.split, eval_batch_size=args.batch_size)
+    if result["checkpoint"] != str(args.checkpoint):
+        print(f"evaluated the {'validation-best' if args.best else 'last'} checkpoint of {args.checkpoint}: "
+              f"{result['checkpoint']}")
     paths = reporting.report_result(result, args.out)
     for kind, written in paths.items():
         print(f"wrote {kind}: {written}")

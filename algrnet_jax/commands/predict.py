@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
     except CheckpointError as e:
         raise UserError(f"predict: {e}") from e
-    if args.attention and not predictor.task_spec.branch_per_class:
-        print(f"predict: --attention draws per-AU maps; this checkpoint's task is {predictor.task_spec.title}, "
+    if args.attention and not predictor.task.branch_per_class:
+        print(f"predict: --attention draws per-AU maps; this checkpoint's task is {predictor.task.title}, "
               "so none are written", file=sys.stderr)
     options = predict.Options(passes=args.passes, keyframe_every=args.keyframe_every, frame_batch=args.frame_batch,
                               track_threshold=args.track_threshold, threshold=args.threshold,

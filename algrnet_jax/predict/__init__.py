@@ -90,7 +90,7 @@ def run(predictor: Any, inputs: Sequence[str | os.PathLike | np.ndarray], *, out
     """Predicts every input; writes outputs under ``out_dir`` when given (see module docstring)."""
     options = options or Options()
     engine = Engine(predictor, options, detector)
-    names, task = predictor.class_names, predictor.task_spec
+    names, task = predictor.class_names, predictor.task
     header = outputs.columns(names, task)
     sources, failures, notes = media.discover(inputs)
     report = Report([], header, failures, notes, [], [], engine.timing)
@@ -122,7 +122,7 @@ def _one(engine: Engine, src: media.Source, csv_path: str | None, header: list[s
          overlay: bool, landmarks: dict[str, list[np.ndarray]] | None, aligned: bool, report: Report,
          bar: Any) -> list[dict[str, Any]]:
     pred = engine.predictor
-    names, task, thr = pred.class_names, pred.task_spec, options.threshold
+    names, task, thr = pred.class_names, pred.task, options.threshold
     writer = outputs.CsvWriter(csv_path, header) if csv_path else None
     rows: list[dict[str, Any]] = []
     ok = False
@@ -175,7 +175,7 @@ def _video(engine: Engine, src: media.Source, writer: Any, csv_path: str | None,
            landmarks: dict[str, list[np.ndarray]] | None, aligned: bool, report: Report,
            bar: Any) -> list[dict[str, Any]]:
     pred, options = engine.predictor, engine.options
-    names, task, thr = pred.class_names, pred.task_spec, options.threshold
+    names, task, thr = pred.class_names, pred.task, options.threshold
     video = media.open_video(src.path)
     if aligned and tuple(video.size) != (ALIGNED, ALIGNED):
         raise media.MediaError(f"{src.path}: --aligned expects a video of 200x200 aligned faces, "

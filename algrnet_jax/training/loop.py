@@ -184,7 +184,7 @@ class _MetricsReader:
     callbacks, the ``train`` rows of ``metrics.jsonl`` every ``train.log_every_steps`` and the progress bar."""
 
     def __init__(self, trainer: "Trainer", bar: Any):
-        self.t, self.bar = trainer, bar
+        self.trainer, self.bar = trainer, bar
         self.pending: tuple[int, Any] | None = None     # (step, device metrics) not yet read
         self.window: list[dict[str, float]] = []
         self.t_window, self.n_window = time.time(), 0
@@ -205,23 +205,24 @@ class _MetricsReader:
         """Reads the pending step's metrics."""
         if self.pending is None:
             return
-        t, (at, dev_metrics) = self.t, self.pending
+        trainer, (at, dev_metrics) = self.trainer, self.pending
         self.pending = None
         m = {k: float(v) for k, v in parallel.to_host(dev_metrics).items()}
-        t.check_finite(at, m)
-        m["lr"] = optim.learning_rate_at(t.config.train, at - 1, t.steps_per_epoch)
+        trainer.check_finite(at, m)
+        # The optimizer's schedule at update at - 1, as the shortest decimal of its float32 value (0.01).
+        m["lr"] = float(str(np.float32(trainer.learning_rate(at - 1))))
         self.window.append(m)
-        for cb in t.callbacks:
+        for cb in trainer.callbacks:
             cb(at, m)
-        if at % int(t.config.train.log_every_steps) == 0 or at == t.max_steps:
+        if at % int(trainer.config.train.log_every_steps) == 0 or at == trainer.max_steps:
             dt = max(time.time() - self.t_window, 1e-9)
             avg = {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
-            avg["images_per_sec"] = self.rate = self.n_window * t.global_batch / dt
-            t.writer.write(at, (at - 1) // t.steps_per_epoch, "train", avg)
+            avg["images_per_sec"] = self.rate = self.n_window * trainer.global_batch / dt
+            trainer.writer.write(at, (at - 1) // trainer.steps_per_epoch, "train", avg)
             self.window.clear()
             self.t_window, self.n_window = time.time(), 0
         # Right after a window closes its own count is 0 steps: show the closed window's rate instead of 0.
-        img_s = (self.n_window * t.global_batch / max(time.time() - self.t_window, 1e-9) if self.n_window
+        img_s = (self.n_window * trainer.global_batch / max(time.time() - self.t_window, 1e-9) if self.n_window
                  else self.rate)
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", img_s=f"{img_s:.0f}", refresh=False)
 
@@ -298,6 +299,7 @@ class Trainer:
         parallel.check_batch_size(self.global_batch, self.mesh)
         tc = self.config.train
         self.loss_weights = parallel.replicate(np.asarray(self.data.loss_weights, np.float32), self.mesh)
+        self.learning_rate = optim.make_schedule(tc, self.steps_per_epoch)     # the optimizer's: update -> lr
         tx = optim.make_optimizer(tc, self.steps_per_epoch)
         self.state = state_lib.new_train_state(self.model, self.config, tx, jax.random.PRNGKey(int(tc.seed)),
                                                out_shardings=parallel.replicated(self.mesh))
@@ -334,17 +336,17 @@ class Trainer:
 
     def _train(self) -> None:
         """Epochs until ``max_steps`` or SIGTERM."""
-        rs = self.run_state
-        bar = tqdm(total=self.max_steps, initial=rs.step, desc=os.path.basename(self.workdir) or "train",
+        run_state = self.run_state
+        bar = tqdm(total=self.max_steps, initial=run_state.step, desc=os.path.basename(self.workdir) or "train",
                    disable=not (self.progress and self.is_main), dynamic_ncols=True, leave=False)
         self.reader = _MetricsReader(self, bar)
         try:
             with _SigtermFlag() as sigterm:
-                while rs.step < self.max_steps and rs.interrupted is None:
+                while run_state.step < self.max_steps and run_state.interrupted is None:
                     self.train_epoch(sigterm)
-                    if rs.interrupted:
+                    if run_state.interrupted:
                         self.save()
-                    elif rs.position.batch == 0 or rs.step >= self.max_steps:   # epoch end, or train.max_steps
+                    elif run_state.position.batch == 0 or run_state.step >= self.max_steps:   # epoch end or max_steps
                         self.evaluate_and_save()
                     self.writer.flush()
         finally:
@@ -353,26 +355,26 @@ class Trainer:
     def train_epoch(self, sigterm: _SigtermFlag) -> None:
         """Runs the rest of the current epoch (or up to ``max_steps``), saving every
         ``train.checkpoint_every_steps`` steps; stops after the step during which SIGTERM came."""
-        rs, spe = self.run_state, self.steps_per_epoch
-        epoch, start = rs.position.epoch, rs.position.batch
+        run_state, steps_per_epoch = self.run_state, self.steps_per_epoch
+        epoch, start = run_state.position.epoch, run_state.position.batch
         every = int(self.config.train.checkpoint_every_steps)
         it = iter(self.data.train_batches(epoch, start))
-        for batch_index in range(start, start + min(spe - start, self.max_steps - rs.step)):
+        for batch_index in range(start, start + min(steps_per_epoch - start, self.max_steps - run_state.step)):
             try:
                 host_batch = next(it)
             except StopIteration:
-                raise RuntimeError(f"the training pipeline ended after {batch_index} of {spe} batches in epoch "
-                                   f"{epoch}") from None
+                raise RuntimeError(f"the training pipeline ended after {batch_index} of {steps_per_epoch} batches in "
+                                   f"epoch {epoch}") from None
             batch = parallel.shard_batch(host_batch, self.mesh, global_batch=self.global_batch)
             self.state, dev_metrics = self.train_step(self.state, batch, self.loss_weights)
-            rs.step += 1
-            end_of_epoch = batch_index + 1 == spe
-            rs.position = Position(epoch + 1, 0) if end_of_epoch else Position(epoch, batch_index + 1)
-            self.reader.push(rs.step, dev_metrics)
+            run_state.step += 1
+            end_of_epoch = batch_index + 1 == steps_per_epoch
+            run_state.position = Position(epoch + 1, 0) if end_of_epoch else Position(epoch, batch_index + 1)
+            self.reader.push(run_state.step, dev_metrics)
             if sigterm.set:
-                rs.interrupted = "SIGTERM"
+                run_state.interrupted = "SIGTERM"
                 break
-            if not end_of_epoch and rs.step % every == 0 and rs.step < self.max_steps:
+            if not end_of_epoch and run_state.step % every == 0 and run_state.step < self.max_steps:
                 self.reader.drain()
                 self.save()
         self.reader.drain()
@@ -380,33 +382,34 @@ class Trainer:
     def evaluate_and_save(self) -> None:
         """Runs every evaluator (``metrics.jsonl`` rows of its name), then saves; the ``"val"`` mean F1 ranks
         the checkpoint for the best one (ties: the later checkpoint, as orbax's ``BestN``)."""
-        rs = self.run_state
+        run_state = self.run_state
         if not self.evaluators:
             self.save()
             return
         variables = parallel.to_host(self.state.variables()) if jax.process_count() > 1 else self.state.variables()
-        epoch = max(rs.step - 1, 0) // self.steps_per_epoch
+        epoch = max(run_state.step - 1, 0) // self.steps_per_epoch
         for name, evaluate in self.evaluators.items():
             t0 = time.time()
             result = evaluate(variables)
             seconds = time.time() - t0
             self.reader.exclude(seconds)     # images/s counts training time only
-            rs.evaluations[name] = result
-            self.writer.write(rs.step, epoch, name, eval_scalars(result, seconds))
+            run_state.evaluations[name] = result
+            self.writer.write(run_state.step, epoch, name, eval_scalars(result, seconds))
         val_f1 = None
         if SELECT_ON in self.evaluators:
-            val_f1 = float(rs.evaluations[SELECT_ON]["mean_f1"])
-            if rs.best_mean_f1 is None or val_f1 >= rs.best_mean_f1:
-                rs.best_mean_f1, rs.best_step = val_f1, rs.step
+            val_f1 = float(run_state.evaluations[SELECT_ON]["mean_f1"])
+            if run_state.best_mean_f1 is None or val_f1 >= run_state.best_mean_f1:
+                run_state.best_mean_f1, run_state.best_step = val_f1, run_state.step
         self.save(val_mean_f1=val_f1)
 
     def meta(self) -> dict[str, Any]:
         """The ``meta`` item of a checkpoint of the current step."""
-        rs = self.run_state
+        run_state = self.run_state
         return {"kind": "train", "format_version": checkpoints.FORMAT_VERSION,
-                "config": checkpoints.config_to_dict(self.config), "step": rs.step, "epoch": rs.position.epoch,
-                "batch_in_epoch": rs.position.batch, "steps_per_epoch": self.steps_per_epoch,
-                "best_mean_f1": rs.best_mean_f1, "best_step": rs.best_step, "evaluations": rs.evaluations}
+                "config": checkpoints.config_to_dict(self.config), "step": run_state.step,
+                "epoch": run_state.position.epoch, "batch_in_epoch": run_state.position.batch,
+                "steps_per_epoch": self.steps_per_epoch, "best_mean_f1": run_state.best_mean_f1,
+                "best_step": run_state.best_step, "evaluations": run_state.evaluations}
 
     def save(self, *, val_mean_f1: float | None = None) -> None:
         """Starts an asynchronous save of the current step (a no-op if it exists)."""
@@ -450,13 +453,15 @@ class Trainer:
         """``{"step", "epoch", "batch_in_epoch", "evaluations" ({name: last result}), "best_mean_f1",
         "best_step", "best_checkpoint" (validation-best; None without a "val" evaluator), "last_checkpoint",
         "interrupted", "resumed_from_step", "workdir"}``."""
-        rs = self.run_state
-        best = self.manager.path(rs.best_step) if rs.best_step is not None and SELECT_ON in self.evaluators else None
-        return {"step": rs.step, "epoch": rs.position.epoch, "batch_in_epoch": rs.position.batch,
-                "evaluations": rs.evaluations, "best_mean_f1": rs.best_mean_f1, "best_step": rs.best_step,
+        run_state = self.run_state
+        best = (self.manager.path(run_state.best_step)
+                if run_state.best_step is not None and SELECT_ON in self.evaluators else None)
+        return {"step": run_state.step, "epoch": run_state.position.epoch,
+                "batch_in_epoch": run_state.position.batch, "evaluations": run_state.evaluations,
+                "best_mean_f1": run_state.best_mean_f1, "best_step": run_state.best_step,
                 "best_checkpoint": best if best and os.path.isdir(best) else None,
-                "last_checkpoint": checkpoints.last_checkpoint(self.workdir), "interrupted": rs.interrupted,
-                "resumed_from_step": rs.resumed_from, "workdir": self.workdir}
+                "last_checkpoint": checkpoints.last_checkpoint(self.workdir), "interrupted": run_state.interrupted,
+                "resumed_from_step": run_state.resumed_from, "workdir": self.workdir}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: nn.Module, data: DataSource,

@@ -31,13 +31,6 @@ def make_schedule(train_config: ml_collections.ConfigDict, steps_per_epoch: int)
         staircase=True)
 
 
-def learning_rate_at(train_config: ml_collections.ConfigDict, step: int, steps_per_epoch: int) -> float:
-    """Learning rate used by update number ``step`` (0-based), as a Python float."""
-    _check(train_config, steps_per_epoch)
-    epoch = int(step) // int(steps_per_epoch)
-    return float(train_config.lr) * float(train_config.lr_decay) ** (epoch // int(train_config.lr_decay_every_epochs))
-
-
 def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
     """optax chain equal to PyTorch SGD(momentum, nesterov, weight_decay) with the epoch step schedule.
 
