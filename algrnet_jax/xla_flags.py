@@ -1,11 +1,9 @@
-"""XLA:CPU settings the project runs with, applied when ``algrnet_jax`` is imported (issue 10).
+"""XLA:CPU settings the project runs with, applied when ``algrnet_jax`` is imported.
 
 ``--xla_cpu_experimental_ynn_fusion_type=`` (empty: no YNNPACK fusions). The pinned jaxlib 0.10.2 hands
-convolutions to YNNPACK fusions by default, and these ran on ONE core for this model's layers: the 12 per-AU
-attention-refinement convolutions (12x [8, 50, 50, 64] -> 64, 3x3) took 744 ms forward at 1.03 cores busy, and
-178 ms at 1.69 cores without the fusions (PyTorch: 193 ms); the paper-size JAA-Net eval forward went from
-2.57 s to 1.50 s (batch 8), measured on the 2-core development CPU (README, "Measured"). The flag only touches
-the CPU backend (GPU runs are unaffected).
+convolutions to YNNPACK fusions by default, and these run on ONE core for this model's layers; without them the
+per-AU convolutions use both cores and run about four times faster (docs/performance.md, "What held the CPU step
+back, and the fix"). The flag only touches the CPU backend (GPU runs are unaffected).
 
 XLA reads ``XLA_FLAGS`` when JAX creates its first backend, so the flags are added to the environment at import,
 before any computation. A flag the user already set in ``XLA_FLAGS`` is left as it is; ``ALGRNET_XLA_DEFAULTS=0``

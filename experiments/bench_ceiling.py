@@ -1,5 +1,5 @@
-"""What throughput this CPU allows (issue 10's eval target): the matmul peak, the eval program's FLOPs, and the
-one FLOP-reducing convolution algorithm, Winograd, measured one level down.
+"""What throughput this CPU allows for the eval forward (``--target``: its speed-up over PyTorch): the matmul
+peak, the eval program's FLOPs, and the one FLOP-reducing convolution algorithm, Winograd, measured one level down.
 
 Three measurements, JAX and PyTorch interleaved in one process (medians, ``experiments.timing``):
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="small shapes (smoke run)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--eval-batch-sizes", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--target", type=float, default=1.5, help="eval speed-up over PyTorch to assess (issue 10)")
+    p.add_argument("--target", type=float, default=1.5, help="eval speed-up over PyTorch to assess")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Layer benchmark (issue 10): each implementation of the per-copy convolutions against PyTorch, interleaved.
+"""Layer benchmark: each implementation of the per-copy convolutions against PyTorch, interleaved.
 
 The layers that hold k independent 3x3 convolutions (per-AU HLFeat branches, attention refinement, region-layer
 cells) at the paper size, batch 8. For each layer and each implementation of ``models.layers.CONV_IMPLS``

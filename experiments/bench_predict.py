@@ -1,4 +1,4 @@
-"""`algrnet predict` benchmark (issue 11): end-to-end frames/s on a 640x360 single-face video, by stage.
+"""`algrnet predict` benchmark: end-to-end frames/s on a 640x360 single-face video, by stage.
 
 A synthetic face (the generator's, ~150 px) moves across a 640x360 video. Measured after a warm-up (the
 compilation is not timed):

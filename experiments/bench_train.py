@@ -1,4 +1,4 @@
-"""Model benchmark (issue 10): training step and eval forward, JAX JAA-Net / ALGRNet against PyTorch JAA-Net.
+"""Model benchmark: training step and eval forward, JAX JAA-Net / ALGRNet against PyTorch JAA-Net.
 
 One process builds every runner of a size, then times them in turn, round after round (interleaved: all see the
 same machine state), and reports medians:

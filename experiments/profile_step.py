@@ -1,4 +1,4 @@
-"""Where the time of one compiled step goes (issue 10): a jax.profiler trace of the XLA:CPU thunks, grouped.
+"""Where the time of one compiled step goes: a jax.profiler trace of the XLA:CPU thunks, grouped.
 
 Compiles the eval forward or the train step of a named config (the programs ``experiments.bench_train`` times),
 runs it once to warm up, traces ``--calls`` calls with ``jax.profiler.trace`` and reads the thunk events of the

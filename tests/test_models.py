@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from algrnet_jax import losses
-from algrnet_jax.configs import MODEL_NAMES, get_config
+from algrnet_jax.configs import NAMES, get_config
 from algrnet_jax.models import networks
 from algrnet_jax.models.layers import BatchNorm, Conv, batch_norm_train, max_pool2, resolve_conv_impl
 from algrnet_jax.models.stem import CellBlock, from_cell_list, from_cells, to_cell_list, to_cells
@@ -149,9 +149,9 @@ def test_jaanet_param_shapes_match_release_recipe():
 EXPECTED_KEYS = {"landmarks", "initial_au_maps", "refined_au_maps"}
 
 
-@pytest.mark.parametrize("name,label_set,size", [(n, "bp4d", "tiny") for n in MODEL_NAMES]
+@pytest.mark.parametrize("name,label_set,size", [(n, "bp4d", "tiny") for n in NAMES]
                          + [("algrnet", "disfa", "tiny")]
-                         + [(n, "bp4d", "paper") for n in MODEL_NAMES] + [("algrnet", "disfa", "paper")])
+                         + [(n, "bp4d", "paper") for n in NAMES] + [("algrnet", "disfa", "paper")])
 def test_output_shapes_and_gradients_trace(name, label_set, size):
     """Abstract trace (no compile) of apply and of the loss gradient; at paper size: 176 input, 52x52 maps."""
     config = get_config(name, size, label_set)
@@ -189,7 +189,7 @@ def test_output_shapes_and_gradients_trace(name, label_set, size):
 
 
 def test_ablations_switch_exactly_their_part():
-    trees = {name: _shapes(_abstract_variables(get_config(name, "tiny"))[1]["params"]) for name in MODEL_NAMES}
+    trees = {name: _shapes(_abstract_variables(get_config(name, "tiny"))[1]["params"]) for name in NAMES}
 
     def top(name):
         return {k.split("'")[1] for k in trees[name]}

@@ -73,7 +73,7 @@ STEP64 = pathlib.Path(__file__).parent / "fixtures" / "jaanet_train_step64_bp4d"
 
 def _assert_update_norms_match_float64_reference(after, release):
     """Per state_dict entry (1820), the norm of a float32 step's update d = after - before against the float64
-    reference step. Measured relative errors (2026-11-28), ours / the PyTorch baseline in float32: all entries
+    reference step. Measured relative errors, ours / the PyTorch baseline in float32: all entries
     together 6.9e-8 / 4.9e-8; median 2.6e-5 / 3.0e-5; 99th percentile 4.0e-3 / 4.1e-3; max 1.7e-2 / 0.31 (single
     entries are chaotic in float32: conv biases before BatchNorm have ~0 gradient). Post-step SUMS are not
     compared: in float32 they move by up to 7% when the input changes by 1e-7, and with the CPU's kernels."""

@@ -134,7 +134,7 @@ PROB_KEYS = ("au_prob", "local_au_prob", "final_au_prob", "final_grade_prob")
                                   "algrnet_paralysis"])
 def test_bfloat16_forward_of_every_config_is_close_to_float32(name):
     """Train-mode forward (batch statistics: at initialisation eval-mode outputs hardly depend on the input)
-    at tiny size on the 24 synthetic faces, the same float32 parameters. Measured (2026-11-28): probabilities
+    at tiny size on the 24 synthetic faces, the same float32 parameters. Measured: probabilities
     max |p_bf16 - p_f32| 0.027 (jaanet, wo_full), 0.019 (wo_fr), 0.009 (algrnet, wo_sb, w_bi, wo_ada), 0.0024
     (algrnet_paralysis); landmarks 0.13% of the crop (all). Tested at < 0.045 and < 0.3%."""
     from algrnet_jax.models.networks import create_model
@@ -165,7 +165,7 @@ def test_bfloat16_forward_of_every_config_is_close_to_float32(name):
 @pytest.mark.slow
 def test_bfloat16_training_lowers_the_loss_like_float32():
     """ALGRNet (tiny) on the tiny synthetic set, full batch of 24 faces, 8 SGD steps (lr 0.05) from the same
-    init. Measured (2026-11-28): float32 60.88 57.92 51.59 35.36 7.89 31.35 21.80 8.09, bfloat16 60.87 57.92
+    init. Measured: float32 60.88 57.92 51.59 35.36 7.89 31.35 21.80 8.09, bfloat16 60.87 57.92
     51.84 36.07 9.37 26.51 16.33 5.19: the same descent for 4 steps (within 2.0%), then the large step size
     makes both oscillate differently; both end below 15% of the first loss."""
     from algrnet_jax.models.networks import create_model

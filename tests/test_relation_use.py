@@ -1,4 +1,4 @@
-"""experiments.relation_use: knock-outs of a trained model's parts at inference (issue 13)."""
+"""experiments.relation_use: knock-outs of a trained model's parts at inference."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""Reliability (issue 12): each fault reproduced as it happens to a user, and what happens now.
+"""Reliability: each fault reproduced as it happens to a user, and what happens now.
 
 Data sets are small fixtures in the raw release layouts written by the synthetic generator
 (``data_pipelines.synthetic.raw_layouts``); training runs use the stand-in network of tiny_au_model.py.

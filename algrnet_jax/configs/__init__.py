@@ -33,7 +33,7 @@ from algrnet_jax.configs.overrides import (OverrideError, add_override_arguments
                                            parse_args)
 from algrnet_jax.configs.validate import ConfigError
 
-__all__ = ["NAMES", "MODEL_NAMES", "ABLATION_ROWS", "SIZES", "Size", "DELETED_FIELDS", "get_config", "from_args", "num_outputs",
+__all__ = ["NAMES", "ABLATION_ROWS", "SIZES", "Size", "DELETED_FIELDS", "get_config", "from_args", "num_outputs",
            "drop_deleted_fields", "apply_override", "apply_overrides", "add_override_arguments", "parse_args",
            "ConfigError", "OverrideError"]
 
@@ -52,7 +52,6 @@ _MODULES = _registry()
 _CONFIGS: dict[str, Callable[[str | None], ml_collections.ConfigDict]] = {
     name: module.get_config for name, module in _MODULES.items()}
 NAMES: tuple[str, ...] = tuple(_CONFIGS)
-MODEL_NAMES = NAMES  # the older name of the registry
 # The variants of the paper's ablation (Tables V / VI): config name -> the paper's row name, in the paper's order
 # (``PAPER_ABLATION_ROW`` of the config files).
 ABLATION_ROWS: dict[str, str] = {

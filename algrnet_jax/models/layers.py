@@ -69,16 +69,12 @@ def resolve_conv_impl(impl: str, kind: str = "copies", backend: str | None = Non
     return "grouped"
 
 
-# What ``auto`` means on CPU per layer kind (measured 2026-11-28/29, 2-core CPU, quiet, XLA flags of xla_flags.py;
-# paper-size train step, batch 8, JAA-Net / ALGRNet seconds and ALGRNet compile seconds):
-#   region cells matmul in both layers     5.07 / 14.05 s, compile 40 s
-#   cells of layer 1 unrolled, layer 2 matmul  4.59 / 13.01 s, compile 47 s   <- auto in training
-#   cells unrolled in both layers          4.6 / 12.8 s, compile 64.5 s (over the 60 s budget)
-# (Before ``unrolled_conv`` split its copies, unrolled cells made the step 2.2x slower: their gradients were summed
-# as k padded full-size arrays.) Inference: unrolled everywhere (JAA-Net eval forward at batch 8 1.50 s -> 1.15 s,
-# compile 9 s -> 17 s). With the per-copy chains and one-pass BatchNorm sums (2026-11-29, later): JAA-Net 4.10 s with
-# layer-1 cells unrolled, 4.43 s matmul; ALGRNet 12.4 / 12.55 s, compile 64 / 53 s: the relational models pass
-# their layer-1 cells as kind "cells2" (networks.py).
+# What ``auto`` means on CPU per layer kind, chosen from the paper-size train-step and eval-forward timings in
+# docs/performance.md ("The training step: three changes from its profile", "Per-copy chains, one-pass BatchNorm
+# sums, ..."): in training programs the per-copy layers and the cells of region layer 1 are unrolled and the cells
+# of layer 2 use the matmul form (unrolling them as well is no faster and pushes the ALGRNet compile over its 60 s
+# budget); inference programs unroll everything (a faster forward for a longer compile, paid once). The relational
+# models pass their layer-1 cells as kind "cells2" (networks.py): unrolled, they lengthen the compile for no gain.
 CPU_AUTO = {"copies": "unrolled", "cells1": "unrolled", "cells2": "matmul"}
 CPU_AUTO_EVAL = {"copies": "unrolled", "cells1": "unrolled", "cells2": "unrolled"}
 

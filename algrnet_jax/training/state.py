@@ -57,9 +57,9 @@ def create_train_state(model: nn.Module, config: ml_collections.ConfigDict, tx: 
                              batch_stats=variables["batch_stats"], rng=step_rng)
 
 
-# XLA:CPU compiles the threefry random draws of an initialisation slowly at its default optimisation level (jax
-# 0.10.2, jax_threefry_partitionable: 2-3.5 s per draw against 0.2-0.3 s at level 0, measured 2026-11-28); the tiny
-# JAA-Net's train state took 65 s to compile, 7 s at level 0. Init runs once, so on CPU it is compiled at level 0.
+# XLA:CPU compiles the threefry random draws of an initialisation about ten times slower at its default
+# optimisation level than at level 0 (docs/performance.md, "Earlier measurements", start-up). Init runs once, so
+# on CPU it is compiled at level 0.
 # Values: the same draws; some biases differ by 1 ulp from a default-level compile (its fused multiply-add).
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
