@@ -246,23 +246,6 @@ class Predictor:
         """Predicted landmarks ``[..., 49, 2]`` (crop pixels) -> 200x200 aligned-face pixels."""
         return crop_to_aligned(landmarks, self.aligned_size, self.crop_size)
 
-    # -- faces in photos and videos
-    def predict(self, inputs: Any, **kwargs: Any) -> Any:
-        """Per-face rows (CSV columns of ``algrnet predict``) for image/video paths, folders or RGB uint8
-        arrays ``[H, W, 3]`` (one or a list): a pandas DataFrame if pandas is installed, else a list of
-        dicts. ``kwargs`` go to :func:`algrnet_jax.predict.run` (e.g. ``out_dir``, ``options``).
-        Inputs that cannot be read raise ValueError naming them (the command line reports and goes on).
-        """
-        # The face/video layer (OpenCV, detectors, alignment) sits above this module: evaluation and the
-        # trainer's eval import inference without it.
-        from algrnet_jax import predict as predict_lib
-
-        items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        report = predict_lib.run(self, items, **kwargs)
-        if report.failures:
-            raise ValueError("; ".join(report.failures))
-        return predict_lib.to_frame(report.rows, report.columns)
-
     # -- forward
     def _jitted(self, keys: tuple[str, ...] | None) -> Callable[..., Any]:
         return jitted_forward(self.model, keys)

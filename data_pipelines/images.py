@@ -14,11 +14,13 @@ The file type is told by its first bytes, not by its extension.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -81,15 +83,13 @@ def decode_image(data: bytes, path: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
-def decode_jpeg_strict(data: bytes) -> tuple[np.ndarray | None, str]:
-    """Decodes JPEG bytes with OpenCV; returns (BGR image ``[H, W, 3]`` or None, the decoder's warning or "").
-
-    libjpeg decodes damaged data (e.g. a zeroed second half) into a grey-filled image and only prints a
-    warning to the C stderr. The warning is captured by pointing file descriptor 2 at a temporary file
-    for the call; anything else written there meanwhile is passed on to stderr.
-    """
+@contextlib.contextmanager
+def stderr_captured() -> Iterator[list[str]]:
+    """Points file descriptor 2 (the C libraries' stderr: libjpeg, ffmpeg) at a temporary file for the block;
+    the yielded list receives what was written there when the block ends. One capture at a time per process."""
     global _capture
     sys.stderr.flush()
+    text: list[str] = []
     with _capture_lock:
         if _capture is None:
             _capture = tempfile.TemporaryFile()
@@ -98,12 +98,24 @@ def decode_jpeg_strict(data: bytes) -> tuple[np.ndarray | None, str]:
         saved = os.dup(2)
         try:
             os.dup2(_capture.fileno(), 2)
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            yield text
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        _capture.seek(0)
-        text = _capture.read().decode(errors="replace")
+            _capture.seek(0)
+            text.append(_capture.read().decode(errors="replace"))
+
+
+def decode_jpeg_strict(data: bytes) -> tuple[np.ndarray | None, str]:
+    """Decodes JPEG bytes with OpenCV; returns (BGR image ``[H, W, 3]`` or None, the decoder's warning or "").
+
+    libjpeg decodes damaged data (e.g. a zeroed second half) into a grey-filled image and only prints a
+    warning to the C stderr. The warning is captured (:func:`stderr_captured`) for the call; anything else
+    written there meanwhile is passed on to stderr.
+    """
+    with stderr_captured() as captured:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    text = captured[0]
     warnings = [m.group(0).strip() for m in _JPEG_WARNING.finditer(text)]
     rest = _JPEG_WARNING.sub("", text).strip()
     if rest:

@@ -7,6 +7,8 @@ import sys
 
 from algrnet_jax.errors import UserError
 
+EXIT_INTERRUPTED = 130    # the shell's code for a command ended by SIGINT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -16,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  algrnet predict --checkpoint ckpt videos/ --out preds --skip-existing\n"
         "outputs per input under --out: NAME.csv (OpenFace-style columns, docs/usage_predict.md),\n"
         "NAME.overlay.jpg|mp4 (--overlay), NAME.attention_K.png (--attention, photos), and for videos\n"
-        "NAME.summary.json and NAME.probs.png. Exit 0 when every input was processed, 1 when some failed\n"
-        "(listed at the end), 2 for a usage error.")
+        "NAME.summary.json and NAME.probs.png; NAME is the input's path relative to the folder holding every\n"
+        "input. Exit 0 when every input was processed, 1 when some failed (listed at the end), 2 for a usage\n"
+        "error (also: another run holds --out), 130 when interrupted.")
     parser.add_argument("inputs", nargs="+", help="image files, video files or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (train or convert-jaanet output)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -77,9 +80,15 @@ def run(args: argparse.Namespace) -> int:
     options = predict.Options(passes=args.passes, keyframe_every=args.keyframe_every, frame_batch=args.frame_batch,
                               track_threshold=args.track_threshold, threshold=args.threshold,
                               max_faces=args.max_faces, attention=args.attention, min_face_size=args.min_face_size)
-    report = predict.run(predictor, args.inputs, out_dir=args.out, options=options, overlay=args.overlay,
-                         skip_existing=args.skip_existing, landmarks=landmarks, aligned=args.aligned,
-                         progress=True, keep_rows=False)
+    try:
+        report = predict.run(predictor, args.inputs, out_dir=args.out, options=options, overlay=args.overlay,
+                             skip_existing=args.skip_existing, landmarks=landmarks, aligned=args.aligned,
+                             progress=True, keep_rows=False)
+    except KeyboardInterrupt:
+        # Ctrl-C: the unfinished input's temporary files are already removed (their writers' cleanup);
+        # finished inputs are kept, so --skip-existing resumes.
+        print("predict: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     for note in report.notes:
         print(f"predict: {note}", file=sys.stderr)
     t = report.timing

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import jax
 import numpy as np
 
@@ -50,6 +51,9 @@ class Options:
 
 
 AUTO_FRAME_BATCH = 8   # Options.frame_batch = 0: frames per batch on accelerators, and of independent frames
+# Frames with a longer side are searched for faces at this side: the detector's image pyramid grows with the
+# pixels (an 8000x8000 photo took 9.5 GB), and faces that small in so large a frame are rare.
+DETECT_MAX_SIDE = 2048
 
 
 @dataclasses.dataclass
@@ -64,6 +68,11 @@ class FaceResult:
     probs: np.ndarray
     aligned: np.ndarray
     maps: np.ndarray | None = None
+
+    @property
+    def finite(self) -> bool:
+        """Whether the network's outputs for this face (landmarks, probabilities) are all finite."""
+        return bool(np.all(np.isfinite(self.landmarks)) and np.all(np.isfinite(self.probs)))
 
 
 @dataclasses.dataclass
@@ -116,8 +125,8 @@ class Engine:
 
     @property
     def detector(self) -> Any:
-        if self._detector is None:
-            self._detector = MTCNNDetector(min_face_size=self.options.min_face_size)
+        if self._detector is None:      # min_face_size applies in frame pixels (detect), not the detector's
+            self._detector = MTCNNDetector(min_face_size=0)
         return self._detector
 
     # -- the network on aligned crops
@@ -181,12 +190,28 @@ class Engine:
 
     # -- images
     def detect(self, rgb: np.ndarray) -> list[Face]:
+        """Faces of an RGB frame ``[H, W, 3]`` at least ``min_face_size`` pixels wide and high, best first, in its
+        pixels; a frame whose longer side exceeds ``DETECT_MAX_SIDE`` is searched at that side (the boxes and
+        points scaled back)."""
         t = time.perf_counter()
-        faces = self.detector.detect(rgb)
+        scale = max(rgb.shape[:2]) / DETECT_MAX_SIDE
+        if scale > 1.0:
+            h, w = rgb.shape[:2]
+            small = cv2.resize(rgb, (max(round(w / scale), 1), max(round(h / scale), 1)), interpolation=cv2.INTER_AREA)
+            faces = [Face(f.box * scale, f.score, f.points * scale) for f in self.detector.detect(small)]
+        else:
+            faces = self.detector.detect(rgb)
         self.timing.detect += time.perf_counter() - t
+        faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.options.min_face_size]
         if self.options.max_faces > 0:
             faces = faces[:self.options.max_faces]
         return faces
+
+    def gives_numbers(self) -> bool:
+        """Whether any output of the network for a plain grey face is finite: False for a checkpoint whose every
+        output is NaN or infinite (e.g. diverged training), which no input can make usable."""
+        out = self.run_aligned(np.full((1, ALIGNED, ALIGNED, 3), 128, np.uint8))
+        return any(bool(np.any(np.isfinite(v))) for v in out.values())
 
     def image(self, rgb: np.ndarray, landmarks: list[np.ndarray] | None = None) -> list[FaceResult]:
         """Faces of one photo (detected, or from given 49-point ``landmarks``), face_id = rank."""

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from algrnet_jax.errors import UserError
+from data_pipelines import alignment
 
 FIVE_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -46,9 +47,26 @@ class MTCNNDetector:
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 ``[H, W, 3]`` frame, best first."""
-        # mtcnn 1.0's pyramid breaks for min_face_size > 20 (scales below its 12-pixel minimum): use its
-        # default and drop smaller faces here.
-        found = self._mtcnn.detect_faces(np.ascontiguousarray(rgb), threshold_onet=self.threshold)
+        import tensorflow as tf
+        from mtcnn.utils.bboxes import fix_bboxes_offsets, limit_bboxes, to_json
+        from mtcnn.utils.images import load_images_batch, standarize_batch
+
+        # MTCNN.detect_faces run stage by stage, stopping when a stage leaves no candidate: mtcnn 1.0 runs the
+        # next stage on zero patches, which TensorFlow rejects with a logged "Incompatible shapes [0,48,48,3]".
+        # mtcnn 1.0's pyramid breaks for min_face_size > 20 (scales below its 12-pixel minimum): its default is
+        # used and smaller faces are dropped here.
+        images, shapes, pad = standarize_batch(load_images_batch([np.ascontiguousarray(rgb)]), normalize=True)
+        boxes = None
+        try:
+            for stage in self._mtcnn.stages:
+                boxes = stage(bboxes_batch=boxes, images_normalized=images, images_oshapes=shapes,
+                              threshold_onet=self.threshold)
+                if len(boxes) == 0:
+                    return []
+        except tf.errors.InvalidArgumentError:     # what detect_faces takes for "no face"
+            return []
+        boxes = limit_bboxes(fix_bboxes_offsets(boxes, pad), images_shapes=shapes, limit_landmarks=False)
+        found = to_json(boxes, images_count=1, output_as_width_height=True, input_as_width_height=False)[0]
         faces = [Face(np.asarray(f["box"], np.float64), float(f["confidence"]),
                       np.asarray([f["keypoints"][k] for k in FIVE_NAMES], np.float64)) for f in found
                  if min(f["box"][2], f["box"][3]) >= self.min_face_size]
@@ -91,6 +109,27 @@ def landmarks_box(landmarks: np.ndarray) -> np.ndarray:
 _FROM_68 = tuple(i for i in range(17, 68) if i not in (60, 64))
 # DISFA's 66 points: 18..66 (1-based) are the 49 (SPEC section 2).
 _FROM_66 = tuple(range(17, 66))
+
+
+def check_landmarks(landmarks: np.ndarray, size: tuple[int, int]) -> str | None:
+    """Why given 49-point ``landmarks`` ``[49, 2]`` cannot be a face of a ``size`` (w, h) frame, or None.
+
+    Refused: non-finite values, eye centres less than 2 pixels apart (all-zero or collapsed points: the
+    alignment needs an eye line), fewer than half of the points inside the frame (wrong scale or frame).
+    """
+    lm = np.asarray(landmarks, np.float64)
+    if not np.all(np.isfinite(lm)):
+        return "landmarks contain NaN or infinite values"
+    d_o = float(alignment.interocular(lm))
+    if d_o < 2.0:
+        return f"eye centres {d_o:.2g} pixels apart (all-zero or collapsed landmarks); cannot align"
+    w, h = size
+    inside = np.sum((lm[:, 0] >= 0) & (lm[:, 0] < w) & (lm[:, 1] >= 0) & (lm[:, 1] < h))
+    if inside < len(lm) / 2:
+        box = landmarks_box(lm)
+        return (f"landmarks lie outside the {w}x{h} frame ({inside} of {len(lm)} points inside; box at "
+                f"x={box[0]:.6g}, y={box[1]:.6g}, {box[2]:.6g}x{box[3]:.6g})")
+    return None
 
 
 def reduce_to_49(points: np.ndarray, where: str = "landmarks") -> np.ndarray:

@@ -5,7 +5,9 @@ CSV columns, in this order: ``input, frame, face_id, timestamp, confidence, succ
 face_w, face_h, x_0..x_48, y_0..y_48`` (original-frame pixels), then for an AU checkpoint ``AU01_p ..``
 (probabilities, config.aus order) and ``AU01_c ..`` (0/1 at the threshold); for a grading checkpoint
 ``normal_p, low_p, medium_p, high_p, grade`` (argmax). A frame without a face is one row with
-``success = 0``, ``face_id = -1`` and empty geometry and predictions.
+``success = 0``, ``face_id = -1`` and empty geometry and predictions; a face whose network outputs are not
+finite is a row with ``success = 0``, its id, box and confidence, and empty landmarks and predictions.
+Temporary names carry the process id (``NAME.csv.partial.<pid>``), so no two runs share one.
 """
 from __future__ import annotations
 
@@ -43,9 +45,11 @@ def face_row(name: str, frame: int, timestamp: float, face: FaceResult | None, c
     if face is None:
         row.update(face_id=-1, confidence=0.0, success=0)
         return row
-    row.update(face_id=face.face_id, confidence=round(face.confidence, 6), success=1)
+    row.update(face_id=face.face_id, confidence=round(face.confidence, 6), success=int(face.finite))
     for k, v in zip(("face_x", "face_y", "face_w", "face_h"), face.box):
         row[k] = round(float(v), 2)
+    if not face.finite:            # never a NaN presented as a result
+        return row
     for i, (x, y) in enumerate(face.landmarks):
         row[f"x_{i}"], row[f"y_{i}"] = round(float(x), 3), round(float(y), 3)
     probs = np.asarray(face.probs, np.float64)
@@ -78,10 +82,10 @@ class _Partial:
 
 
 class CsvWriter(_Partial):
-    """Streams rows to ``path`` (via ``path.partial``, renamed by ``close(ok=True)``)."""
+    """Streams rows to ``path`` (via ``path.partial.<pid>``, renamed by ``close(ok=True)``)."""
 
     def __init__(self, path: str, header: list[str]):
-        super().__init__(path, f"{path}.partial")
+        super().__init__(path, f"{path}.partial.{os.getpid()}")
         self._f = open(self.tmp, "w", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=header, restval="")
         self._w.writeheader()
@@ -117,6 +121,11 @@ def write_json(path: str, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=2)
 
 
+def write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
 # ------------------------------------------------------------------------------------ pictures
 
 _COLOURS = [(66, 135, 245), (245, 130, 48), (60, 180, 75), (230, 25, 75), (145, 30, 180), (70, 240, 240)]
@@ -128,7 +137,7 @@ def draw(rgb: np.ndarray, faces: Sequence[FaceResult], class_names: Sequence[str
     h, w = img.shape[:2]
     scale = max(min(h, w) / 480.0, 0.5)
     thick = max(int(round(scale)), 1)
-    for face in faces:
+    for face in (f for f in faces if f.finite):
         colour = _COLOURS[face.face_id % len(_COLOURS)]
         x, y, bw, bh = [int(round(v)) for v in face.box]
         cv2.rectangle(img, (x, y), (x + bw, y + bh), colour, thick)
@@ -191,10 +200,12 @@ def time_plot(path: str, rows: list[dict[str, Any]], class_names: Sequence[str],
             y = np.array([by_frame[f][f"{c}_p"] if f in by_frame else np.nan for f in frames], np.float64)
             ax.plot(t, y, label=c, color=matplotlib.colormaps["tab20"](k % 20), lw=1.2)
         ax.set_title(f"{title} (face {fid})", fontsize=9)
+        ax.legend(ncol=min(len(class_names), 6), fontsize=7, loc="upper right")
+    else:
+        ax.set_title(f"{title}: no face found", fontsize=9)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1)
-    ax.legend(ncol=min(len(class_names), 6), fontsize=7, loc="upper right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
@@ -204,7 +215,7 @@ class VideoOverlay(_Partial):
     """Annotated mp4 (mp4v), written to a temporary name and renamed by ``close(ok=True)``."""
 
     def __init__(self, path: str, fps: float, size: tuple[int, int]):
-        super().__init__(path, f"{path}.partial.mp4")
+        super().__init__(path, f"{path}.partial.{os.getpid()}.mp4")
         self._w = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
 
     def write(self, rgb: np.ndarray) -> None:
