@@ -1,4 +1,4 @@
-"""AU label sets, AU-centre rules, muscle regions and the 49-point landmark scheme (SPEC sections 1-3).
+"""AU label sets, AU-centre rules, muscle regions and the 49-point landmark scheme (docs/model.md §1-§3, §6).
 
 Neutral data module: imported by the data pipelines, the model and ``tasks`` (which builds the AU and
 grading tasks on it); imports numpy only.

@@ -1,4 +1,4 @@
-"""Training losses (SPEC section 4), exactly the JAA-Net reference's, with unknown labels masked out.
+"""Training losses (docs/model.md §5), exactly the JAA-Net reference's, with unknown labels masked out.
 
 L = (L_au_local + L_au_int) + lambda_align * L_align.
 - Per AU i, over the examples where its label is known (label >= 0 and batch ``mask`` = 1), N_i of them:

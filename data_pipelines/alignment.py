@@ -1,4 +1,4 @@
-"""Face alignment from 49 landmarks, exactly as the JAA-Net release (SPEC section 2).
+"""Face alignment from 49 landmarks, exactly as the JAA-Net release (docs/model.md §2).
 
 The face is rotated so that the line between the eye centres is horizontal, then scaled and shifted
 so that a square box around five key points (both eye centres, nose tip landmark 14, mouth corners 32
@@ -60,7 +60,7 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
 
 def alignment_matrix_from_points(points: np.ndarray, size: int = ALIGNED_SIZE,
                                  enlarge: float = BOX_ENLARGE) -> np.ndarray:
-    """The 2x3 affine matrix of SPEC section 2 from the five anchors (see :func:`five_points`).
+    """The 2x3 affine matrix of docs/model.md §2 from the five anchors (see :func:`five_points`).
 
     Args:
       points: ``[5, 2]`` (left eye centre, right eye centre, nose, left and right mouth corner), raw

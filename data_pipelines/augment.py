@@ -1,4 +1,4 @@
-"""Geometric augmentation of aligned faces and their landmarks (SPEC section 2).
+"""Geometric augmentation of aligned faces and their landmarks (docs/model.md §2).
 
 Pure functions; the ``tf_*`` ones run inside tf.data (they accept numpy too), the others are the
 numpy equivalents used by tests and plots. Coordinates are (x, y) pixels, 0-based, pixel centres at

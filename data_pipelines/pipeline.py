@@ -77,7 +77,7 @@ def label_columns(config: ml_collections.ConfigDict, label_set: str) -> np.ndarr
 
 
 def loss_weights(task: tasks.Task, labels: np.ndarray, columns: np.ndarray | None) -> np.ndarray:
-    """The task's loss weights from the record labels int ``[N, L]`` of the training records (SPEC section 2).
+    """The task's loss weights from the record labels int ``[N, L]`` of the training records (docs/model.md §2).
 
     AUs: ``rate_i = positives_i / labelled_i`` over the ``columns`` (unknown labels excluded),
     ``w_i ∝ 1 / rate_i``, ``sum_i w_i = n``: float32 ``[n]``. Paralysis (``columns`` None): class-balanced

@@ -144,7 +144,7 @@ def plot_attention_maps(images: np.ndarray, outputs: Mapping[str, np.ndarray], a
             ax.axis("off")
             for i in range(n):
                 m = np.asarray(outputs[key][f, i])
-                # Initial map pixel h sits at crop coordinate h * C / M (SPEC: c = round(p * M / C)); the
+                # Initial map pixel h sits at crop coordinate h * C / M (docs/model.md §3.4: c = round(p * M / C)); the
                 # refined map (valid 3x3 convs x4) loses 4 pixels on each side.
                 border = 0 if key == "initial_au_maps" else (outputs["initial_au_maps"].shape[-1] - m.shape[0]) / 2
                 size = m.shape[0] + 2 * border

@@ -1,4 +1,4 @@
-"""Parity with the PyTorch JAA-Net reference (fixture ``jaanet_parity_bp4d``, SPEC section 5).
+"""Parity with the PyTorch JAA-Net reference (fixture ``jaanet_parity_bp4d``, docs/model.md §10).
 
 The fixture's weights are rebuilt from ``recipe.json``, saved as the six release ``.pth`` files, converted
 with ``algrnet convert-jaanet`` and run. Targets: eval outputs within 1e-4 absolute (initial maps exact),

@@ -4,8 +4,8 @@ Every module of this package that defines ``get_config(arg: str | None)`` is a n
 its file name (``NAMES``); ``arg`` names the size and optionally the AU label set, comma separated
 (``"tiny"``, ``"small,disfa"``; ``configs/common.py``). The configs:
 
-- ``jaanet.py``: the JAA-Net baseline (SPEC section 3).
-- ``algrnet.py``: full ALGRNet (SPEC section 4).
+- ``jaanet.py``: the JAA-Net baseline (docs/model.md §3).
+- ``algrnet.py``: full ALGRNet (docs/model.md §4).
 - ablations of the paper's Tables V/VI, each a change of ``algrnet``: ``wo_full.py`` (no Ada, no S-B, no F&R),
   ``wo_fr.py`` (no fusion & refining), ``wo_sb.py`` (no skip-BiLSTM: s_t = v_t), ``w_bi.py`` (plain
   ConvBiLSTM instead of skip-BiLSTM), ``wo_ada.py`` (fixed regions: scale 0.14, no offsets).

@@ -1,4 +1,4 @@
-"""``algrnet``: the full ALGRNet (SPEC section 4): adaptive regions, skip-BiLSTM relations, fusion & refining.
+"""``algrnet``: the full ALGRNet (docs/model.md §4): adaptive regions, skip-BiLSTM relations, fusion & refining.
 
 ``get_config(arg)``: ``arg`` names the size and the label set, e.g. ``"tiny"``, ``"small,disfa"``
 (``configs/common.py``); the ablations (``wo_*.py``, ``w_bi.py``) start from this config.

@@ -1,4 +1,4 @@
-"""``jaanet``: the JAA-Net baseline (SPEC section 3): fixed regions, no relation module, no fusion & refining.
+"""``jaanet``: the JAA-Net baseline (docs/model.md §3): fixed regions, no relation module, no fusion & refining.
 
 ``get_config(arg)``: ``arg`` names the size and the label set, e.g. ``"tiny"``, ``"small,disfa"``
 (``configs/common.py``).

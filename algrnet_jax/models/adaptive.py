@@ -1,4 +1,4 @@
-"""Adaptive regions (SPEC section 4): per-AU centre offsets and region scales from the alignment features.
+"""Adaptive regions (docs/model.md §4.1): per-AU centre offsets and region scales from the alignment features.
 
 Two small MLPs on the flattened alignment features A ([B, D], D = 4000 at paper size):
   offsets = reshape(dense_2n(ReLU(dense_h(A))), [B, n, 2])       (dx, dy) in crop pixels, added to both centres

@@ -1,4 +1,4 @@
-"""Fusion & refining (SPEC section 4): per AU, a gated mix of the global feature G and the AU's local feature.
+"""Fusion & refining (docs/model.md §4.3): per AU, a gated mix of the global feature G and the AU's local feature.
 
 For AU t (own weights per AU), with l_t = HLFeat(s_t) and G = the global HLFeat feature, both [B, h, w, F]:
   alpha_t = sigmoid(C'_g G + C'_l l_t)

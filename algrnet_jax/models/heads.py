@@ -1,4 +1,4 @@
-"""Heads of JAA-Net / ALGRNet (SPEC sections 3-4): two-layer dense heads, attention refinement, and the
+"""Heads of JAA-Net / ALGRNet (docs/model.md §3.3-§3.6, §6): two-layer dense heads, attention refinement, and the
 per-AU (per-region) modules, batched over AUs with ``copies=n`` (params with a leading AU axis).
 
 Param trees (n AUs; u = unit width; PyTorch names of the JAA-Net release in brackets):

@@ -1,4 +1,4 @@
-"""JAA-Net and ALGRNet (SPEC sections 3-4) as one Flax module, and ``create_model(config)``.
+"""JAA-Net and ALGRNet (docs/model.md §3-§4) as one Flax module, and ``create_model(config)``.
 
 Forward pass (n AUs or paralysis regions, u = unit width, C = crop, M = C/4 + 8):
   region   = RegionLearning(images)                          [B, C/4, C/4, 8u]
@@ -157,4 +157,5 @@ def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
                    fusion_refine=m.fusion_refine, fusion_refine_rescale=bool(m.get("fusion_refine_rescale", False)),
                    final_mean=m.arch != "jaanet", task=tasks.get_task(m.task),
                    num_grades=m.num_grades, num_regions=m.num_regions, conv_impl=m.get("conv_impl", "auto"),
-                   dtype=COMPUTE_DTYPES[m.get("dtype", "float32")], param_dtype=jnp.dtype(m.get("param_dtype", "float32")))
+                   dtype=COMPUTE_DTYPES[m.get("dtype", "float32")],
+                   param_dtype=jnp.dtype(m.get("param_dtype", "float32")))

@@ -1,4 +1,4 @@
-"""Region centres from landmarks and the JAA-Net attention maps (SPEC section 3), vectorised.
+"""Region centres from landmarks and the JAA-Net attention maps (docs/model.md §3.4), vectorised.
 
 ``au_centres`` turns 49 landmarks into two centres per AU (``au_sets.AU_CENTRE_RULES``);
 ``paralysis_centres`` into the 12 muscle-region centres of the paralysis model (``PARALYSIS_REGIONS``);

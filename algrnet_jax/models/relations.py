@@ -1,4 +1,4 @@
-"""Relations between AU features (SPEC section 4): the registry of relation modules, the ConvLSTM cell, the
+"""Relations between AU features (docs/model.md §4.2): the registry of relation modules, the ConvLSTM cell, the
 skip-BiLSTM and the plain ConvBiLSTM.
 
 Registry: ``config.model.relation`` names a relation module registered with :func:`register` (``RELATIONS``:
@@ -23,8 +23,8 @@ Skip-BiLSTM, forward direction (t = 1..n), paper eqs (6)-(10):
   Because a 1x1 conv and GAP are both linear, GAP(W_j(concat(h_j, v_t))) = W_j(concat(GAP(h_j), GAP(v_t)))
   exactly; the gates are computed on the means ([n, B, hidden + C] @ [n, hidden + C, hidden]).
   Memory: plain reverse-mode AD of that scan would keep the buffer of every step, O(n^2 B H W F)
-  (docs/performance.md, "Skip-BiLSTM backward memory"). The direction therefore has a custom VJP (``skip_direction``): its residuals are the n hidden and cell states
-  only, O(n B H W F), and the backward pass is a reverse scan that recomputes each step from them. At step t the
+  (docs/performance.md, "Skip-BiLSTM backward memory"). The direction therefore has a custom VJP
+  (``skip_direction``): its residuals are the n hidden and cell states only, O(n B H W F), and the backward pass is a reverse scan that recomputes each step from them. At step t the
   buffer holds exactly h_j for the sources j (zeros elsewhere) and the gates of every other j are masked to 0,
   so the step can be recomputed from the final stack of hidden states: the same values and gradients.
 ConvBiLSTM ("w/ Bi"): h_t = Cell((c_{t-1}, h_{t-1}), v_t) in each direction, same output.

@@ -1,4 +1,4 @@
-"""The JAA-Net stem (SPEC section 3): hierarchical multi-scale region learning and the HLFeat block.
+"""The JAA-Net stem (docs/model.md §3.1-§3.2): hierarchical multi-scale region learning and the HLFeat block.
 
 Per-cell (and, in heads, per-AU) layers hold their copies' weights stacked on a leading axis and run as
 one batched computation (``layers.Conv(copies=k)``), with no Python loop and no vmap over cells.

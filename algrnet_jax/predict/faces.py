@@ -107,7 +107,7 @@ def landmarks_box(landmarks: np.ndarray) -> np.ndarray:
 
 # 68-point (iBUG/OpenFace) -> 49: drop the 17 jaw points (0-16) and the inner mouth corners (60, 64).
 _FROM_68 = tuple(i for i in range(17, 68) if i not in (60, 64))
-# DISFA's 66 points: 18..66 (1-based) are the 49 (SPEC section 2).
+# DISFA's 66 points: 18..66 (1-based) are the 49 (docs/model.md §1).
 _FROM_66 = tuple(range(17, 66))
 
 

@@ -1,10 +1,9 @@
 """One training step against a float64 PyTorch JAA-Net reference step (``algrnet check-step``).
 
-A fixture folder (e.g. ``shared/reference/jaanet_train_step64_bp4d``, copied to
-``tests/fixtures/jaanet_train_step64_bp4d``) holds ``recipe.json`` (the seeded weights, tag, AU count) and
-``train_step64.npz``: the batch (``input`` [B, 3, C, C] NCHW, ``au_labels`` [B, n], ``gt_landmarks`` [B, 98],
-``biocular`` [B] (squared inter-ocular distance), ``au_weight`` [n], the AU loss weights), the reference's train-mode outputs and
-four losses, and per state_dict entry the update d = after - before as ``update_sumsq`` (sum d^2) and
+A fixture folder (e.g. ``tests/fixtures/jaanet_train_step64_bp4d``) holds ``recipe.json`` (the seeded weights,
+tag, AU count) and ``train_step64.npz``: the batch (``input`` [B, 3, C, C] NCHW, ``au_labels`` [B, n],
+``gt_landmarks`` [B, 98], ``biocular`` [B] (squared inter-ocular distance), ``au_weight`` [n], the AU loss
+weights), the reference's train-mode outputs and four losses, and per state_dict entry the update d = after - before as ``update_sumsq`` (sum d^2) and
 ``update_proj`` (sum d * r, r seeded by ``crc32(f"{tag}:proj:{name}")``, norm ``proj_norm``).
 
 ``check_step`` rebuilds the weights from the recipe in float64 (unrounded), writes and reads them as the six

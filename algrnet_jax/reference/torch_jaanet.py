@@ -2,7 +2,7 @@
 
 This is the side-by-side baseline for parity tests and benchmarks; it needs the optional torch extra
 (``requirements-torch.txt``), so import this module only where torch is wanted. Structure and numerics
-follow the release's ``network.py`` / ``train_JAAv2.py`` (SPEC section 3):
+follow the release's ``network.py`` / ``train_JAAv2.py`` (docs/model.md §3):
 
 - ``region_learning``: two hierarchical multi-scale region layers (8x8 / 4x4 / 2x2 cells, one BN + ReLU +
   conv per cell), each followed by a 2x2 max-pool. [B, 3, C, C] -> [B, 8u, C/4, C/4].

@@ -1,4 +1,4 @@
-"""Optimizer of the paper (SPEC section 4): SGD with Nesterov momentum and coupled weight decay.
+"""Optimizer of the paper (docs/model.md §7): SGD with Nesterov momentum and coupled weight decay.
 
 ``make_optimizer`` reproduces ``torch.optim.SGD(params, lr, momentum=0.9, nesterov=True,
 weight_decay=5e-4)`` exactly: the decay term ``wd * p`` is added to the gradient of *every* parameter

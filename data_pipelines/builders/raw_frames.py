@@ -1,7 +1,7 @@
 """Raw release frames: where they come from (a video, a frame folder) and how one is aligned.
 
 Frames are RGB uint8 ``[H, W, 3]``; raw landmarks ``[49, 2]`` are 1-based pixel coordinates of the raw
-frame (JAA-Net's convention); aligned frames are ``[200, 200, 3]`` with 0-based landmarks (SPEC section 2).
+frame (JAA-Net's convention); aligned frames are ``[200, 200, 3]`` with 0-based landmarks (docs/model.md §2).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def frame_image(folder: str, frame: int, pad: int = 0) -> str | None:
 
 def load_and_align(image_path: str | os.PathLike, raw_landmarks: Any, *, one_based: bool = True,
                    size: int = alignment.ALIGNED_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Loads a raw release frame and aligns it (SPEC section 2).
+    """Loads a raw release frame and aligns it (docs/model.md §2).
 
     Args:
       image_path: the raw frame (any format OpenCV reads).
