@@ -336,11 +336,11 @@ def test_validate_config_rejects_each_constrained_field(key, value):
 
 def test_validate_config_checks_relations_between_fields():
     config = get_config("algrnet", "tiny")
-    config.crop_size = 40                                   # aligned_size is 36
+    config.crop_size = 48                                   # aligned_size is 36
     config.model.lstm_hidden = 12                           # 8 * unit is 8
     config.aus = (1, 99)
     problems = config_problems(config)
-    assert len(problems) == 3 and "crop_size = 40 must not exceed aligned_size = 36" in problems[0]
+    assert len(problems) == 3 and "crop_size = 48 must not exceed aligned_size = 36" in problems[0]
     assert "must equal 8 * model.unit = 8" in problems[1] and "aus = (1, 99): must be distinct AUs" in problems[2]
 
 
