@@ -174,6 +174,32 @@ def best_checkpoint(workdir: str | os.PathLike) -> str | None:
     return None if step is None else os.path.join(directory, str(step))
 
 
+TMP_MARK = ".orbax-checkpoint-tmp"   # orbax writes step N to "N.orbax-checkpoint-tmp-*", renamed on commit
+
+
+def interrupted_saves(directory: str | os.PathLike) -> list[str]:
+    """The temporary directories of saves under an orbax manager directory that never committed (a run
+    killed while writing); orbax removes them when the next run opens the directory."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(os.path.join(directory, n) for n in os.listdir(directory) if TMP_MARK in n)
+
+
+def no_checkpoint_reason(workdir: str | os.PathLike) -> str:
+    """Why a training work directory has no committed checkpoint, in words naming the path: it does not
+    exist, it has no checkpoints yet, or its only save was interrupted."""
+    workdir = os.fspath(workdir)
+    if not os.path.exists(workdir):
+        return f"{workdir} does not exist (a new work directory)"
+    directory = os.path.join(workdir, CHECKPOINTS_DIR)
+    tmp = interrupted_saves(directory)
+    if tmp:
+        return (f"{workdir} holds no complete checkpoint: the save {os.path.basename(tmp[-1])} in {directory} was "
+                "interrupted before it was committed")
+    return f"{workdir} holds no checkpoint yet ({directory} has no step directories)"
+
+
 def _is_checkpoint(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "variables")) and os.path.isdir(os.path.join(path, "meta"))
 
@@ -201,6 +227,12 @@ def resolve_checkpoint(path: str | os.PathLike, *, best: bool = False) -> str:
         steps = list_steps(d)
         if steps:
             return os.path.join(d, str(steps[-1]))
+    for d, workdir in ((os.path.join(path, CHECKPOINTS_DIR), path), (path, os.path.dirname(path))):
+        if interrupted_saves(d):
+            raise CheckpointError(f"{no_checkpoint_reason(workdir)}; nothing to evaluate yet: `algrnet train ... "
+                                  f"--workdir {workdir} --resume` trains it again from step 0")
+    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+        raise CheckpointError(f"{no_checkpoint_reason(path)}: training has not committed a checkpoint to evaluate")
     raise CheckpointError(
         f"{path}: not a checkpoint (expected 'variables/' and 'meta/' items, numbered step directories, "
         f"or a training work directory with '{CHECKPOINTS_DIR}/')")
@@ -208,13 +240,24 @@ def resolve_checkpoint(path: str | os.PathLike, *, best: bool = False) -> str:
 
 # ------------------------------------------------------------------------------ reading / writing
 
+def describe_error(e: BaseException, limit: int = 400) -> str:
+    """``Type: message`` of a reading error on one line: orbax/TensorStore errors append the whole TensorStore
+    spec (~60 lines of JSON), which names nothing the user can act on; the path is in the caller's message."""
+    text = str(e).split(" See full TensorStore details")[0].strip()
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit] + " ..."
+    return f"{type(e).__name__}: {text}"
+
+
 def read_meta(ckpt: str) -> dict[str, Any]:
     """The ``meta`` item (JSON) of one checkpoint directory: kind, config, data position, ..."""
+    ignore_closed_loop_callbacks()
     meta_dir = os.path.join(ckpt, "meta")
     try:
         meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
     except Exception as e:  # orbax raises many types; the user needs the path
-        raise CheckpointError(f"{ckpt}: cannot read checkpoint metadata 'meta' ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{ckpt}: cannot read checkpoint metadata 'meta' ({describe_error(e)})") from e
     if not isinstance(meta, dict) or "config" not in meta:
         raise CheckpointError(f"{ckpt}: checkpoint metadata has no 'config' entry")
     return meta
@@ -232,9 +275,11 @@ logging.getLogger("absl").addFilter(_ItemMetadataFilter())
 
 
 def ignore_closed_loop_callbacks() -> None:
-    """After a failed async save, tensorstore completes futures of orbax's already closed event loops and
-    Python reports each "RuntimeError: Event loop is closed" as unraisable (a traceback apiece). They carry
-    nothing: the save's own error is raised to the trainer. This drops exactly those (others pass through)."""
+    """After a failed async save or restore (a full disk, a truncated file of a checkpoint without its
+    manifest), tensorstore completes futures of orbax's already closed event loops and Python reports each
+    "RuntimeError: Event loop is closed" as unraisable (a traceback apiece). They carry nothing: the save's or
+    restore's own error is raised as one message. This drops exactly those (others pass through); every
+    reading and writing path installs it."""
     previous = sys.unraisablehook
     if getattr(previous, "_algrnet", False):
         return
@@ -275,7 +320,7 @@ def load_for_inference(path: str | os.PathLike, *, best: bool = False) -> tuple[
     try:
         variables = _restore_tree_numpy(os.path.join(ckpt, "variables"))
     except Exception as e:
-        raise CheckpointError(f"{ckpt}: cannot read checkpoint item 'variables' ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{ckpt}: cannot read checkpoint item 'variables' ({describe_error(e)})") from e
     if not isinstance(variables, dict) or "params" not in variables:
         raise CheckpointError(f"{ckpt}: item 'variables' has no 'params'")
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
@@ -307,6 +352,7 @@ def save_inference_checkpoint(path: str | os.PathLike, config: ml_collections.Co
     Returns the absolute path.
     """
     path = check_inference_target(path)
+    ignore_closed_loop_callbacks()
     if "params" not in variables:
         raise ValueError("variables must hold 'params' (and 'batch_stats')")
     tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(f"algrnet_jax.commands.{module}")
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
+    for group in groups.values():   # a missing subcommand is reported by its choices, not by its dest
+        group.metavar = "{" + ",".join(group.choices) + "}"
     return parser
 
 

@@ -50,6 +50,11 @@ class EvalDataError(UserError, ValueError):
     """The data to evaluate on is missing or does not fit the checkpoint; the message says what to do."""
 
 
+class NonFiniteOutputError(UserError, ValueError):
+    """The model's outputs hold NaN or inf: no metric is computed from them (an F1 of 0 or a landmark failure
+    rate of 0% would be a guess presented as a result)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # The eval step
 
@@ -119,6 +124,10 @@ def evaluate_variables(config: Any, variables: Any, *, split: str | None = None,
             break
         out = _to_numpy(apply_fn(variables, batch["image"]))
         mask = np.asarray(batch["mask"])
+        try:   # the real frames only (padding rows are dropped by the mask anyway)
+            inference.check_finite({k: v[mask > 0] for k, v in out.items()}, f"eval batch {i}")
+        except ValueError as e:
+            raise NonFiniteOutputError(f"{e}; no metric is computed from non-finite outputs") from e
         frames += int(np.sum(mask > 0))
         predictions.update(out, np.asarray(batch["labels"]), mask)
         landmarks.update(out["landmarks"], batch["landmarks"], batch["interocular"], mask)

@@ -161,12 +161,30 @@ def result_markdown(result: Mapping[str, Any]) -> str:
     return warnings + "\n".join(markdown_table(t) for t in result_tables(result))
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None (JSON ``null``: a value that is not
+    defined, e.g. the F1 of an AU without labelled frames) and numpy scalars and arrays made Python values,
+    so that ``json.dumps(..., allow_nan=False)`` writes valid JSON."""
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_result(result: Mapping[str, Any], out_dir: str | pathlib.Path, stem: str = "eval") -> dict[str, pathlib.Path]:
-    """Writes ``<stem>.json`` (the full result) and ``<stem>.md`` (the tables) under ``out_dir``."""
+    """Writes ``<stem>.json`` (the full result; undefined values as ``null``, never a bare ``NaN``, which is
+    not JSON) and ``<stem>.md`` (the tables) under ``out_dir``."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(result, indent=1))
+    paths["json"].write_text(json.dumps(json_safe(result), indent=1, allow_nan=False))
     paths["markdown"].write_text(result_markdown(result))
     return paths
 

@@ -357,6 +357,9 @@ def make_source(config: ml_collections.ConfigDict, *, training: bool = True) -> 
         raise DataError(f"{d.dataset}/{builder.builder_config.name} in {builder.data_dir} has no {', '.join(missing)} "
                         f"(built with --parts {','.join(sorted(p[4:] for p in built))}); training on fold {d.fold} "
                         f"needs {train_split}: build the missing parts or choose data.fold")
+    read = ([test_split] if test_split in built else []) + ([] if missing or not training
+                                                             else records.split_names(train_split))
+    records.check_shards(builder, read, records.build_command(config, overwrite=True))
     if missing or not training:
         index = records.SplitIndex(np.zeros(0, str), np.zeros((0, 1), np.int64))
     else:

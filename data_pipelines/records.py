@@ -3,6 +3,8 @@
 - :func:`dataset_builder`: the prepared tfds builder of ``config.data`` (resolved once per
   :func:`data_pipelines.pipeline.make_source`), with one clear error when it is not built or is stored
   in the TFRecord format of older builds (random access needs ``array_record``: :data:`FILE_FORMAT`);
+- :func:`check_shards`: every ArrayRecord shard a run will read is present and holds the record count the
+  build wrote in ``dataset_info.json`` (one message with the rebuild command instead of reader tracebacks);
 - :func:`reader`: serialized ``tf.train.Example`` records of a split by index (``tfds`` data source over
   the ArrayRecord shards, ``RAW_BYTES``: parsing and decoding stay in the tf.data pipeline);
 - :func:`split_index`: the ``subject`` (str ``[N]``) and ``labels`` (int64 ``[N, L]``) of every record of a
@@ -19,6 +21,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
 
 from algrnet_jax.errors import UserError
 from data_pipelines import builders
@@ -71,6 +74,44 @@ def dataset_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
             f"dataset {name} in {builder.data_dir} is stored as {fmt.value if fmt else 'unknown format'}, an older "
             f"build; the input pipeline reads {FILE_FORMAT} records: rebuild it with `{build_command(config, True)}`")
     return builder
+
+
+def check_shards(builder: tfds.core.DatasetBuilder, splits: Sequence[str], rebuild: str) -> None:
+    """Checks, before any record is read, that every shard of ``splits`` (part names) exists and that its
+    ArrayRecord footer opens and counts the records the build recorded (``dataset_info.json``'s
+    ``shardLengths``). Opening reads only the footer and index (milliseconds per shard). A deleted shard,
+    a truncated one (its footer is at the end) or one of another build is reported; a shard damaged in the
+    middle with an intact footer is not (the records carry no checksums).
+
+    Raises:
+      DatasetNotBuiltError: listing the bad shards, with ``rebuild`` (the command that rebuilds the data).
+    """
+    bad = []
+    for split in splits:
+        info = builder.info.splits[split]
+        for path, want in zip(info.filepaths, info.shard_lengths):
+            path = os.fspath(path)
+            if not os.path.isfile(path):
+                bad.append(f"{path}: missing")
+                continue
+            try:
+                shard = array_record_module.ArrayRecordReader(path)
+                try:
+                    found = shard.num_records()
+                finally:
+                    shard.close()
+            except (RuntimeError, OSError, ValueError) as e:
+                first = str(e).split(";")[0]
+                bad.append(f"{path}: truncated or corrupt ({os.path.getsize(path)} bytes; {first})")
+                continue
+            if found != want:
+                bad.append(f"{path}: holds {found} records, the build wrote {want}")
+    if bad:
+        shown = bad[:5] + ([f"... and {len(bad) - 5} more"] if len(bad) > 5 else [])
+        config = f"/{builder.builder_config.name}" if builder.builder_config else ""
+        raise DatasetNotBuiltError(
+            f"dataset {builder.name}{config} in {builder.data_dir} has damaged record "
+            f"shards:\n  " + "\n  ".join(shown) + f"\nrebuild it with `{rebuild}`")
 
 
 def label_set(builder: tfds.core.DatasetBuilder) -> str:

@@ -17,6 +17,8 @@ import re
 import textwrap
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -24,13 +26,14 @@ import tensorflow_datasets as tfds
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_training import (_child, _loop_config, _run, build_synthetic,  # noqa: E402
                            compilation_cache)  # noqa: F401  (autouse fixture: a shared compilation cache)
-from tiny_au_model import tiny_model  # noqa: E402
+from tiny_au_model import TinyAUNet, tiny_model  # noqa: E402
 
-from algrnet_jax import cli, evaluation, inference  # noqa: E402
+from algrnet_jax import cli, evaluation, experiment, inference  # noqa: E402
 from algrnet_jax.configs import get_config  # noqa: E402
 from algrnet_jax.configs.validate import ConfigError, config_problems, validate_config  # noqa: E402
 from algrnet_jax.errors import UserError  # noqa: E402
 from algrnet_jax.locking import DirLock, LockedError  # noqa: E402
+from algrnet_jax.training.loop import NonFiniteLossError  # noqa: E402
 from algrnet_jax import checkpoints as ckpt_lib  # noqa: E402
 from algrnet_jax.training import checkpoint as train_ckpt  # noqa: E402
 from data_pipelines import builders, errors, images  # noqa: E402
@@ -575,3 +578,211 @@ def test_a_flipped_bit_in_a_checkpoint_is_found_and_resume_falls_back(trained, d
         _run(config, workdir, resume=True)
     result = _run(config, workdir, resume=True, resume_from_previous=True)
     assert result["resumed_from_step"] == steps[-2] and os.path.isdir(str(latest) + ".unreadable")
+
+
+# ------------------------------------------------------------- 12. shards, paths, resume, non-finite outputs
+
+def test_damaged_record_shards_are_one_message_with_the_rebuild_command(trained, data_dir, tmp_path, capsys,
+                                                                        stand_in_model):
+    from data_pipelines import pipeline
+
+    damaged = _copy(data_dir, tmp_path / "tfds")
+    version = damaged / "synth_au" / "bp4d_tiny" / "1.0.0"
+    (version / "synth_au-part1.array_record-00000-of-00001").unlink()
+    part2 = version / "synth_au-part2.array_record-00000-of-00001"
+    os.truncate(part2, os.path.getsize(part2) // 2)
+    rebuild = f"rebuild it with `algrnet data build synth_au --config bp4d_tiny --data-dir {damaged} --overwrite`"
+    config = _loop_config(data_dir)
+    config.data.data_dir = str(damaged)
+    with pytest.raises(UserError) as e:        # train: before any record is read
+        pipeline.make_source(config)
+    assert "part1.array_record-00000-of-00001: missing" in str(e.value) and rebuild in str(e.value)
+    assert "part2.array_record-00000-of-00001: truncated or corrupt" in str(e.value)
+    rc, _, err = _cli(["data", "stats", "synth_au", "--builder-config", "bp4d_tiny", "--data-dir", str(damaged),
+                       "--out", str(tmp_path / "s.png")], capsys)
+    assert rc == 2 and rebuild in err and not (tmp_path / "s.png").exists()
+    _one_message(err)
+    rc, _, err = _cli(["eval", "--checkpoint", str(trained), "--data-dir", str(damaged)], capsys)  # reads part1
+    assert rc == 2 and "part1.array_record-00000-of-00001: missing" in err and rebuild in err
+    _one_message(err)
+
+
+_PATHS = textwrap.dedent("""
+    import sys
+    from algrnet_jax import cli
+    for argv in map(str.split, sys.argv[1:]):
+        rc = cli.main(argv)
+        print(f"rc={rc}", file=sys.stderr, flush=True)
+""")
+
+
+def _run_with_read_only(directory, argvs):
+    """Runs ``algrnet`` on each argv in one process in which ``directory`` is read-only: a read-only bind
+    mount in a mount namespace as root (root writes through file modes), else mode 0555."""
+    cmd = [sys.executable, "-c", _PATHS, *(" ".join(a) for a in argvs)]
+    if os.geteuid() == 0:
+        if not shutil.which("unshare"):
+            pytest.skip("root without unshare: cannot make a read-only directory")
+        mount = f"mount --bind {directory} {directory} && mount -o remount,bind,ro {directory} {directory}"
+        cmd = ["unshare", "--mount", "sh", "-c", f'{mount} && exec "$0" "$@"', *cmd]
+    else:
+        os.chmod(directory, 0o555)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    finally:
+        os.chmod(directory, 0o755)
+    if os.geteuid() == 0 and "rc=" not in proc.stderr:
+        pytest.skip(f"no read-only bind mount here: {proc.stderr[-300:]}")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000"))]
+    return list(zip(lines[::2], lines[1::2])), proc.stderr
+
+
+def test_read_only_and_file_paths_are_one_message_before_any_work(tmp_path):
+    ro, afile = tmp_path / "ro", tmp_path / "afile"
+    ro.mkdir()
+    (ro / "built").mkdir()
+    afile.write_text("x")
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 32, 32, 3), np.float32))
+    train = ["train", "--config", "jaanet", "--size", "tiny", "--dataset", "synth_au", "--fold", "1"]
+    cases = [
+        (["data", "build", "synth_au", "--config", "bp4d_tiny", "--data-dir", str(ro)],
+         f"--data-dir {ro}: is on a read-only file system" if os.geteuid() == 0 else f"--data-dir {ro}: is not "),
+        (["data", "build", "synth_au", "--config", "bp4d_tiny", "--data-dir", str(ro / "built")], f"--data-dir {ro / 'built'}: is "),
+        (["data", "build", "synth_au", "--config", "bp4d_tiny", "--data-dir", str(afile)],
+         f"--data-dir {afile}: is a file, not a directory"),
+        (train + ["--workdir", str(ro / "w")], f"--workdir {ro / 'w'}: cannot be created: {ro} is"),
+        (train + ["--workdir", str(afile / "w")], f"--workdir {afile / 'w'}: is inside {afile}, which is a file"),
+        (["eval", "--checkpoint", str(tmp_path), "--out", str(ro / "e")], f"--out {ro / 'e'}: cannot be created"),
+        (["run-arrays", "--checkpoint", str(tmp_path), "--input", str(x), "--out", str(ro / "o.npz")],
+         f"--out {ro}: is "),
+    ]
+    results, stderr = _run_with_read_only(ro, [argv for argv, _ in cases])
+    assert len(results) == len(cases), stderr[-3000:]
+    for (argv, want), (message, rc) in zip(cases, results):
+        assert rc == "rc=2" and message.startswith("algrnet: error: ") and want in message, (argv, message)
+    assert os.listdir(ro) == ["built"]
+
+
+def test_a_checksum_less_truncated_checkpoint_is_one_message_without_event_loop_tracebacks(trained, tmp_path):
+    """The read path drops the unraisable "Event loop is closed" reports of tensorstore futures completing on
+    orbax's closed loops after a failed restore (other unraisable errors still show)."""
+    ckpt = _copy(ckpt_lib.resolve_checkpoint(trained), tmp_path / "c")
+    (ckpt / ckpt_lib.MANIFEST).unlink()
+    data = [p for r, _, fs in os.walk(ckpt / "variables") for f in fs
+            if f"{os.sep}d{os.sep}" in (p := os.path.join(r, f))]
+    target = max(data, key=os.path.getsize)
+    os.truncate(target, os.path.getsize(target) // 2)
+    code = textwrap.dedent(f"""
+        import gc
+        from algrnet_jax import checkpoints
+        try:
+            checkpoints.load_for_inference({str(ckpt)!r})
+        except checkpoints.CheckpointError as e:
+            print("error:", e)
+        class Late:
+            def __init__(self, text): self.text = text
+            def __del__(self): raise RuntimeError(self.text)
+        Late("Event loop is closed"); Late("another unraisable error"); gc.collect()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.stdout.startswith(f"error: {ckpt}: cannot read checkpoint item 'variables'"), proc.stdout
+    assert len(proc.stdout.splitlines()) == 1 and "TensorStore({" not in proc.stdout
+    assert "Event loop is closed" not in proc.stderr and "another unraisable error" in proc.stderr
+
+
+def test_interrupted_first_save_and_resume_without_a_checkpoint_say_so(tmp_path, capsys):
+    from algrnet_jax.commands import train as train_cmd
+
+    workdir = tmp_path / "w"
+    (workdir / "checkpoints" / "2.orbax-checkpoint-tmp-1700000000").mkdir(parents=True)
+    with pytest.raises(ckpt_lib.CheckpointError) as e:
+        ckpt_lib.resolve_checkpoint(workdir)
+    assert "not a checkpoint" not in str(e.value)
+    assert f"{workdir} holds no complete checkpoint: the save 2.orbax-checkpoint-tmp-1700000000" in str(e.value)
+    train_cmd.check_resume_target(str(tmp_path / "typo"), required=False)        # --resume on a new workdir
+    assert capsys.readouterr().err == (f"algrnet train: --resume: {tmp_path / 'typo'} does not exist (a new work "
+                                       "directory); starting from scratch\n")
+    rc, _, err = _cli(["train", "--config", "jaanet", "--size", "tiny", "--dataset", "synth_au", "--fold", "1",
+                       "--workdir", str(workdir), "--resume-required"], capsys)
+    assert rc == 2 and "--resume-required:" in err and "interrupted" in err
+    _one_message(err)
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=nan", "train.lr=-inf", "train.weight_decay=inf",
+                                      "train.lambda_align=nan"])
+def test_non_finite_numbers_are_rejected_by_validation(override):
+    from algrnet_jax import configs
+
+    config = configs.apply_overrides(get_config("algrnet", "tiny"), [override])
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(f"{key} = ") + r".*must be a finite number"):
+        validate_config(config)
+
+
+def test_a_command_group_without_subcommand_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["data"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "{build,show,stats}" in err and "command_1" not in err
+
+
+def test_run_arrays_on_a_photo_says_what_it_expects(tmp_path, capsys):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    rc, _, err = _cli(["run-arrays", "--checkpoint", str(tmp_path), "--input", str(photo), "--out",
+                       str(tmp_path / "o.npz")], capsys)
+    assert rc == 2 and f"{photo} is not a NumPy .npy file" in err and "algrnet predict" in err
+    assert "pickle" not in err
+    _one_message(err)
+
+
+def test_eval_of_a_checkpoint_with_non_finite_outputs_is_one_message_and_no_result(trained, data_dir, tmp_path,
+                                                                                   capsys, stand_in_model):
+    """Finite weights whose every eval-mode output is NaN (a BatchNorm variance below zero, as after
+    divergence): no F1, no failure rate, no eval.json."""
+    config, variables = ckpt_lib.load_for_inference(trained)
+    variables["batch_stats"]["bn"]["var"] = -np.ones_like(variables["batch_stats"]["bn"]["var"])
+    assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(variables))
+    bad = ckpt_lib.save_inference_checkpoint(str(tmp_path / "nan"), config, variables)
+    rc, out, err = _cli(["eval", "--checkpoint", bad, "--out", str(tmp_path / "eval")], capsys)
+    assert rc == 2 and f"checkpoint {bad}: eval batch 0: the model produced NaN or infinite values" in err, err
+    _one_message(err)
+    assert "F1" not in out and not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_eval_json_is_valid_json_with_null_for_undefined_values(tmp_path, monkeypatch):
+    from algrnet_jax import reporting
+
+    monkeypatch.setattr(reporting, "result_markdown", lambda result: "")   # the JSON is under test
+    result = {"mean_f1": 50.0, "landmarks": {"mean_error_pct": float("nan"), "failure_rate_pct": np.float32(2.5)},
+              "f1": [1.0, float("inf"), np.nan], "counts": np.arange(2)}
+    paths = reporting.write_result(result, tmp_path)
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in eval.json")
+
+    loaded = json.loads(paths["json"].read_text(), parse_constant=no_constants)
+    assert loaded == {"mean_f1": 50.0, "landmarks": {"mean_error_pct": None, "failure_rate_pct": 2.5},
+                      "f1": [1.0, None, None], "counts": [0, 1]}
+
+
+class _EvalNaNNet(TinyAUNet):
+    """The stand-in network, diverged: a finite training loss (train mode) and NaN eval-mode outputs."""
+
+    def __call__(self, images, train: bool = False):
+        out = super().__call__(images, train)
+        return out if train else jax.tree.map(lambda v: v * jnp.nan, out)
+
+
+def test_training_never_saves_a_model_whose_outputs_are_not_finite(data_dir, tmp_path):
+    config = _loop_config(data_dir, num_epochs=1, max_steps=4)
+    model = _EvalNaNNet(num_aus=len(config.aus), crop_size=config.crop_size)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite eval-mode outputs at step 2 .* Last good "
+                                                 r"checkpoint: none\."):
+        experiment.train_and_evaluate(config, str(tmp_path / "w"), progress=False, model=model)
+    assert ckpt_lib.list_steps(tmp_path / "w" / "checkpoints") == []

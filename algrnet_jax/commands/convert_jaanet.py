@@ -6,6 +6,7 @@ import os
 
 from algrnet_jax import au_sets
 from algrnet_jax.errors import UserError
+from algrnet_jax.fileio import check_writable_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from algrnet_jax.checkpoints import check_inference_target
 
     check_inference_target(args.out)          # before the (slow) conversion: never overwrite other data
+    check_writable_dir(args.out, "--out")
     if not os.path.isdir(args.torch_dir):
         raise UserError(f"--torch-dir {args.torch_dir}: not a directory (the released <module>_<epoch>.pth files)")
     try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 
 from algrnet_jax.commands import config_args
+from algrnet_jax.fileio import check_writable_dir
+from data_pipelines import builders
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Builds the dataset and prints where it is and what it holds."""
+    # The build writes its lock, staging copy and records under --data-dir, even when the dataset is built.
+    check_writable_dir(args.data_dir or builders.default_data_dir(), "--data-dir")
     from data_pipelines.builders import build     # imports TensorFlow: not at --help time
 
     builder = build.build_dataset(args.name, args.config, args.data_dir, manual_dir=args.manual_dir,

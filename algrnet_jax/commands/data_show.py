@@ -11,6 +11,7 @@ arguments and builds the config.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import ml_collections
@@ -18,6 +19,7 @@ import ml_collections
 from algrnet_jax import au_sets, configs
 from algrnet_jax.commands import config_args
 from algrnet_jax.errors import UserError
+from algrnet_jax.fileio import check_writable_dir
 from data_pipelines import builders
 
 
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from data_pipelines import batch_preview       # imports TensorFlow and matplotlib: not at --help time
 
     config = build_config(args)
+    check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
     try:
         path = batch_preview.write_batch_png(config, args.out, train=not args.eval, epoch=args.epoch,
                                              batch=args.batch)

@@ -11,9 +11,11 @@ The statistics, table and plot are ``data_pipelines.stats``; this module parses 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from algrnet_jax.commands import config_args
+from algrnet_jax.fileio import check_writable_dir
 from data_pipelines import builders
 
 
@@ -29,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prints the statistics table of a built dataset and writes its plot; 2 when it is not built."""
-    from data_pipelines import stats as stats_lib     # imports TensorFlow and matplotlib: not at --help time
+    import ml_collections
+
+    from data_pipelines import records, stats as stats_lib   # import TensorFlow and matplotlib: not at --help time
 
     try:
         builder = builders.get_builder(args.name, args.builder_config, args.data_dir)
@@ -42,9 +46,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"algrnet data stats: {args.name}/{config} is not built in {builder.data_dir}; build it with "
               f"`algrnet data build {args.name}{cfg}`", file=sys.stderr)
         return 2
+    rebuild = records.build_command(ml_collections.ConfigDict({"data": {
+        "dataset": args.name, "builder_config": config, "data_dir": args.data_dir or ""}}), overwrite=True)
+    records.check_shards(builder, list(builder.info.splits), rebuild)
+    out = args.out or f"{args.name}_{config}_stats.png"
+    check_writable_dir(os.path.dirname(os.path.abspath(out)), "--out")
     stats = stats_lib.dataset_stats(builder, subjects=args.subjects)
     title = f"{args.name}/{config} ({stats['label_set']})"
     print(stats_lib.format_stats(stats, title))
-    out = args.out or f"{args.name}_{config}_stats.png"
     print(f"wrote {stats_lib.plot_stats(stats, out, title)}")
     return 0

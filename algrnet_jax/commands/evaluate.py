@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from algrnet_jax.commands import config_args
+from algrnet_jax.fileio import check_writable_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,14 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # The library (JAX, TF) is imported here, not at the top: the command line imports every command module to
     # build its --help.
-    from algrnet_jax import experiment, reporting
+    if args.out is not None:
+        check_writable_dir(args.out, "--out")      # before the evaluation, not after it
+    from algrnet_jax import evaluation, experiment, reporting
 
     # Every user error (no checkpoint, corrupt checkpoint, data not built, no such split, AUs the data lacks,
     # bad config values) is a UserError: one message, exit 2 (``algrnet --debug`` for the traceback).
     select = experiment.VAL_BEST if args.best else experiment.LAST
-    result = experiment.evaluate_selected(
-        args.checkpoint, select, dataset=args.dataset, builder_config=args.builder_config, fold=args.fold,
-        data_dir=args.data_dir, split=args.split, eval_batch_size=args.batch_size)
+    try:
+        result = experiment.evaluate_selected(
+            args.checkpoint, select, dataset=args.dataset, builder_config=args.builder_config, fold=args.fold,
+            data_dir=args.data_dir, split=args.split, eval_batch_size=args.batch_size)
+    except evaluation.NonFiniteOutputError as e:   # a diverged checkpoint: no table, no eval.json
+        raise evaluation.NonFiniteOutputError(f"checkpoint {args.checkpoint}: {e}") from e
     if result["checkpoint"] != str(args.checkpoint):
         print(f"evaluated the {'validation-best' if args.best else 'last'} checkpoint of {args.checkpoint}: "
               f"{result['checkpoint']}")

@@ -7,6 +7,9 @@ import os
 import numpy as np
 
 from algrnet_jax.errors import UserError
+from algrnet_jax.fileio import check_writable_dir
+
+NPY_MAGIC = b"\x93NUMPY"    # the first bytes of every .npy file (numpy.lib.format)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +41,28 @@ def output_path(out: str, input_path: str) -> str:
     return out if out.endswith(".npz") else out + ".npz"
 
 
+def load_faces(path: str) -> np.ndarray:
+    """The array of a NumPy ``.npy`` file (no pickled objects).
+
+    Raises:
+      UserError: the file is not a ``.npy`` array (a photo, a video, an ``.npz``, text, ...), saying what
+        the command expects and which command takes photos and videos.
+    """
+    with open(path, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise UserError(f"run-arrays: {path} is not a NumPy .npy file; --input takes a float array of aligned, "
+                        "cropped faces scaled to [-1, 1] (np.save), NCHW [B, 3, C, C] or NHWC [B, C, C, 3]; "
+                        "for photos and videos use `algrnet predict`")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        if "pickle" in str(e):  # an object array: it needs pickle, which is not loaded from files
+            raise UserError(f"run-arrays: {path} holds Python objects, not a numeric array; save the faces as "
+                            "a float array (np.save of a float32 array)") from e
+        raise UserError(f"run-arrays: cannot read {path} as a .npy array ({e})") from e
+
+
 def run(args: argparse.Namespace) -> int:
     # jax, the model and orbax load here, not when the CLI builds its parser (``algrnet --help`` stays fast).
     from algrnet_jax.inference import Predictor, check_finite, check_range, to_nhwc
@@ -47,10 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"run-arrays: input file {args.input} does not exist")
     if args.batch_size < 1:
         raise UserError(f"run-arrays: --batch-size must be >= 1, got {args.batch_size}")
-    try:
-        x = np.load(args.input, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise UserError(f"run-arrays: cannot read {args.input} as a .npy array ({e})") from e
+    out_dir = check_writable_dir(os.path.dirname(os.path.abspath(output_path(args.out, args.input))), "--out")
+    x = load_faces(args.input)
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
     except CheckpointError as e:
@@ -66,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(f"run-arrays: {e}") from e
     out = output_path(args.out, args.input)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     np.savez(out, **outputs)
     print(f"run-arrays: {images.shape[0]} faces ({layout.upper()}) through {predictor.config.name} -> {out}: "
           + ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items()))

@@ -7,6 +7,7 @@ its value, the rule and how to fix it, instead of a traceback (or an epoch of lo
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,11 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    """A number that is neither inf nor NaN (``--config.train.lr=inf`` parses as a float)."""
+    return _is_num(v) and math.isfinite(v)
 
 
 def _pos_int(v: Any) -> bool:
@@ -90,13 +96,13 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str | Callable[[], str]], ...] =
     ("data.prefetch", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("data.skip_bad", lambda v: isinstance(v, bool), "true or false"),
     ("train.num_epochs", _pos_int, "a positive integer"),
-    ("train.lr", lambda v: _is_num(v) and v > 0, "a number > 0"),
+    ("train.lr", lambda v: _finite(v) and v > 0, "a finite number > 0"),
     ("train.lr_decay", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("train.lr_decay_every_epochs", _pos_int, "a positive integer"),
     ("train.momentum", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("train.nesterov", lambda v: isinstance(v, bool), "true or false"),
-    ("train.weight_decay", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    ("train.lambda_align", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    ("train.weight_decay", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("train.lambda_align", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     ("train.seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("train.log_every_steps", _pos_int, "a positive integer"),
     ("train.checkpoint_every_steps", _pos_int, "a positive integer"),

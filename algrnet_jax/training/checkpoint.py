@@ -173,7 +173,7 @@ class TrainCheckpointer:
                 return restored["variables"], restored["train"], dict(restored["meta"])
             except Exception as e:
                 unreadable.append(ckpt)
-                why = str(e) if isinstance(e, checkpoints.CheckpointError) else f"{type(e).__name__}: {e}"
+                why = str(e) if isinstance(e, checkpoints.CheckpointError) else checkpoints.describe_error(e)
                 errors.append(f"{ckpt}: {why}")
                 if not fall_back:
                     raise checkpoints.CheckpointError(

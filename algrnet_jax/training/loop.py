@@ -307,6 +307,8 @@ class Trainer:
                                                   track_best=SELECT_ON in self.evaluators)
         self.writer = MetricWriter(self.workdir, enabled=self.is_main, tensorboard=self.tensorboard)
         self.train_step = steps.make_train_step(self.config, self.mesh)
+        self.outputs_finite = steps.make_output_check(self.config, self.mesh)
+        self.last_images: Any = None     # the last training batch's images: the output check before a save
         self.run_state.step = int(parallel.to_host(self.state.step))
 
     def restore(self, *, fall_back: bool) -> None:
@@ -367,6 +369,7 @@ class Trainer:
                                    f"epoch {epoch}") from None
             batch = parallel.shard_batch(host_batch, self.mesh, global_batch=self.global_batch)
             self.state, dev_metrics = self.train_step(self.state, batch, self.loss_weights)
+            self.last_images = batch["image"]
             run_state.step += 1
             end_of_epoch = batch_index + 1 == steps_per_epoch
             run_state.position = Position(epoch + 1, 0) if end_of_epoch else Position(epoch, batch_index + 1)
@@ -386,6 +389,7 @@ class Trainer:
         if not self.evaluators:
             self.save()
             return
+        self.check_outputs()      # a diverged model is reported as such, not evaluated
         variables = parallel.to_host(self.state.variables()) if jax.process_count() > 1 else self.state.variables()
         epoch = max(run_state.step - 1, 0) // self.steps_per_epoch
         for name, evaluate in self.evaluators.items():
@@ -400,7 +404,7 @@ class Trainer:
             val_f1 = float(run_state.evaluations[SELECT_ON]["mean_f1"])
             if run_state.best_mean_f1 is None or val_f1 >= run_state.best_mean_f1:
                 run_state.best_mean_f1, run_state.best_step = val_f1, run_state.step
-        self.save(val_mean_f1=val_f1)
+        self.save(val_mean_f1=val_f1, checked=True)
 
     def meta(self) -> dict[str, Any]:
         """The ``meta`` item of a checkpoint of the current step."""
@@ -411,8 +415,11 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch, "best_mean_f1": run_state.best_mean_f1,
                 "best_step": run_state.best_step, "evaluations": run_state.evaluations}
 
-    def save(self, *, val_mean_f1: float | None = None) -> None:
-        """Starts an asynchronous save of the current step (a no-op if it exists)."""
+    def save(self, *, val_mean_f1: float | None = None, checked: bool = False) -> None:
+        """Starts an asynchronous save of the current step (a no-op if it exists), after ``check_outputs``
+        (``checked``: already done for this step)."""
+        if not checked:
+            self.check_outputs()
         try:
             self.manager.save(self.run_state.step, self.state.variables(), self.state.train_items(), self.meta(),
                               val_mean_f1=val_mean_f1)
@@ -420,6 +427,20 @@ class Trainer:
             if ckpt_lib.is_disk_full(e):
                 raise _disk_full(e, self.workdir) from e
             raise
+
+    def check_outputs(self) -> None:
+        """Raises NonFiniteLossError when the current parameters give non-finite eval-mode outputs on the last
+        training batch (``steps.outputs_finite``; one forward per save). Such a state is never saved, so every
+        checkpoint, and hence the "last good checkpoint" of the messages, gives finite outputs on its data."""
+        if self.last_images is None or bool(parallel.to_host(self.outputs_finite(self.state, self.last_images))):
+            return
+        self.manager.wait()
+        latest = self.manager.latest_step()
+        good = "none" if latest is None else self.manager.path(latest)
+        raise NonFiniteLossError(
+            f"non-finite eval-mode outputs at step {self.run_state.step} (the parameters have diverged, although "
+            f"the training loss was still finite). Stopping; this step was not saved. Last good checkpoint: "
+            f"{good}. Lower train.lr (--set train.lr=...), then rerun with --resume.")
 
     def check_finite(self, at_step: int, metrics: Mapping[str, float]) -> None:
         """Raises NonFiniteLossError naming the step and the last good checkpoint."""

@@ -70,6 +70,25 @@ def train_step(state: TrainState, batch: Batch, loss_weights: jax.Array, *,
     return new_state, metrics
 
 
+def outputs_finite(state: TrainState, images: jax.Array, *, config: ml_collections.ConfigDict) -> jax.Array:
+    """Whether the eval-mode forward (BatchNorm running statistics) of ``state``'s variables on ``images``
+    [B, C, C, 3] gives only finite outputs: a bool scalar.
+
+    A finite training loss does not imply it: train mode normalises by the batch's statistics, so parameters
+    blown up by a too large learning rate can still give a finite loss while every eval-mode output is NaN.
+    """
+    images = jnp.asarray(images).astype(precision.compute_dtype(config))
+    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+    checks = [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(outputs) if jnp.issubdtype(v.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks))
+
+
+def make_output_check(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[[TrainState, jax.Array], jax.Array]:
+    """``outputs_finite`` jitted over ``mesh``: images sharded over ``data``, the state replicated (not donated)."""
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(functools.partial(outputs_finite, config=config), in_shardings=(repl, data), out_shardings=repl)
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *, donate: bool = True) -> StepFn:
     """``train_step`` jitted over ``mesh``: batch sharded over ``data``, everything else replicated."""
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
