@@ -5,7 +5,7 @@ a training work directory, a step directory or a ``convert-jaanet`` output) and 
 
 - ``preprocess(aligned)``: host-side numpy, aligned faces uint8 ``[..., S, S, 3]`` RGB (S = 200, the
   records' size) -> network input float32 ``[..., C, C, 3]`` in [-1, 1]; the same pixels as the eval
-  input pipeline (``data_pipelines.pipeline.eval_batches``: resize to ``aligned_size`` when it differs
+  input pipeline (``DataSource.eval_batches``: resize to ``aligned_size`` when it differs
   from S with TF's antialiased bilinear filter, rounded to uint8, centre crop, ``v / 127.5 - 1``);
 - ``forward(images)``: the one jitted eval forward, device batch ``[B, C, C, 3]`` -> dict of device
   arrays (the model outputs of docs/design.md, e.g. ``landmarks`` [B, 49, 2] crop pixels,
