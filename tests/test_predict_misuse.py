@@ -273,6 +273,13 @@ def test_ctrl_c_is_one_line_exit_130_and_no_partial_file(predictor, example, tmp
     again = predict.run(predictor, [str(tmp_path / "in")], out_dir=str(out), aligned=True, skip_existing=True)
     assert again.skipped == [str(out / "in" / "a.png.csv")] and len(again.rows) == 1    # the lock was released
 
+    def loading(cls, path, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference.Predictor, "from_checkpoint", classmethod(loading))   # Ctrl-C while loading
+    assert cli.main(["predict", "--checkpoint", "c", str(tmp_path / "in"), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["predict: interrupted"]
+
 
 class BigPhotoFaces(NoFaces):
     """Stand-in detector: one face at a fixed place of whatever frame it sees."""

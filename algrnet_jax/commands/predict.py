@@ -51,6 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _predict(args)
+    except KeyboardInterrupt:
+        # Ctrl-C, while loading or predicting: the unfinished input's temporary files are already removed (their
+        # writers' cleanup) and the --out lock released; finished inputs are kept, so --skip-existing resumes.
+        print("predict: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _predict(args: argparse.Namespace) -> int:
     # OpenCV, jax, the model and orbax load here, not when the CLI builds its parser (``--help`` stays fast).
     from algrnet_jax import predict
     from algrnet_jax.inference import Predictor
@@ -80,15 +90,9 @@ def run(args: argparse.Namespace) -> int:
     options = predict.Options(passes=args.passes, keyframe_every=args.keyframe_every, frame_batch=args.frame_batch,
                               track_threshold=args.track_threshold, threshold=args.threshold,
                               max_faces=args.max_faces, attention=args.attention, min_face_size=args.min_face_size)
-    try:
-        report = predict.run(predictor, args.inputs, out_dir=args.out, options=options, overlay=args.overlay,
-                             skip_existing=args.skip_existing, landmarks=landmarks, aligned=args.aligned,
-                             progress=True, keep_rows=False)
-    except KeyboardInterrupt:
-        # Ctrl-C: the unfinished input's temporary files are already removed (their writers' cleanup);
-        # finished inputs are kept, so --skip-existing resumes.
-        print("predict: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    report = predict.run(predictor, args.inputs, out_dir=args.out, options=options, overlay=args.overlay,
+                         skip_existing=args.skip_existing, landmarks=landmarks, aligned=args.aligned,
+                         progress=True, keep_rows=False)
     for note in report.notes:
         print(f"predict: {note}", file=sys.stderr)
     t = report.timing
