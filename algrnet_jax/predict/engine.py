@@ -51,8 +51,9 @@ class Options:
 
 
 AUTO_FRAME_BATCH = 8   # Options.frame_batch = 0: frames per batch on accelerators, and of independent frames
-# Frames with a longer side are searched for faces at this side: the detector's image pyramid grows with the
-# pixels (an 8000x8000 photo took 9.5 GB), and faces that small in so large a frame are rare.
+# Frames with a longer side are searched for faces at this side: the detector's memory and time grow with the
+# pixels (docs/usage_predict.md, "Measured"), and faces too small to be found after the reduction are rare in so
+# large a frame.
 DETECT_MAX_SIDE = 2048
 
 
