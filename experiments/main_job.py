@@ -147,6 +147,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     verdict = "ABOVE" if final > trivial else "NOT above"
     print(f"[result] mean F1 on held-out fold {config.data.fold}: ours (final) {final:.1f}% vs all-present "
           f"{trivial:.1f}% -> {verdict} the trivial predictor")
+    weak = report.weak_heads_message(report.heads_not_above_trivial(result))
+    print(f"[result] WARNING: per-AU heads {weak}" if weak else
+          "[result] every per-AU head (local, integrated, final) is above the all-present F1 of its AU")
 
     t0 = time.time()
     attention = faces.examples()

@@ -6,6 +6,8 @@
   all-present predictor on the same test frames;
 - ``plot_attention_maps``: a few test faces with the predicted landmarks, and the initial (from
   landmarks) and refined attention maps of each AU overlaid;
+- ``heads_not_above_trivial``: every (head, AU) whose F1 is at or below the all-present predictor's (the
+  report and the main job name them);
 - ``write_report``: the Markdown file that links them together with the evaluation tables.
 """
 from __future__ import annotations
@@ -167,6 +169,35 @@ def plot_attention_maps(images: np.ndarray, outputs: Mapping[str, np.ndarray], a
     plt.close(fig)
 
 
+HEADS = (("local", "local"), ("integrated", "integrated"), ("final", "final"))
+
+
+def heads_not_above_trivial(result: Mapping[str, Any], heads: Sequence[tuple[str, str]] = HEADS
+                            ) -> list[tuple[str, str, float, float]]:
+    """Every (head, AU) whose F1 is at or below the all-present predictor's F1 of that AU on the same frames.
+
+    Args:
+      result: an AU evaluation result (``predictions[key]["f1"]`` per AU, percent, and ``aus``).
+      heads: (result key, name in the message) of the predictions to check.
+
+    Returns:
+      ``[(head name, AU, F1, all-present F1), ...]`` in head then AU order; empty when every head is above.
+    """
+    p = result["predictions"]
+    trivial = p[evaluation.TRIVIAL]["f1"]
+    return [(name, str(au), float(f1), float(t)) for key, name in heads if key in p
+            for au, f1, t in zip(result["aus"], p[key]["f1"], trivial) if not f1 > t]
+
+
+def weak_heads_message(weak: Sequence[tuple[str, str, float, float]]) -> str:
+    """One line naming the heads of :func:`heads_not_above_trivial` ("" when there are none)."""
+    if not weak:
+        return ""
+    return ("NOT above the all-present predictor: " + "; ".join(
+        f"{head} AU{au.removeprefix('AU')} F1 {f1:.1f} <= {t:.1f}" for head, au, f1, t in weak)
+            + " (such a head predicts no better than 'always present')")
+
+
 def write_report(out_dir: str | pathlib.Path, result: Mapping[str, Any], *, metrics_jsonl: str | pathlib.Path | None,
                  attention: tuple[np.ndarray, Mapping[str, np.ndarray], np.ndarray | None] | None = None,
                  summary: Mapping[str, Any] | None = None, title: str = "ALGRNet run report") -> pathlib.Path:
@@ -191,7 +222,11 @@ def write_report(out_dir: str | pathlib.Path, result: Mapping[str, Any], *, metr
               f"{p['integrated']['mean_f1']:.1f}%) vs the trivial all-present predictor "
               f"**{p[evaluation.TRIVIAL]['mean_f1']:.1f}%**; landmark mean error "
               f"{result['landmarks']['mean_error_pct']:.2f}% of the inter-ocular distance, failure rate "
-              f"{result['landmarks']['failure_rate_pct']:.1f}%.", "", reporting.result_markdown(result)]
+              f"{result['landmarks']['failure_rate_pct']:.1f}%.", ""]
+    weak = weak_heads_message(heads_not_above_trivial(result))
+    lines += [f"**Warning: per-AU heads {weak}.**" if weak else
+              "Every per-AU head (local, integrated, final) is above the all-present predictor's F1 of its AU.", "",
+              reporting.result_markdown(result)]
     if metrics_jsonl is not None and pathlib.Path(metrics_jsonl).exists():
         plotted = plot_curves(read_metrics_jsonl(metrics_jsonl), out / "curves.png")
         lines += ["## Training curves", "", f"![curves](curves.png)", "", f"Plotted: {', '.join(plotted)}.", ""]
