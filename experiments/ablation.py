@@ -30,7 +30,7 @@ import pathlib
 import sys
 import textwrap
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,17 +122,23 @@ def spread_markdown(aggregates: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_differences(aggregates: Mapping[str, Mapping[str, Any]], base: str) -> dict[str, dict[str, Any]]:
-    """Final mean F1 of each variant minus ``base``'s, seed by seed (the seeds both have): per variant the
-    differences, their mean, sample std, the 95% t interval of the mean and the number of seeds it wins."""
+def final_mean_f1(run: Mapping[str, Any]) -> float:
+    """The final prediction's mean F1 of one seed's cross-validation aggregate."""
+    return run["predictions"]["final"]["mean_f1"]
+
+
+def paired_differences(aggregates: Mapping[str, Mapping[str, Any]], base: str,
+                       value: Callable[[Mapping[str, Any]], float] = final_mean_f1) -> dict[str, dict[str, Any]]:
+    """``value`` (default: the final mean F1) of each variant minus ``base``'s, seed by seed (the seeds both
+    have): per variant the differences, their mean, sample std, the 95% t interval of the mean and the number
+    of seeds it wins. ``value`` reads one seed's cross-validation aggregate."""
     base_runs = aggregates[base]["seeds"]
     out = {}
     for name, agg in aggregates.items():
         seeds = [s for s in agg["seeds"] if s in base_runs and name != base]
         if not seeds:
             continue
-        d = np.array([agg["seeds"][s]["predictions"]["final"]["mean_f1"]
-                      - base_runs[s]["predictions"]["final"]["mean_f1"] for s in seeds])
+        d = np.array([value(agg["seeds"][s]) - value(base_runs[s]) for s in seeds])
         std = float(d.std(ddof=1)) if len(d) > 1 else 0.0
         half = float(stats.t.ppf(0.975, len(d) - 1)) * std / np.sqrt(len(d)) if len(d) > 1 else float("nan")
         mean = float(d.mean())

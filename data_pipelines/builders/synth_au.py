@@ -3,7 +3,9 @@
 Configs ``<label_set>_<size>``: label set ``bp4d`` (12 AUs), ``disfa`` (8 AUs, occurrence =
 intensity >= 2) or ``paralysis`` (the grade), size ``tiny`` / ``small`` / ``medium``
 (``synthetic.SIZES``); ``bp4d_small_hidden2``: ``bp4d_small`` with AU2 labelled but not drawn (the
-relational test of docs/ablation_synthetic.md). Splits ``part1..part3`` hold the subject-exclusive folds
+relational test of docs/ablation_synthetic.md); ``bp4d_<size>_sb``, ``_skip``, ``_ada``, ``_fr``: the mechanism
+sets of docs/mechanisms.md (``data_pipelines.synthetic.mechanisms``; other options through :func:`register`).
+Splits ``part1..part3`` hold the subject-exclusive folds
 of the generator.
 
 Build: ``algrnet data build synth_au --config bp4d_small [--data-dir D]`` or
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from data_pipelines import synthetic
+from data_pipelines.synthetic import mechanisms
 from data_pipelines.builders import base, examples, label_sets
 
 
@@ -26,9 +29,12 @@ class SynthAuConfig(base.AlgrnetBuilderConfig):
 
     size: str = "tiny"
     hidden_aus: tuple[int, ...] = ()
+    mechanism: mechanisms.Mechanism | None = None
 
     def synth_config(self) -> synthetic.SynthConfig:
         """The generator config of this size (paralysis faces for the paralysis label set)."""
+        if self.mechanism is not None:
+            return mechanisms.synth_config(self.mechanism, self.size)
         cfg = synthetic.SIZES[self.size]
         return dataclasses.replace(cfg, paralysis=self.label_set == label_sets.PARALYSIS,
                                    hidden_aus=self.hidden_aus)
@@ -48,7 +54,31 @@ def _configs() -> list[SynthAuConfig]:
         out.append(SynthAuConfig(name=name, label_set="bp4d", size=size, hidden_aus=hidden,
                                  description=f"synthetic faces, bp4d labels, size {size}; {aus} labelled but not "
                                              "drawn (visible only through co-occurring AUs)"))
+    out += [mechanism_config(mechanisms.mechanism(test), size)
+            for size in synthetic.SIZES for test in mechanisms.TESTS]
     return out
+
+
+def mechanism_config(mech: mechanisms.Mechanism, size: str = "small") -> SynthAuConfig:
+    """The builder config of a mechanism set (bp4d labels; name ``mech.name(size)``)."""
+    return SynthAuConfig(name=mech.name(size), label_set="bp4d", size=size, mechanism=mech,
+                         description=f"synthetic mechanism set {mech.test!r}, size {size}: {mech.describe()}; "
+                                     "AUs drawn independently")
+
+
+def register(mech: mechanisms.Mechanism, size: str = "small") -> str:
+    """Adds the builder config of a mechanism set with non-default options (if new) and returns its name.
+
+    tfds fixes a builder's configs on their first lookup, so call this before the first builder of this
+    process is made; RuntimeError otherwise."""
+    config = mechanism_config(mech, size)
+    if config.name in {c.name for c in SynthAu.BUILDER_CONFIGS}:
+        return config.name
+    SynthAu.BUILDER_CONFIGS.append(config)
+    if config.name not in SynthAu.builder_configs:
+        SynthAu.BUILDER_CONFIGS.remove(config)
+        raise RuntimeError(f"synth_au: register {config.name!r} before the first synth_au builder is made")
+    return config.name
 
 
 class SynthAu(base.AlgrnetBuilder):

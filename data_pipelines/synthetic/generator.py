@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 
 from algrnet_jax import au_sets
@@ -39,6 +40,20 @@ class SynthConfig:
     # AUs that are labelled but not drawn (neither appearance nor landmark motion): visible only through the
     # partners of their co-occurrence prototypes, a test that rewards relational models by construction.
     hidden_aus: tuple[int, ...] = ()
+    # Mechanism options (docs/mechanisms.md): sets where exactly one ALGRNet part is necessary.
+    # independent: only single-AU episodes (no prototypes, no exclusions), so AUs are uncorrelated except
+    # through derived_aus; singles_per_sequence then sets the base rates.
+    independent: bool = False
+    # (AU, partners): the AU's intensity is the min of its partners' (its occurrence is the AND of theirs);
+    # labelled but not drawn, so only the partners reveal it.
+    derived_aus: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    # AUs whose appearance change (pixels of the frame with the AU minus without it) is drawn shifted by a
+    # per-subject offset of `displacement` interocular units in a per-subject direction; the landmarks stay
+    # those of the frame without the AU.
+    displaced_aus: tuple[int, ...] = ()
+    displacement: float = 0.0
+    # AUs drawn only as a mark outside every AU region (beside each eye, at the temples), never in their regions.
+    outside_aus: tuple[int, ...] = ()
 
 
 SIZES: dict[str, SynthConfig] = {
@@ -100,7 +115,7 @@ def intensities(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
         for au in aus:
             out[:, face.AU_INDEX[au]] += peak * rng.uniform(0.65, 1.0) * env
 
-    for _ in range(rng.poisson(cfg.episodes_per_sequence)):
+    for _ in range(0 if cfg.independent else rng.poisson(cfg.episodes_per_sequence)):
         proto = PROTOTYPES[rng.choice(len(PROTOTYPES), p=PROTOTYPE_P)]
         episode(proto, rng.uniform(1.8, 5.0))
     for _ in range(rng.poisson(cfg.singles_per_sequence)):
@@ -109,16 +124,25 @@ def intensities(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
     walk = np.cumsum(rng.normal(0, 0.25, (t_len + 6, face.NUM_AUS)), 0)
     walk = np.abs(walk[3:3 + t_len] - walk[3:3 + t_len].mean(0)) * 0.6
     out += np.minimum(walk, 1.2)
-    for a, b in EXCLUSIVE:
-        ia, ib = face.AU_INDEX[a], face.AU_INDEX[b]
-        x, y = out[:, ia].copy(), out[:, ib].copy()
-        out[:, ia], out[:, ib] = np.maximum(x - y, 0), np.maximum(y - x, 0)
+    if not cfg.independent:
+        for a, b in EXCLUSIVE:
+            ia, ib = face.AU_INDEX[a], face.AU_INDEX[b]
+            x, y = out[:, ia].copy(), out[:, ib].copy()
+            out[:, ia], out[:, ib] = np.maximum(x - y, 0), np.maximum(y - x, 0)
     return np.clip(out, 0.0, 5.0).astype(np.float32)
+
+
+def derive(cfg: SynthConfig, intensity: np.ndarray) -> np.ndarray:
+    """``intensity`` [T, 15] with each of ``cfg.derived_aus`` set to the min of its partners' (a copy)."""
+    out = np.array(intensity, np.float32)
+    for au, partners in cfg.derived_aus:
+        out[:, face.AU_INDEX[au]] = out[:, [face.AU_INDEX[p] for p in partners]].min(1)
+    return out
 
 
 def all_intensities(cfg: SynthConfig) -> np.ndarray:
     """The intensities ``generate`` yields, in its order, without rendering: float32 ``[N, 15]``."""
-    return np.concatenate([intensities(np.random.default_rng((cfg.seed, i, q + 1)), cfg)
+    return np.concatenate([derive(cfg, intensities(np.random.default_rng((cfg.seed, i, q + 1)), cfg))
                            for i in range(cfg.num_subjects) for q in range(cfg.sequences_per_subject)])
 
 
@@ -159,40 +183,129 @@ def make_subject(cfg: SynthConfig, i: int) -> Subject:
     return Subject(i, ident, face.background(ident, cfg.image_size), face.lighting(ident, cfg.image_size), noise)
 
 
+def subject_offset(cfg: SynthConfig, i: int) -> np.ndarray:
+    """Where subject ``i`` draws the ``displaced_aus``: (dx, dy) in interocular units, length
+    ``cfg.displacement``, direction drawn from ``(cfg.seed, i)`` (the same for every frame of the subject)."""
+    if not cfg.displaced_aus or cfg.displacement == 0:
+        return np.zeros(2)
+    angle = np.random.default_rng((cfg.seed, i, 0xADA)).uniform(0.0, 2.0 * np.pi)
+    return cfg.displacement * np.array([np.cos(angle), np.sin(angle)])
+
+
+def outside_mark_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres ``[2, 2]`` (x, y) and axes ``[2]`` (pixels) of the two marks of the ``outside_aus``: beside each
+    outer eye corner, towards the temple, outside every ``au_region_mask`` (tested)."""
+    lm = np.asarray(landmarks, np.float64)
+    d = float(face.interocular(lm))
+    centres = np.stack([lm[19] + (-0.5 * d, 0.25 * d), lm[28] + (0.5 * d, 0.25 * d)])
+    return centres, np.array([0.08 * d, 0.11 * d])
+
+
+def draw_outside_mark(img: np.ndarray, landmarks: np.ndarray, strength: float) -> np.ndarray:
+    """``img`` uint8 ``[S, S, 3]`` with the outside marks blended in at opacity ``0.9 * strength`` (0..1)."""
+    centres, axes = outside_mark_centres(landmarks)
+    alpha = np.zeros(img.shape[:2], np.uint8)
+    for c in centres:
+        face._ellipse(alpha, c, axes, 0, (255,))
+    a = (alpha.astype(np.float32) / 255.0 * 0.9 * float(np.clip(strength, 0.0, 1.0)))[..., None]
+    return np.round(img * (1 - a) + np.array([25.0, 20.0, 30.0]) * a).astype(np.uint8)
+
+
 def render_frame(subj: Subject, intensity: np.ndarray, pose: np.ndarray, noise: np.ndarray | None,
-                 size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Renders one frame: (image uint8 ``[S, S, 3]``, landmarks float32 ``[49, 2]``)."""
+                 size: int, *, displaced: np.ndarray | None = None, offset: np.ndarray | None = None,
+                 outside: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Renders one frame: (image uint8 ``[S, S, 3]``, landmarks float32 ``[49, 2]``).
+
+    ``displaced`` [15]: intensities drawn on top of ``intensity`` with their pixel change shifted by ``offset``
+    (dx, dy, interocular units; the landmarks stay those of ``intensity``); ``outside`` (0..1): strength of the
+    mark drawn outside every AU region."""
     lm, jaw = face.geometry(subj.identity, intensity)
     lm, jaw = pose_points(lm, pose, size), pose_points(jaw, pose, size)
-    img = face.render(subj.identity, lm, jaw, intensity, size, noise, subj.background, subj.light)
+    shift = displaced is not None and bool(np.any(displaced > 0))
+    if not shift and outside <= 0:
+        img = face.render(subj.identity, lm, jaw, intensity, size, noise, subj.background, subj.light)
+        return img, lm.astype(np.float32)
+    img = face.render(subj.identity, lm, jaw, intensity, size, None, subj.background, subj.light)
+    if shift:
+        both = intensity + displaced
+        lm2, jaw2 = face.geometry(subj.identity, both)
+        lm2, jaw2 = pose_points(lm2, pose, size), pose_points(jaw2, pose, size)
+        change = face.render(subj.identity, lm2, jaw2, both, size, None, subj.background,
+                             subj.light).astype(np.float32) - img
+        dx, dy = np.asarray(offset, np.float64) * float(face.interocular(lm))
+        change = cv2.warpAffine(change, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), (size, size),
+                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        img = np.clip(np.round(img + change), 0, 255).astype(np.uint8)
+    if outside > 0:
+        img = draw_outside_mark(img, lm, outside)
+    if noise is not None:
+        img = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return img, lm.astype(np.float32)
+
+
+def check_config(cfg: SynthConfig) -> None:
+    """Raises ValueError naming the SynthConfig field when a size or a mechanism option is invalid."""
+    if min(cfg.num_subjects, cfg.sequences_per_subject, cfg.frames_per_sequence) < 1:
+        raise ValueError(f"SynthConfig sizes must be >= 1, got {cfg}")
+    if cfg.image_size < 32:
+        raise ValueError(f"SynthConfig.image_size must be >= 32, got {cfg.image_size}")
+    fields = {"hidden_aus": cfg.hidden_aus, "derived_aus": [a for a, _ in cfg.derived_aus],
+              "derived_aus partners": [p for _, ps in cfg.derived_aus for p in ps],
+              "displaced_aus": cfg.displaced_aus, "outside_aus": cfg.outside_aus}
+    for field, aus in fields.items():
+        unknown = sorted(set(aus) - set(face.AU_INDEX))
+        if unknown:
+            raise ValueError(f"SynthConfig.{field}: {unknown} not rendered by the generator ({au_sets.SYNTH_AUS})")
+    derived = [a for a, _ in cfg.derived_aus]
+    for au, partners in cfg.derived_aus:
+        if not partners or au in partners or set(partners) & set(derived):
+            raise ValueError(f"SynthConfig.derived_aus: AU{au} needs partners other than itself and other derived "
+                             f"AUs, got {partners}")
+    special = [*derived, *cfg.displaced_aus, *cfg.outside_aus]
+    if len(set(special)) != len(special):
+        raise ValueError("SynthConfig: an AU may be in only one of derived_aus, displaced_aus, outside_aus")
+    if len(cfg.outside_aus) > 1:
+        raise ValueError(f"SynthConfig.outside_aus: at most one AU (its mark has one place), got {cfg.outside_aus}")
+    if cfg.displacement < 0 or (cfg.displaced_aus and cfg.displacement == 0):
+        raise ValueError(f"SynthConfig.displacement must be > 0 with displaced_aus, got {cfg.displacement}")
+
+
+def render_options(cfg: SynthConfig, subj: Subject, intensity: np.ndarray, pose: np.ndarray,
+                   noise: np.ndarray | None, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renders one frame of intensities ``intensity`` [15] (after ``derive``) as ``cfg`` draws them: hidden and
+    derived AUs not at all, displaced AUs shifted by ``offset`` (``subject_offset``), outside AUs as the marks.
+    Returns (image uint8 ``[S, S, 3]``, landmarks float32 ``[49, 2]``)."""
+    drawn = np.ones(face.NUM_AUS, np.float32)
+    not_drawn = [*cfg.hidden_aus, *(a for a, _ in cfg.derived_aus), *cfg.displaced_aus, *cfg.outside_aus]
+    drawn[[face.AU_INDEX[a] for a in not_drawn]] = 0.0
+    displaced = None
+    if cfg.displaced_aus:
+        displaced = np.zeros(face.NUM_AUS, np.float32)
+        idx = [face.AU_INDEX[a] for a in cfg.displaced_aus]
+        displaced[idx] = intensity[idx]
+    outside = float(max(intensity[face.AU_INDEX[a]] for a in cfg.outside_aus)) / 5.0 if cfg.outside_aus else 0.0
+    return render_frame(subj, intensity * drawn, pose, noise, cfg.image_size, displaced=displaced, offset=offset,
+                        outside=outside)
 
 
 def generate(cfg: SynthConfig) -> Iterator[dict]:
     """Yields frames (subject, sequence, frame order). Keys: image uint8 [S,S,3] RGB aligned;
     landmarks float32 [49,2] (x,y); intensity float32 [15] (SYNTH_AUS order); subject 'S003';
     sequence 'S003_Q1'; frame (0-based); fold 1..3; grade 0..3 (0 without paralysis)."""
-    if min(cfg.num_subjects, cfg.sequences_per_subject, cfg.frames_per_sequence) < 1:
-        raise ValueError(f"SynthConfig sizes must be >= 1, got {cfg}")
-    if cfg.image_size < 32:
-        raise ValueError(f"SynthConfig.image_size must be >= 32, got {cfg.image_size}")
+    check_config(cfg)
     size = cfg.image_size
-    unknown = sorted(set(cfg.hidden_aus) - set(face.AU_INDEX))
-    if unknown:
-        raise ValueError(f"SynthConfig.hidden_aus: {unknown} not rendered by the generator ({au_sets.SYNTH_AUS})")
-    drawn = np.ones(face.NUM_AUS, np.float32)
-    drawn[[face.AU_INDEX[a] for a in cfg.hidden_aus]] = 0.0
     for i in range(cfg.num_subjects):
         subj = make_subject(cfg, i)
         sid = subject_id(i)
+        offset = subject_offset(cfg, i)
         for q in range(cfg.sequences_per_subject):
             rng = np.random.default_rng((cfg.seed, i, q + 1))
-            inten = intensities(rng, cfg)
+            inten = derive(cfg, intensities(rng, cfg))
             poses = _pose(rng, cfg.frames_per_sequence, cfg.pose_jitter)
             for f in range(cfg.frames_per_sequence):
                 oy, ox = rng.integers(NOISE_PAD, size=2)
                 noise = subj.noise[oy:oy + size, ox:ox + size] if cfg.noise_std > 0 else None
-                img, lm = render_frame(subj, inten[f] * drawn, poses[f], noise, size)
+                img, lm = render_options(cfg, subj, inten[f], poses[f], noise, offset)
                 yield {"image": img, "landmarks": lm, "intensity": inten[f], "subject": sid,
                        "sequence": f"{sid}_Q{q + 1}", "frame": f, "fold": subject_fold(i),
                        "grade": subj.identity.grade}

@@ -1,0 +1,313 @@
+"""Mechanism suite: does each ALGRNet part learn what it exists for, on data built to need it?
+
+One synthetic set per part (``data_pipelines.synthetic.mechanisms``, docs/mechanisms.md), on which exactly one
+part is necessary for the tested AU's LOCAL head (the per-AU classifier on the AU's own region):
+
+- ``sb``: a hidden AU whose label is the AND of far partners: the skip-BiLSTM. ``w/o F&R`` (Ada + S-B) against
+  the same network without the relation term (Ada only). F&R is off in both: the global feature it fuses into
+  every local one sees the partners too, a second road to the answer that would hide the relation term.
+- ``skip``: the last branch hidden, determined by the first, distractors between: the skip-BiLSTM against the
+  plain ConvBiLSTM and against no relation term (all without F&R, as for ``sb``).
+- ``ada``: the AU's appearance change drawn at a per-subject offset from its landmark-defined centre: adaptive
+  regions against fixed ones, without relations or F&R (Ada only against ``w/o full``).
+- ``fr``: the AU drawn only outside every AU region: ALGRNet against ``w/o F&R`` (the paper's pair).
+
+Each test also runs JAA-Net. Every variant trains on fold 1 per seed (``experiments.cross_validation``; the seed
+sets ``train.seed`` and ``data.shuffle_seed``, ``experiments.ablation.seed_config``), then the tested variant is
+compared with each other variant seed by seed (``experiments.ablation.paired_differences``: mean and 95% t
+interval) on the tested AU's local F1 and on the final mean F1, beside the rule ceiling of the set; the trained
+tested variant's part is knocked out at inference (``experiments.relation_use``) to show whether it is used.
+
+Writes ``<workdir>/<set>/mechanism.json`` (everything), merges the summary into ``--out``
+(``experiments/results/mechanisms.json``: ``{"tests": [{"part", "au", "metric", "variant", "baseline",
+"paired_diff_mean", "ci95", "seeds", "rule_ceiling", ...}]}``; entries of other tests are kept) and plots it
+(``--out`` with ``.png``). Progress goes to stdout; the results are rewritten after every seed.
+
+    python -m experiments.mechanisms --test sb --seeds 5
+    python -m experiments.mechanisms --test sb --au 1 --partners 12 25 --seeds 3 --workdir runs/mech_sb_au1
+    python -m experiments.mechanisms --test all --seeds 5 --set train.num_epochs=2
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import pathlib
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from algrnet_jax import checkpoints, configs, evaluation, experiment, fileio, locking, verbosity
+from algrnet_jax.configs.validate import validate_config
+from algrnet_jax.errors import UserError, run_main
+from algrnet_jax.models.networks import create_model
+from data_pipelines.builders import build, synth_au
+from data_pipelines.synthetic import mechanisms as sets
+from experiments import ablation, cross_validation, relation_use, report
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A named config with overrides."""
+
+    config: str
+    overrides: tuple[str, ...]
+    label: str
+
+
+VARIANTS: dict[str, Variant] = {
+    "algrnet": Variant("algrnet", (), "ALGRNet"),
+    "wo_fr": Variant("wo_fr", (), "w/o F&R (Ada + S-B)"),
+    "wo_fr_bi": Variant("wo_fr", ("model.relation=bilstm",), "w/o F&R, w/ Bi (Ada + BiLSTM)"),
+    "ada_only": Variant("wo_fr", ("model.relation=none",), "Ada only (w/o F&R, w/o S-B)"),
+    "wo_full": Variant("wo_full", (), "w/o full"),
+    "jaanet": Variant("jaanet", (), "JAA-Net"),
+}
+# test -> (tested variant, the variants it is compared with: its ablation(s) first, JAA-Net last)
+PLAN: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sb": ("wo_fr", ("ada_only", "jaanet")),
+    "skip": ("wo_fr", ("wo_fr_bi", "ada_only", "jaanet")),
+    "ada": ("ada_only", ("wo_full", "jaanet")),
+    "fr": ("algrnet", ("wo_fr", "jaanet")),
+}
+# test -> the knock-outs of relation_use whose names start with this (the tested part's)
+KNOCKOUT_PREFIX = {"sb": "relations", "skip": "relations", "ada": "adaptive", "fr": "F&R"}
+DEFAULT_BUDGET = ("data.batch_size=8", "train.num_epochs=2", "train.lr_decay_every_epochs=2",
+                  "data.eval_batch_size=64", "train.checkpoint_every_steps=100000", "train.keep_checkpoints=1",
+                  "train.log_every_steps=50")
+
+
+def local_f1(au: int):
+    """``value`` for ``ablation.paired_differences``: the local F1 of ``au`` in one seed's aggregate."""
+    def value(run: Mapping[str, Any]) -> float:
+        return run["predictions"]["local"]["mean_f1_per_au"][run["aus"].index(f"AU{au}")]
+    return value
+
+
+def knockouts(run_dir: pathlib.Path, select: str, test: str, au: int) -> dict[str, Any]:
+    """The tested AU's local F1 and the final mean F1 of one trained run, intact and with each knock-out of the
+    tested part (``relation_use.knocked_forward``)."""
+    path = experiment.select_checkpoint(run_dir, select)
+    config, variables = checkpoints.load_for_inference(path)
+    model = create_model(config)
+    names = [k for k in relation_use.applicable(config) if k.startswith(KNOCKOUT_PREFIX[test])]
+    out = {}
+    for name in [None, *names]:
+        result = evaluation.evaluate_variables(config, variables,
+                                               apply_fn=relation_use.knocked_forward(model, (name,) if name else ()))
+        p = result["predictions"]
+        out[name or "intact"] = {"local_f1": p["local"]["f1"][result["aus"].index(f"AU{au}")],
+                                 "final_mean_f1": p["final"]["mean_f1"]}
+    return out
+
+
+def train_variant(args: argparse.Namespace, mech: sets.Mechanism, builder_config: str, key: str, seed: int,
+                  workdir: pathlib.Path) -> dict[str, Any]:
+    """Trains and evaluates one variant and seed on fold 1 (resumes a finished or interrupted run)."""
+    v = VARIANTS[key]
+    config = cross_validation.config_from_args(args, name=v.config)
+    configs.apply_overrides(config, [*DEFAULT_BUDGET, *args.overrides, *v.overrides])
+    config.data.builder_config = builder_config
+    config = validate_config(ablation.seed_config(config, seed), f"config {key}")
+    if f"AU{mech.au}" not in [f"AU{a}" for a in config.aus]:
+        raise UserError(f"AU{mech.au} is not among the model's AUs {list(config.aus)} (--set aus=... or --au)")
+    return cross_validation.run_cross_validation(config, workdir / key / f"seed{seed}", folds=[1], resume=True,
+                                                 select=args.select)
+
+
+def summarise(test: str, mech: sets.Mechanism, tested: str, aggregates: Mapping[str, Any],
+              ceiling: Mapping[str, float]) -> list[dict[str, Any]]:
+    """The ``--out`` entries of one test: the tested variant against each other variant, per metric."""
+    rows = []
+    for metric, value in (("local_f1", local_f1(mech.au)), ("final_mean_f1", ablation.final_mean_f1)):
+        for base in aggregates:
+            if base == tested:
+                continue
+            pair = {tested: aggregates[tested], base: aggregates[base]}
+            p = ablation.paired_differences(pair, base, value).get(tested)
+            if p is None:
+                continue
+            rows.append({"part": test, "au": f"AU{mech.au}", "metric": metric, "variant": VARIANTS[tested].label,
+                         "baseline": VARIANTS[base].label, "paired_diff_mean": p["mean"],
+                         "ci95": [None if np.isnan(c) else c for c in p["ci95"]], "seeds": len(p["seeds"]),
+                         "wins": p["wins"], "diffs": p["diffs"],
+                         "variant_per_seed": [value(aggregates[tested]["seeds"][s]) for s in p["seeds"]],
+                         "baseline_per_seed": [value(aggregates[base]["seeds"][s]) for s in p["seeds"]],
+                         "rule_ceiling": ceiling["rule_ceiling"], "blind_f1": ceiling["blind_f1"],
+                         "set": mech.describe()})
+    return rows
+
+
+def _lock_file(out: pathlib.Path) -> pathlib.Path:
+    """The lock of summary ``out``, in the temporary directory (nothing is left beside the results)."""
+    digest = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]
+    return pathlib.Path(tempfile.gettempdir()) / f"algrnet_mechanisms_{digest}.lock"
+
+
+def write_summary(out: pathlib.Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merges ``rows`` into ``out`` (entries with the same part, AU, metric, variant and baseline are replaced,
+    all others kept), writes it and the plot beside it; returns every entry."""
+    key = lambda r: (r["part"], r["au"], r["metric"], r["variant"], r["baseline"])  # noqa: E731
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(600):                     # several tests may run at once, each merging its entries
+        try:
+            lock = locking.DirLock(_lock_file(out), f"summary {out}").acquire()
+            break
+        except locking.LockedError:
+            time.sleep(0.5)
+    else:
+        raise UserError(f"{out}: another process holds its lock for more than 5 minutes; give another --out")
+    try:
+        old = []
+        if out.exists():
+            try:
+                old = json.loads(out.read_text())["tests"]
+            except (OSError, ValueError, KeyError) as e:
+                raise UserError(f"{out}: not a mechanisms summary ({e}); give another --out") from None
+        new = {key(r) for r in rows}
+        tests = [r for r in old if key(r) not in new] + list(rows)
+        with fileio.atomic_path(str(out)) as tmp:
+            pathlib.Path(tmp).write_text(json.dumps({"tests": tests}, indent=1))
+        plot(tests, out.with_suffix(".png"))
+    finally:
+        lock.release()
+    return tests
+
+
+def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:
+    """One panel per (part, AU): the tested AU's local F1 of each variant (bars: mean over seeds, dots: seeds),
+    with the rule ceiling and the blind F1 as lines."""
+    plt = report._pyplot()
+    local = [t for t in tests if t["metric"] == "local_f1"]
+    panels = list(dict.fromkeys((t["part"], t["au"]) for t in local))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (part, au) in zip(axes[0], panels):
+        rows = [t for t in local if (t["part"], t["au"]) == (part, au)]
+        values = {rows[0]["variant"]: rows[0]["variant_per_seed"]}
+        values.update({t["baseline"]: t["baseline_per_seed"] for t in rows})
+        for i, (name, v) in enumerate(values.items()):
+            ax.bar(i, np.mean(v), color="tab:orange" if i == 0 else "tab:blue", alpha=0.7)
+            ax.plot([i] * len(v), v, "k.", ms=5)
+        ax.axhline(rows[0]["rule_ceiling"], color="tab:green", ls="--", label="rule ceiling")
+        ax.axhline(rows[0]["blind_f1"], color="tab:red", ls=":", label="blind (all present)")
+        ax.set_xticks(range(len(values)), [textwrap.fill(n, 14) for n in values], fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(f"local F1 of {au} (%)")
+        lines = [f"{t['baseline'].split(' (')[0]}: {t['paired_diff_mean']:+.1f}" for t in rows]
+        ax.set_title(f"{part}: {au}, {rows[0]['seeds']} seed(s)\n" + "; ".join(lines), fontsize=7)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_config: str) -> list[dict[str, Any]]:
+    """Trains every variant of ``test`` for every seed (seed-major, so that partial results are paired), writes
+    the per-test JSON and the summary after each seed, then the knock-outs."""
+    tested, others = PLAN[test]
+    keys = [tested, *(k for k in others if k in args.variants or k == others[0])]
+    workdir = pathlib.Path(args.workdir) / builder_config
+    ceiling = sets.ceilings(mech, args.data_size)
+    print(f"[{test}] {mech.describe()}; rule ceiling {ceiling['rule_ceiling']:.1f}, blind F1 "
+          f"{ceiling['blind_f1']:.1f}; variants {', '.join(keys)}; seeds {list(range(args.seeds))}", flush=True)
+    runs: dict[str, dict[int, Any]] = {k: {} for k in keys}
+    seconds: dict[str, float] = {k: 0.0 for k in keys}
+    detail: dict[str, Any] = {"test": test, "mechanism": dataclasses.asdict(mech), "builder_config": builder_config,
+                              **ceiling}
+    rows: list[dict[str, Any]] = []
+    for seed in range(args.seeds):
+        for key in keys:
+            t0 = time.time()
+            runs[key][seed] = train_variant(args, mech, builder_config, key, seed, workdir)
+            seconds[key] += time.time() - t0
+            loc = local_f1(mech.au)(runs[key][seed])
+            print(f"[{test}] seed {seed} {VARIANTS[key].label}: local AU{mech.au} F1 {loc:.1f}, final mean F1 "
+                  f"{runs[key][seed]['predictions']['final']['mean_f1']:.1f} ({time.time() - t0:.0f} s)", flush=True)
+        aggregates = {k: {**ablation.over_seeds(r), "seconds": seconds[k]} for k, r in runs.items()}
+        rows = summarise(test, mech, tested, aggregates, ceiling)
+        detail["aggregates"] = aggregates
+        (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
+        if len(runs[tested]) > 1:
+            write_summary(pathlib.Path(args.out), rows)
+    if args.knockouts:
+        detail["knockouts"] = {seed: knockouts(workdir / tested / f"seed{seed}" / "fold1", args.select, test, mech.au)
+                               for seed in range(args.seeds)}
+        names = list(next(iter(detail["knockouts"].values())))
+        effects = {n: [k[n]["local_f1"] - k["intact"]["local_f1"] for k in detail["knockouts"].values()]
+                   for n in names[1:]}
+        for row in rows:
+            row["knockouts_local_f1_change"] = {n: float(np.mean(v)) for n, v in effects.items()}
+        print(f"[{test}] knock-outs of {VARIANTS[tested].label}, change of local AU{mech.au} F1 (mean over seeds): "
+              + ", ".join(f"{n} {np.mean(v):+.1f}" for n, v in effects.items()), flush=True)
+        (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
+    if rows:
+        write_summary(pathlib.Path(args.out), rows)
+    for row in rows:
+        ci = row["ci95"]
+        ci_text = f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci[0] is not None else "(one seed)"
+        print(f"[{test}] {row['metric']}: {row['variant']} minus {row['baseline']}: {row['paired_diff_mean']:+.1f} "
+              f"{ci_text}, wins {row['wins']}/{row['seeds']}; rule ceiling {row['rule_ceiling']:.1f}", flush=True)
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.mechanisms", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cross_validation.add_config_arguments(parser)
+    parser.add_argument("--test", required=True, choices=[*sets.TESTS, "all"])
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
+    parser.add_argument("--au", type=int, help="the tested AU (default per test: sb 2, skip 12, ada 12, fr 4)")
+    parser.add_argument("--partners", type=int, nargs="+", help="sb/skip: the AUs whose AND is the hidden AU")
+    parser.add_argument("--displacement", type=float, help="ada: offset length, interocular units (default 0.3)")
+    parser.add_argument("--data-size", default="small", choices=list(sets.SIZES),
+                        help="generator size of the synthetic set (default small)")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="restrict the compared variants (the tested one and its first ablation always run)")
+    parser.add_argument("--workdir", default="runs/mechanisms")
+    parser.add_argument("--out", default="experiments/results/mechanisms.json")
+    parser.add_argument("--no-knockouts", dest="knockouts", action="store_false")
+    cross_validation.add_select_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = configs.parse_args(build_parser(), argv)
+    verbosity.configure(args.verbose)
+    if args.builder_config:
+        raise UserError("--builder-config: the mechanism sets name their own (use --test and its options)")
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: give at least 1")
+    if not args.out.endswith(".json"):
+        raise UserError(f"--out {args.out}: give a .json path (the plot goes beside it as .png)")
+    tests = list(sets.TESTS) if args.test == "all" else [args.test]
+    options = {"au": args.au, "partners": args.partners, "displacement": args.displacement}
+    if args.test == "all" and any(v is not None for v in options.values()):
+        raise UserError("--au, --partners and --displacement apply to one --test, not all")
+    try:
+        mechs = {t: sets.mechanism(t, **options) for t in tests}
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    names = {t: synth_au.register(m, args.data_size) for t, m in mechs.items()}   # before any builder is made
+    data_dir = args.data_dir or str(pathlib.Path(args.workdir) / "tfds")
+    args.data_dir = data_dir
+    t_all = time.time()
+    for test in tests:
+        t0 = time.time()
+        print(f"[{test}] building synth_au/{names[test]} in {data_dir} (reused if there)", flush=True)
+        build.build_dataset("synth_au", names[test], data_dir)
+        run_test(args, test, mechs[test], names[test])
+        print(f"[{test}] done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    print(f"wrote {args.out} and {pathlib.Path(args.out).with_suffix('.png')} ({(time.time() - t_all) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, None, "mechanisms"))

@@ -1,0 +1,165 @@
+"""Mechanism sets (data_pipelines.synthetic.mechanisms) and their runner (experiments.mechanisms): each option
+draws what it claims (pixel checks on generated faces), the rule ceiling is exact on hand-made labels, and the
+runner writes the summary JSON in its schema."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from algrnet_jax import au_sets
+from data_pipelines import synthetic
+from data_pipelines.synthetic import face, generator, mechanisms
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_training import compilation_cache  # noqa: E402, F401  (autouse fixture: seeds share compiled steps)
+
+ONE = dataclasses.replace(synthetic.SIZES["tiny"], num_subjects=2, frames_per_sequence=2, noise_std=0.0)
+
+
+def _pairs(cfg, monkeypatch, rows: dict[int, float]) -> list[tuple[dict, dict]]:
+    """(rest, active) frames of ``cfg``: the same frames (pose, identity) with raw intensities all 0, and with
+    ``rows`` (AU -> intensity) in every frame."""
+    def generate(values: dict[int, float]) -> list[dict]:
+        def fixed(rng, c):
+            x = np.zeros((c.frames_per_sequence, face.NUM_AUS), np.float32)
+            for au, v in values.items():
+                x[:, face.AU_INDEX[au]] = v
+            return x
+        monkeypatch.setattr(generator, "intensities", fixed)
+        return list(synthetic.generate(cfg))
+    return list(zip(generate({}), generate(rows)))
+
+
+def _union(landmarks: np.ndarray, aus=au_sets.SYNTH_AUS) -> np.ndarray:
+    out = np.zeros((200, 200), bool)
+    for au in aus:
+        out |= face.au_region_mask(au, landmarks)
+    return out
+
+
+def test_sb_hidden_au_is_the_and_of_its_partners_and_never_drawn(monkeypatch):
+    """sb: AU2 := AND(AU12, AU25): labelled, but the frame changes only inside the partners' regions, never in
+    AU2's region or its brow neighbours' (AU1, AU4)."""
+    cfg = dataclasses.replace(mechanisms.synth_config(mechanisms.mechanism("sb", partners=(12, 25))), **{
+        k: getattr(ONE, k) for k in ("num_subjects", "sequences_per_subject", "frames_per_sequence", "noise_std")})
+    for rows, label in (({12: 4.0, 25: 3.0}, 1), ({12: 4.0}, 0)):
+        rest, active = _pairs(cfg, monkeypatch, rows)[1]
+        occ = synthetic.occurrence(active["intensity"], "bp4d")
+        assert occ[au_sets.AU_SETS["bp4d"].index(2)] == label
+        assert active["intensity"][face.AU_INDEX[2]] == (3.0 if label else 0.0)
+        changed = np.abs(active["image"].astype(int) - rest["image"]).sum(-1) > 0
+        assert changed.sum() > 50
+        assert not (changed & _union(rest["landmarks"], (1, 2, 4))).any()
+        assert not (changed & ~_union(rest["landmarks"], (12, 25))).any()
+        np.testing.assert_array_equal(active["landmarks"][:10], rest["landmarks"][:10])
+
+
+def test_fr_evidence_lies_outside_every_au_region(monkeypatch):
+    """fr: AU4 changes pixels (both temple marks), none inside any AU's region; its label follows its intensity."""
+    cfg = dataclasses.replace(mechanisms.synth_config(mechanisms.mechanism("fr")), num_subjects=3,
+                              sequences_per_subject=1, frames_per_sequence=2, noise_std=0.0)
+    for rest, active in _pairs(cfg, monkeypatch, {4: 5.0}):
+        changed = np.abs(active["image"].astype(int) - rest["image"]).sum(-1) > 0
+        assert changed[:, :100].sum() > 100 and changed[:, 100:].sum() > 100      # a mark on each side
+        assert not (changed & _union(rest["landmarks"])).any()
+        np.testing.assert_array_equal(active["landmarks"], rest["landmarks"])
+        assert synthetic.occurrence(active["intensity"], "bp4d")[au_sets.AU_SETS["bp4d"].index(4)] == 1
+
+
+def test_ada_displacement_is_constant_within_a_subject(monkeypatch):
+    """ada: AU12's pixel change is the undisplaced change moved by the subject's offset (same for every frame of
+    a subject, different between subjects, of length displacement x interocular); landmarks do not move."""
+    base = dict(num_subjects=2, sequences_per_subject=2, frames_per_sequence=2, noise_std=0.0, pose_jitter=0.0)
+    cfg = dataclasses.replace(mechanisms.synth_config(mechanisms.mechanism("ada", displacement=0.3)), **base)
+    plain = dataclasses.replace(cfg, displaced_aus=(), displacement=0.0)
+
+    def centroids(c):
+        out = []
+        for rest, active in _pairs(c, monkeypatch, {12: 5.0})[::2]:
+            change = np.abs(active["image"].astype(float) - rest["image"]).sum(-1)
+            yx = np.argwhere(change > 0)
+            out.append((np.average(yx[:, ::-1], axis=0, weights=change[change > 0]), rest, active))
+        return out
+
+    shifted, drawn = centroids(cfg), centroids(plain)
+    moves = []
+    for k, ((c1, rest, active), (c0, _, _)) in enumerate(zip(shifted, drawn)):
+        subject = k // cfg.sequences_per_subject
+        expect = generator.subject_offset(cfg, subject) * face.interocular(rest["landmarks"])
+        np.testing.assert_allclose(c1 - c0, expect, atol=1.5)
+        np.testing.assert_array_equal(active["landmarks"], rest["landmarks"])
+        moves.append(c1 - c0)
+    np.testing.assert_allclose(moves[0], moves[1], atol=0.5)                      # one subject, two sequences
+    assert np.linalg.norm(moves[0] - moves[2]) > 3.0                             # another subject
+    assert np.linalg.norm(generator.subject_offset(cfg, 0)) == pytest.approx(0.3)
+
+
+def test_independent_sets_are_uncorrelated_except_the_built_dependency():
+    """The mechanism sets draw AUs independently: at size small the sb set's AU1/AU4 (AU2's brow neighbours) are
+    nearly uncorrelated with AU2, which equals AU12 exactly."""
+    labels = mechanisms.fold_labels(mechanisms.mechanism("sb"), "small", fold=1)
+    np.testing.assert_array_equal(labels[2], labels[12])
+    for au in (1, 4):
+        assert abs(np.corrcoef(labels[2], labels[au])[0, 1]) < 0.1
+    assert 0.1 < labels[2].mean() < 0.35
+
+
+def test_rule_ceiling_on_hand_made_labels():
+    target = np.array([1, 1, 0, 0, 1, 0])
+    partner = np.array([[1], [1], [0], [1], [0], [0]])
+    # "partner" -> TP 2, FP 1, FN 1: 66.7; "always" -> TP 3, FP 3: 66.7; "not partner" 40; "never" 0.
+    assert mechanisms.rule_ceiling(target, partner) == pytest.approx(200 * 2 / 6)
+    a, b = np.array([0, 0, 1, 1, 0, 1]), np.array([0, 1, 0, 1, 1, 1])
+    ab = np.stack([a, b], 1)
+    assert mechanisms.rule_ceiling(a & b, ab) == pytest.approx(100.0)
+    assert mechanisms.rule_ceiling(a ^ b, ab) == pytest.approx(100.0)          # non-monotone rules are tried too
+    assert mechanisms.rule_ceiling(np.array([1, 0, 1, 0]), np.array([[1], [1], [1], [1]])) == pytest.approx(200 / 3)
+    assert mechanisms.f1(np.ones(4), np.array([1, 0, 0, 0])) == pytest.approx(40.0)
+    with pytest.raises(ValueError, match="evidence"):
+        mechanisms.rule_ceiling(target, partner[:3])
+
+
+def test_mechanism_options_are_validated():
+    assert mechanisms.mechanism("sb", au=1, partners=[12, 25]).name() == "bp4d_small_sb_au1_p12-25"
+    assert mechanisms.mechanism("sb").name() == "bp4d_small_sb"
+    for kwargs, match in (({"test": "sb", "partners": [2]}, "partners"),
+                          ({"test": "fr", "partners": [1]}, "sb and skip"),
+                          ({"test": "ada", "displacement": 0.0}, "displacement"), ({"test": "sb", "au": 3}, "--au"),
+                          ({"test": "xx"}, "unknown mechanism")):
+        with pytest.raises(ValueError, match=match):
+            mechanisms.mechanism(**kwargs)
+    with pytest.raises(ValueError, match="outside_aus"):
+        generator.check_config(dataclasses.replace(ONE, outside_aus=(1, 2)))
+
+
+def test_runner_writes_the_summary(tmp_path, capsys):
+    """One training step per run on the tiny set and model: the summary has the issue's schema, keeps the entries
+    of other tests, and the plot is written; bad options exit before any work."""
+    from experiments import mechanisms as runner
+    out = tmp_path / "m.json"
+    out.write_text(json.dumps({"tests": [{"part": "sb", "au": "AU2", "metric": "local_f1", "variant": "x",
+                                          "baseline": "y", "paired_diff_mean": 1.0, "ci95": [0, 2], "seeds": 5,
+                                          "rule_ceiling": 100.0}]}))
+    argv = ["--test", "fr", "--seeds", "2", "--size", "tiny", "--data-size", "tiny", "--variants",
+            "--workdir", str(tmp_path / "w"), "--out", str(out), "--set", "train.max_steps=1",
+            "--set", "data.val_fraction=0", "--set", "data.eval_batch_size=8"]
+    assert runner.main(argv) == 0
+    tests = json.loads(out.read_text())["tests"]
+    assert tests[0]["variant"] == "x"                                  # the other test's entry is kept
+    fr = [t for t in tests if t["part"] == "fr"]
+    assert {t["metric"] for t in fr} == {"local_f1", "final_mean_f1"}
+    for t in fr:
+        assert {"part", "au", "metric", "variant", "baseline", "paired_diff_mean", "ci95", "seeds",
+                "rule_ceiling"} <= set(t)
+        assert t["au"] == "AU4" and t["seeds"] == 2 and t["rule_ceiling"] == pytest.approx(100.0)
+        assert t["ci95"][0] <= t["paired_diff_mean"] <= t["ci95"][1]
+        assert "F&R global other face" in t["knockouts_local_f1_change"]
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "[fr] seed 1" in capsys.readouterr().out
+    with pytest.raises(runner.UserError, match="--partners"):
+        runner.main(["--test", "fr", "--partners", "1", "--workdir", str(tmp_path / "w2")])
