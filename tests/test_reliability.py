@@ -649,7 +649,8 @@ def test_read_only_and_file_paths_are_one_message_before_any_work(tmp_path):
     cases = [
         (["data", "build", "synth_au", "--config", "bp4d_tiny", "--data-dir", str(ro)],
          f"--data-dir {ro}: is on a read-only file system" if os.geteuid() == 0 else f"--data-dir {ro}: is not "),
-        (["data", "build", "synth_au", "--config", "bp4d_tiny", "--data-dir", str(ro / "built")], f"--data-dir {ro / 'built'}: is "),
+        (["data", "build", "synth_au", "--config", "bp4d_tiny", "--data-dir", str(ro / "built")],
+         f"--data-dir {ro / 'built'}: is "),
         (["data", "build", "synth_au", "--config", "bp4d_tiny", "--data-dir", str(afile)],
          f"--data-dir {afile}: is a file, not a directory"),
         (train + ["--workdir", str(ro / "w")], f"--workdir {ro / 'w'}: cannot be created: {ro} is"),
