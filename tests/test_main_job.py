@@ -141,6 +141,8 @@ def test_main_job_quick_runs_end_to_end(tmp_path):
     evaluated = json.loads((out / "eval.json").read_text())
     assert evaluated["frames"] == result["frames"] and evaluated["fold"] == 1
     assert evaluated["checkpoint"] == result["checkpoint"] and result["selection"] == "last"
+    # One road: the job's evaluation is evaluation.evaluate_checkpoint's, as the command's (same checks, same keys).
+    assert result["trained_on"] == evaluated["trained_on"] and result["warnings"] == evaluated["warnings"] == []
     assert evaluated["mean_f1"] == pytest.approx(result["mean_f1"])
     assert "ours (final)" in (out / "eval.md").read_text()
     # --best: the checkpoint kept for the best VALIDATION mean F1.
