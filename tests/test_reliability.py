@@ -658,6 +658,10 @@ def test_read_only_and_file_paths_are_one_message_before_any_work(tmp_path):
         (["eval", "--checkpoint", str(tmp_path), "--out", str(ro / "e")], f"--out {ro / 'e'}: cannot be created"),
         (["run-arrays", "--checkpoint", str(tmp_path), "--input", str(x), "--out", str(ro / "o.npz")],
          f"--out {ro}: is "),
+        (["predict", "--checkpoint", str(tmp_path), str(x), "--out", str(ro / "p")],
+         f"--out {ro / 'p'}: cannot be created: {ro} is"),
+        (["predict", "--checkpoint", str(tmp_path), str(x), "--out", str(afile)],
+         f"--out {afile}: is a file, not a directory"),
     ]
     results, stderr = _run_with_read_only(ro, [argv for argv, _ in cases])
     assert len(results) == len(cases), stderr[-3000:]

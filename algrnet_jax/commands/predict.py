@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from algrnet_jax import fileio
 from algrnet_jax.errors import UserError
 
 EXIT_INTERRUPTED = 130    # the shell's code for a command ended by SIGINT
@@ -77,8 +77,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise UserError(f"predict: --threshold must be in [0, 1], got {args.threshold}")
     if args.aligned and args.landmarks:
         raise UserError("predict: --aligned and --landmarks exclude each other")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"predict: --out {args.out} exists and is not a folder")
+    fileio.check_writable_dir(args.out, "--out")
     landmarks = predict.read_landmarks(args.landmarks) if args.landmarks else None
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
