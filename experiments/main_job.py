@@ -3,7 +3,10 @@
 1. builds the synthetic AU set ``synth_au`` (if it is not built yet) in ``--data-dir``;
 2. trains a small ALGRNet (``MAIN_JOB`` settings below: the ``algrnet`` config at ``size="small"``
    plus overrides) on parts 2 + 3 for a few epochs, with the paper's optimiser (SGD Nesterov, coupled
-   weight decay, step-halved learning rate);
+   weight decay, step-halved learning rate). One override changes the model: ``model.fusion_refine_rescale``
+   feeds each local classifier the F&R output times sqrt(F) (unit-RMS entries, the scale of the features it
+   reads without F&R). With the unit-norm output of the paper's formula, two of the four local heads end at
+   or below the all-present F1 within this budget (docs/ablation_synthetic.md, "Dead local heads");
 3. evaluates the LAST checkpoint on the held-out part 1 (fold 1: subject-exclusive), beside the
    trivial all-present predictor on the same frames, and prints the tables beside the paper's;
 4. writes ``<workdir>/report/report.md`` with loss / lr curves, per-AU F1 bars and attention maps.
@@ -45,6 +48,7 @@ IMPORT_SECONDS = time.time() - _IMPORTS_START     # the library's imports (JAX, 
 MAIN_JOB: dict[str, Any] = {
     "name": "algrnet", "size": "small", "label_set": "bp4d", "builder_config": "bp4d_small",
     "overrides": [
+        "model.fusion_refine_rescale=true",
         "train.num_epochs=2", "train.lr_decay_every_epochs=2",
         "data.batch_size=16", "data.eval_batch_size=64",
         "train.log_every_steps=10", "train.checkpoint_every_steps=100000", "train.keep_checkpoints=1",
@@ -53,6 +57,7 @@ MAIN_JOB: dict[str, Any] = {
 QUICK: dict[str, Any] = {
     "name": "algrnet", "size": "tiny", "label_set": "bp4d", "builder_config": "bp4d_tiny",
     "overrides": [
+        "model.fusion_refine_rescale=true",
         "train.num_epochs=1", "train.max_steps=4", "data.batch_size=8", "data.eval_batch_size=32",
         "train.log_every_steps=2", "train.checkpoint_every_steps=100000", "train.keep_checkpoints=1",
     ],
@@ -117,7 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = QUICK if args.quick else MAIN_JOB
     config = job_config(settings, data_dir=args.data_dir, epochs=args.epochs, overrides=args.overrides)
     validate_config(config)
-    print(f"[config] {config.name} size={config.size} crop={config.crop_size} unit={config.model.unit} "
+    rescaled = (" with F&R output x sqrt(F) (model.fusion_refine_rescale)"
+                if config.model.fusion_refine and config.model.fusion_refine_rescale else "")
+    print(f"[config] {config.name}{rescaled} size={config.size} crop={config.crop_size} unit={config.model.unit} "
           f"AUs={tuple(config.aus)} epochs={config.train.num_epochs} batch={config.data.batch_size} "
           f"data={config.data.dataset}/{config.data.builder_config} test fold={config.data.fold}", flush=True)
     t_imports = IMPORT_SECONDS
@@ -155,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     attention = faces.examples()
     result["timings_s"] = {"imports": t_imports, "dataset": t_data, "train": t_train, "evaluate": t_eval}
     summary_lines = {
-        "model": f"{config.name} (size {config.size}: crop {config.crop_size}, unit {config.model.unit}, "
+        "model": f"{config.name}{rescaled} (size {config.size}: crop {config.crop_size}, unit {config.model.unit}, "
                  f"ConvLSTM hidden {config.model.lstm_hidden}, AUs {', '.join(result['aus'])})",
         "data": f"{config.data.dataset}/{config.data.builder_config}: train on parts 2+3, test on part 1 "
                 f"({result['frames']} frames)",

@@ -75,3 +75,18 @@ def test_diagnose_probes_the_local_branch_of_a_tiny_algrnet(tmp_path):
     assert len(probe["effective_lr"]["local_au_output"]) == n and probe["effective_lr"]["au_output"] > 0
     assert all(g > 0 for g in probe["grad_norm"]["local_au_output"])
     assert "| ||dL/dr_t|| (local head input) |" in diagnose_heads.markdown(result)
+
+
+def test_main_job_feeds_its_local_heads_the_rescaled_fusion_refine_output():
+    """The main job's model with the paper's unit-norm F&R output ends with local heads at or below the all-present
+    F1 (docs/ablation_synthetic.md, "Dead local heads"); the job turns on the rescaled output, and keeps every other
+    part of the ``algrnet`` config (which stays the paper's reading)."""
+    from experiments import main_job
+
+    for settings in (main_job.MAIN_JOB, main_job.QUICK):
+        config = main_job.job_config(settings, data_dir="/nonexistent")
+        assert config.model.fusion_refine and config.model.fusion_refine_rescale
+        paper = configs.get_config("algrnet", settings["size"], settings["label_set"])
+        assert not paper.model.fusion_refine_rescale
+        for key in ("arch", "adaptive", "relation", "fusion_refine", "unit", "lstm_hidden", "map_scale"):
+            assert config.model[key] == paper.model[key], key
