@@ -20,8 +20,8 @@ tested variant's part is knocked out at inference (``experiments.relation_use``)
 
 Writes ``<workdir>/<set>/mechanism.json`` (everything), merges the summary into ``--out``
 (``experiments/results/mechanisms.json``: ``{"tests": [{"part", "au", "metric", "variant", "baseline",
-"paired_diff_mean", "ci95", "seeds", "rule_ceiling", ...}]}``; entries of other tests are kept) and plots it
-(``--out`` with ``.png``). Progress goes to stdout; the results are rewritten after every seed.
+"paired_diff_mean", "ci95", "seeds", "rule_ceiling", ...}]}``; entries of other tests are kept), tabulates it
+(``.md`` beside it) and plots it (``.png``). Progress goes to stdout; the results are rewritten after every seed.
 
     python -m experiments.mechanisms --test sb --seeds 5
     python -m experiments.mechanisms --test sb --au 1 --partners 12 25 --seeds 3 --workdir runs/mech_sb_au1
@@ -99,11 +99,19 @@ def knockouts(run_dir: pathlib.Path, select: str, test: str, au: int) -> dict[st
     names = [k for k in relation_use.applicable(config) if k.startswith(KNOCKOUT_PREFIX[test])]
     out = {}
     for name in [None, *names]:
-        result = evaluation.evaluate_variables(config, variables,
+        ratios: list[np.ndarray] = []
+
+        def on_batch(batch, outputs, ratios=ratios):
+            if "relation_ratio" in outputs:        # ||R(v)_t|| / ||v_t|| per face and AU [B, n]
+                ratios.append(np.asarray(outputs["relation_ratio"])[np.asarray(batch["mask"]) > 0])
+
+        result = evaluation.evaluate_variables(config, variables, on_batch=on_batch,
                                                apply_fn=relation_use.knocked_forward(model, (name,) if name else ()))
         p = result["predictions"]
-        out[name or "intact"] = {"local_f1": p["local"]["f1"][result["aus"].index(f"AU{au}")],
-                                 "final_mean_f1": p["final"]["mean_f1"]}
+        row = {"local_f1": p["local"]["f1"][result["aus"].index(f"AU{au}")], "final_mean_f1": p["final"]["mean_f1"]}
+        if ratios and name is None:
+            row["relation_ratio_per_au"] = np.concatenate(ratios).mean(0).tolist()
+        out[name or "intact"] = row
     return out
 
 
@@ -117,8 +125,15 @@ def train_variant(args: argparse.Namespace, mech: sets.Mechanism, builder_config
     config = validate_config(ablation.seed_config(config, seed), f"config {key}")
     if f"AU{mech.au}" not in [f"AU{a}" for a in config.aus]:
         raise UserError(f"AU{mech.au} is not among the model's AUs {list(config.aus)} (--set aus=... or --au)")
-    return cross_validation.run_cross_validation(config, workdir / key / f"seed{seed}", folds=[1], resume=True,
-                                                 select=args.select)
+    run_dir = workdir / key / f"seed{seed}"
+    if args.select != experiment.LAST:
+        return cross_validation.run_cross_validation(config, run_dir, folds=[1], resume=True, select=args.select)
+    # The last checkpoint is reported: no evaluation while training (it would only be logged).
+    config.data.fold = 1
+    experiment.train_and_evaluate(config, run_dir / "fold1", resume=True, evaluate=False)
+    agg = cross_validation.aggregate([experiment.evaluate_selected(run_dir / "fold1", args.select)])
+    (run_dir / "cv.json").write_text(json.dumps({"aggregate": agg}, indent=1))
+    return agg
 
 
 def summarise(test: str, mech: sets.Mechanism, tested: str, aggregates: Mapping[str, Any],
@@ -174,10 +189,28 @@ def write_summary(out: pathlib.Path, rows: Sequence[dict[str, Any]]) -> list[dic
         tests = [r for r in old if key(r) not in new] + list(rows)
         with fileio.atomic_path(str(out)) as tmp:
             pathlib.Path(tmp).write_text(json.dumps({"tests": tests}, indent=1))
+        out.with_suffix(".md").write_text(markdown(tests))
         plot(tests, out.with_suffix(".png"))
     finally:
         lock.release()
     return tests
+
+
+def markdown(tests: Sequence[Mapping[str, Any]]) -> str:
+    """The summary as a Markdown table: per test and metric, the tested variant minus each compared one (mean of
+    the per-seed differences, 95% t interval, seeds won), both means, the rule ceiling and the knock-outs."""
+    lines = ["| part | AU | metric | variant | baseline | variant mean | baseline mean | paired diff [95% CI] | wins "
+             "| rule ceiling | blind | knock-outs (local F1 change) |", "|---" * 12 + "|"]
+    for t in tests:
+        ci = t["ci95"]
+        ci_text = f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci and ci[0] is not None else "(one seed)"
+        ko = "; ".join(f"{k} {v:+.1f}" for k, v in t.get("knockouts_local_f1_change", {}).items()) \
+            if t["metric"] == "local_f1" else ""
+        means = [f"{np.mean(t[k]):.1f}" if t.get(k) else "" for k in ("variant_per_seed", "baseline_per_seed")]
+        lines.append(f"| {t['part']} | {t['au']} | {t['metric']} | {t['variant']} | {t['baseline']} | {means[0]} | "
+                     f"{means[1]} | {t['paired_diff_mean']:+.1f} {ci_text} | {t.get('wins', '')}/{t['seeds']} | "
+                     f"{t['rule_ceiling']:.1f} | {t.get('blind_f1', float('nan')):.1f} | {ko} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:

@@ -160,6 +160,7 @@ def test_runner_writes_the_summary(tmp_path, capsys):
         assert t["ci95"][0] <= t["paired_diff_mean"] <= t["ci95"][1]
         assert "F&R global other face" in t["knockouts_local_f1_change"]
     assert out.with_suffix(".png").stat().st_size > 1000
+    assert "| fr | AU4 | local_f1 | ALGRNet |" in out.with_suffix(".md").read_text()
     assert "[fr] seed 1" in capsys.readouterr().out
     with pytest.raises(runner.UserError, match="--partners"):
         runner.main(["--test", "fr", "--partners", "1", "--workdir", str(tmp_path / "w2")])
