@@ -19,7 +19,7 @@ from algrnet_jax.training import loop
 from data_pipelines import builders
 from experiments import ablation, cross_validation, main_job
 
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "configs_before_issue9.json"
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "configs_frozen.json"
 # Fields deleted (configs.DELETED_FIELDS) or added since the fixture was frozen.
 ADDED_FIELDS: tuple[str, ...] = ("data.val_fraction", "data.val_seed",   # the validation split (PIPELINE)
                                  "model.fusion_refine_rescale")         # off = the paper
