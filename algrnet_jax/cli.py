@@ -27,6 +27,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("eval",), "evaluate", "evaluate a checkpoint on a fold; tables beside the paper's"),
     (("convert-jaanet",), "convert_jaanet", "convert released PyTorch JAA-Net state_dicts to an orbax checkpoint"),
     (("run-arrays",), "run_arrays", "run a checkpoint in eval mode on an .npy array of cropped faces"),
+    (("export",), "export", "write a checkpoint's eval forward as an ONNX file (docs/usage_export.md)"),
     (("predict",), "predict", "AU occurrence per face per frame of photos, folders and videos (CSV, overlays)"),
     (("check-step",), "check_step", "one float64 training step against a PyTorch JAA-Net reference step"),
 )

@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from algrnet_jax import au_sets, tasks
+from algrnet_jax import au_sets, export, tasks
 from algrnet_jax.checkpoints import load_for_inference
 from algrnet_jax.models.networks import create_model
 
@@ -194,12 +195,22 @@ class Predictor:
       variables: ``{"params", "batch_stats"}`` on the default device.
       batch_size: faces per forward in :meth:`run` (the last batch is padded to it).
       source: the checkpoint path ("" when built from variables).
+      backend, dtype: the route :meth:`run` takes (``export.choose_backend``): ``jax`` (the jitted forward,
+        float32) or an exported program run by ``openvino`` (float32 / bfloat16) or ``onnxruntime``.
+        :meth:`forward` (device batches, used by evaluation and the trainer) is always the jitted JAX forward.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
-                 model: Any = None, batch_size: int = 16, source: str = ""):
+                 model: Any = None, batch_size: int = 16, source: str = "", backend: str = "jax",
+                 dtype: str = "auto"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.backend, self.dtype = export.choose_backend(backend, dtype)
+        self._exported: dict[tuple[int, tuple[str, ...] | None], export.ExportedForward] = {}
+        if backend != "jax":
+            units = " ".join(export.cpu_units()) or "no vector units listed"
+            where = f"cpu ({units})" if jax.default_backend() == "cpu" else jax.default_backend()
+            print(f"inference: {self.backend} {self.dtype} on {where}", file=sys.stderr, flush=True)
         self.config = config
         self.model = model if model is not None else create_model(config)
         self.variables = jax.device_put({"params": variables["params"],
@@ -208,10 +219,12 @@ class Predictor:
         self.source = source
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, batch_size: int = 16, model: Any = None) -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike, *, batch_size: int = 16, model: Any = None,
+                        backend: str = "jax", dtype: str = "auto") -> "Predictor":
         """Loads a checkpoint (training work dir, step dir, or converted JAA-Net checkpoint)."""
         config, variables = load_for_inference(path)
-        return cls(config, variables, model=model, batch_size=batch_size, source=os.fspath(path))
+        return cls(config, variables, model=model, batch_size=batch_size, source=os.fspath(path),
+                   backend=backend, dtype=dtype)
 
     # -- names and sizes
     @property
@@ -258,6 +271,16 @@ class Predictor:
         """
         return self._jitted(None if keys is None else tuple(keys))(self.variables, images)
 
+    def exported(self, batch_size: int, keys: Sequence[str] | None = None) -> export.ExportedForward:
+        """The eval forward exported for ``batch_size`` faces and compiled by :attr:`backend` (once per Predictor
+        and shape; the exported file is cached on disk, ``export.cached_export``)."""
+        key = (int(batch_size), None if keys is None else tuple(sorted(keys)))
+        if key not in self._exported:
+            data, names, _ = export.cached_export(self.model, self.variables, self.crop_size, key[0],
+                                                  self.config.to_json(), key[1])
+            self._exported[key] = export.ExportedForward(data, names, self.backend, self.dtype)
+        return self._exported[key]
+
     def run(self, images: np.ndarray, keys: Sequence[str] | None = None, batch_size: int | None = None,
             fixed_shape: bool = False) -> dict[str, np.ndarray]:
         """Numpy faces ``[N, C, C, 3]`` -> numpy outputs ``[N, ...]`` in batches of ``batch_size``.
@@ -273,15 +296,18 @@ class Predictor:
         n = x.shape[0]
         if n == 0:
             return {}
-        if not fixed_shape:
-            bs = min(bs, n)
+        if not fixed_shape and self.backend == "jax":
+            bs = min(bs, n)        # an exported program has one batch size: always pad to it
         chunks: list[dict[str, np.ndarray]] = []
         for start in range(0, n, bs):
             part = x[start:start + bs]
             real = part.shape[0]
             if real < bs:
                 part = np.concatenate([part, np.zeros((bs - real,) + part.shape[1:], np.float32)])
-            out = jax.device_get(self.forward(part, keys))
+            if self.backend == "jax":
+                out = jax.device_get(self.forward(part, keys))
+            else:
+                out = self.exported(bs, keys)(part)
             chunks.append({k: np.asarray(v)[:real] for k, v in out.items()})
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 

@@ -1,0 +1,253 @@
+"""The eval forward as an ONNX program, and the CPU runtimes that run it (OpenVINO, ONNX Runtime).
+
+The trained JAX model stays the one definition: :func:`export_onnx` traces ``model.apply(variables, images,
+train=False)`` (the same call as ``inference.jitted_forward``) with jax2onnx into an ONNX graph with the weights
+as initializers. Nothing about the model is written twice. Inference-only primitives need no special case:
+the custom VJPs of the model (max-pool, relations) are traced through their forward functions, and their
+backward rules never enter the export.
+
+``ExportedForward`` runs that graph on the CPU:
+
+- ``openvino``: OpenVINO's CPU plugin, float32 or bfloat16 (``INFERENCE_PRECISION_HINT``). bfloat16 is used
+  only where the CPU has bfloat16 units (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo); elsewhere the plugin
+  would emulate it and the runtime runs float32.
+- ``onnxruntime``: ONNX Runtime's CPU execution provider, float32 (it has no bfloat16 convolution kernel).
+
+Both runtimes are an optional extra (``requirements-export.txt``); without them the Predictor keeps the jitted
+JAX forward. :func:`choose_backend` picks the route for ``backend="auto"``: the jitted JAX forward on a GPU,
+OpenVINO on a CPU when it and jax2onnx are installed, JAX otherwise.
+
+Exporting a paper-size model takes minutes on a small CPU (jax2onnx converts primitive by primitive), so an
+exported program is cached on disk (``cache_dir()``), keyed by a hash of the weights, the config, the batch size
+and the library versions: the second start of the same checkpoint reads the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from algrnet_jax.fileio import atomic_path
+
+BACKENDS: tuple[str, ...] = ("auto", "jax", "openvino", "onnxruntime")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
+INPUT_NAME = "images"
+# /proc/cpuinfo flags of the units that run bfloat16 natively (matrix: AMX; vector: AVX512-BF16).
+BF16_UNITS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
+_REPORTED_UNITS: tuple[str, ...] = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
+
+
+# ------------------------------------------------------------------------------------------ the CPU
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The ``flags`` of the first processor in ``cpuinfo`` (empty where the file is missing: not Linux)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_units(flags: frozenset[str] | None = None) -> list[str]:
+    """The vector / matrix units among :data:`_REPORTED_UNITS` that the CPU has, widest first."""
+    flags = cpu_flags() if flags is None else flags
+    return [u for u in _REPORTED_UNITS if u in flags]
+
+
+def bf16_native(flags: frozenset[str] | None = None) -> bool:
+    """True where the CPU computes bfloat16 in hardware (AMX or AVX512-BF16), not by emulation."""
+    flags = cpu_flags() if flags is None else flags
+    return any(u in flags for u in BF16_UNITS)
+
+
+def runtime_available(backend: str) -> bool:
+    """Whether the packages ``backend`` needs (jax2onnx to export, the runtime to run) are installed."""
+    if backend == "jax":
+        return True
+    module = {"openvino": "openvino", "onnxruntime": "onnxruntime"}[backend]
+    return all(importlib.util.find_spec(m) is not None for m in ("jax2onnx", "onnx", module))
+
+
+def choose_backend(backend: str = "auto", dtype: str = "auto", platform: str | None = None,
+                   flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """``(backend, dtype)`` to run: the request resolved for this machine.
+
+    ``backend="auto"``: ``jax`` on a GPU / TPU (``platform``, default ``jax.default_backend()``); on a CPU
+    ``openvino`` when installed, else ``jax``. ``dtype="auto"``: ``bfloat16`` for OpenVINO on a CPU with bfloat16
+    units, ``float32`` otherwise (the JAX path and ONNX Runtime run float32). An explicit ``bfloat16`` on a CPU
+    without the units, or on a backend that cannot run it, raises ValueError (it would be emulated: slower).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    platform = platform or jax.default_backend()
+    if backend == "auto":
+        backend = "openvino" if platform == "cpu" and runtime_available("openvino") else "jax"
+    elif backend != "jax" and not runtime_available(backend):
+        raise ValueError(f"backend {backend!r} needs jax2onnx, onnx and {backend} "
+                         "(pip install -r requirements-export.txt)")
+    native = bf16_native(flags)
+    if dtype == "auto":
+        dtype = "bfloat16" if backend == "openvino" and native else "float32"
+    elif dtype == "bfloat16":
+        if backend != "openvino":
+            raise ValueError(f"bfloat16 inference runs on the openvino backend, not {backend!r}")
+        if not native:
+            raise ValueError("this CPU has no bfloat16 units (avx512_bf16 / amx_bf16 in /proc/cpuinfo): bfloat16 "
+                             "would be emulated; use float32")
+    return backend, dtype
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def _forward_outputs(model: Any, variables: Mapping[str, Any], images: jax.Array,
+                     keys: Sequence[str] | None) -> dict[str, jax.Array]:
+    outputs = model.apply(variables, images, train=False)
+    return {k: v for k, v in outputs.items() if keys is None or k in keys}
+
+
+def output_keys(model: Any, variables: Mapping[str, Any], crop_size: int,
+                keys: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The sorted names of the eval forward's outputs (``keys`` kept only), from an abstract trace."""
+    spec = jax.ShapeDtypeStruct((1, crop_size, crop_size, 3), np.float32)
+    shapes = jax.eval_shape(lambda x: _forward_outputs(model, variables, x, keys), spec)
+    return tuple(sorted(shapes))
+
+
+def export_onnx(model: Any, variables: Mapping[str, Any], crop_size: int, batch_size: int,
+                keys: Sequence[str] | None = None) -> tuple[bytes, tuple[str, ...]]:
+    """The eval forward ``images float32 [batch_size, C, C, 3] -> outputs`` as an ONNX model (serialized).
+
+    Returns ``(model bytes, names)``: the graph's outputs are the model outputs ``names`` (sorted), in that
+    order and named after them; an output that is the same array as an earlier one (JAA-Net's
+    ``final_au_prob`` is its ``au_prob``) is given once, under the first name.
+    """
+    from jax2onnx import to_onnx
+
+    names = output_keys(model, variables, crop_size, keys)
+    params = jax.tree.map(np.asarray, dict(variables))
+
+    def forward(images):
+        out = _forward_outputs(model, params, images, keys)
+        return tuple(out[k] for k in names)
+
+    spec = jax.ShapeDtypeStruct((batch_size, crop_size, crop_size, 3), np.float32)
+    proto = to_onnx(forward, [spec], model_name="algrnet_eval_forward", input_names=[INPUT_NAME],
+                    output_names=list(names), return_mode="proto")
+    graph_outputs = [o.name for o in proto.graph.output]
+    aliases = {k: (k if k in graph_outputs else None) for k in names}
+    proto.metadata_props.add(key="algrnet_outputs", value=json.dumps(list(names)))
+    if any(v is None for v in aliases.values()):
+        raise RuntimeError(f"the exported graph lacks outputs {[k for k, v in aliases.items() if v is None]}")
+    return proto.SerializeToString(), names
+
+
+def cache_dir() -> pathlib.Path:
+    """Where exported programs are cached: ``$ALGRNET_CACHE/onnx`` or ``~/.cache/algrnet/onnx``."""
+    root = os.environ.get("ALGRNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "algrnet")
+    return pathlib.Path(root) / "onnx"
+
+
+def cache_key(variables: Mapping[str, Any], config_json: str, batch_size: int,
+              keys: Sequence[str] | None) -> str:
+    """sha256 of the weights (every leaf's path, dtype, shape and bytes), the config, the batch size, the kept
+    outputs and the jax / jax2onnx versions: the same key means the same exported program."""
+    import jax2onnx
+
+    h = hashlib.sha256()
+    h.update(json.dumps([config_json, batch_size, sorted(keys) if keys else None, jax.__version__,
+                         getattr(jax2onnx, "__version__", "")]).encode())
+    for path, leaf in jax.tree_util.tree_leaves_with_path(dict(variables)):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)} {a.dtype} {a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+def cached_export(model: Any, variables: Mapping[str, Any], crop_size: int, batch_size: int, config_json: str,
+                  keys: Sequence[str] | None = None) -> tuple[bytes, tuple[str, ...], bool]:
+    """:func:`export_onnx` through the disk cache: ``(model bytes, output names, read from the cache)``.
+
+    The file is written to a temporary name and renamed, so a reader never sees half a file; a cache that
+    cannot be written (read-only home) only costs the next start another export.
+    """
+    path = cache_dir() / f"{cache_key(variables, config_json, batch_size, keys)}.onnx"
+    if path.is_file():
+        data = path.read_bytes()
+        names = read_output_names(data)
+        if names:
+            return data, names, True
+    data, names = export_onnx(model, variables, crop_size, batch_size, keys)
+    try:
+        with atomic_path(str(path)) as tmp:
+            pathlib.Path(tmp).write_bytes(data)
+    except OSError:
+        pass
+    return data, names, False
+
+
+def read_output_names(data: bytes) -> tuple[str, ...]:
+    """The model output names an exported file was written with (its ``algrnet_outputs`` metadata)."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    for prop in proto.metadata_props:
+        if prop.key == "algrnet_outputs":
+            return tuple(json.loads(prop.value))
+    return ()
+
+
+# ------------------------------------------------------------------------------------------ runtimes
+
+
+class ExportedForward:
+    """An exported eval forward compiled by a CPU runtime: numpy ``[B, C, C, 3]`` -> ``{name: [B, ...]}``.
+
+    ``B`` is the batch size the program was exported with (callers pad, as ``Predictor.run`` does).
+    """
+
+    def __init__(self, data: bytes, names: Sequence[str], backend: str, dtype: str = "float32",
+                 threads: int | None = None):
+        if backend not in ("openvino", "onnxruntime"):
+            raise ValueError(f"ExportedForward runs openvino or onnxruntime, not {backend!r}")
+        if backend == "onnxruntime" and dtype != "float32":
+            raise ValueError("onnxruntime runs the exported program in float32 only")
+        self.backend, self.dtype, self.names = backend, dtype, tuple(names)
+        threads = threads or os.cpu_count() or 1
+        if backend == "openvino":
+            import openvino as ov
+
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(data, b""), "CPU", {
+                "INFERENCE_PRECISION_HINT": "bf16" if dtype == "bfloat16" else "f32",
+                "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+            self._request = compiled.create_infer_request()
+            self._outputs = [compiled.output(k) for k in self.names]
+            self.batch_size = int(compiled.input(0).get_partial_shape()[0].get_length())
+        else:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.log_severity_level = 3
+            self._session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            self.batch_size = int(self._session.get_inputs()[0].shape[0])
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(images, np.float32)
+        if self.backend == "openvino":
+            res = self._request.infer({0: x})
+            return {k: np.array(res[o]) for k, o in zip(self.names, self._outputs)}
+        return dict(zip(self.names, self._session.run(list(self.names), {INPUT_NAME: x})))

@@ -1,0 +1,135 @@
+"""The ONNX export of the eval forward and the CPU runtimes that run it (algrnet_jax/export.py), the Predictor's
+backends and ``algrnet export``.
+
+A one-conv stand-in network (tests/tiny_au_model.py) keeps every export to seconds; the JAA-Net and ALGRNet
+programs (small and paper size) are checked by ``python -m experiments.bench_export``.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from algrnet_jax import cli, configs, export, inference
+from algrnet_jax.checkpoints import save_inference_checkpoint
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from tiny_au_model import tiny_model  # noqa: E402
+
+pytest.importorskip("jax2onnx")
+SAMPLES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
+NO_UNITS = frozenset({"avx2", "fma"})
+BF16_UNITS = frozenset({"avx2", "avx512f", "avx512_bf16"})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    config = configs.get_config("jaanet", "tiny")
+    model = tiny_model(config)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+    path = save_inference_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", config, variables)
+    return path, config, model, variables
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALGRNET_CACHE", str(tmp_path / "cache"))
+
+
+def real_faces(crop: int, aligned: int) -> np.ndarray:
+    """The two real aligned BP4D faces of the fixtures, their mirror images, and crops shifted by up to 2 px:
+    uint8 -> network input float32 [24, crop, crop, 3]."""
+    faces = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(SAMPLES.glob("aligned_*.jpg"))]
+    faces += [f[:, ::-1] for f in faces]
+    shifted = [np.roll(f, (dy, dx), (0, 1)) for f in faces for dy, dx in ((0, 0), (2, 0), (0, 2), (-2, -2),
+                                                                           (2, 2), (-2, 0))]
+    return inference.preprocess(np.stack(shifted), aligned, crop)
+
+
+def test_choose_backend_resolves_by_platform_units_and_request():
+    assert export.choose_backend("auto", "auto", platform="gpu") == ("jax", "float32")
+    assert export.choose_backend("jax", "auto", platform="cpu", flags=BF16_UNITS) == ("jax", "float32")
+    assert export.choose_backend("openvino", "auto", platform="cpu", flags=BF16_UNITS) == ("openvino", "bfloat16")
+    assert export.choose_backend("openvino", "auto", platform="cpu", flags=NO_UNITS) == ("openvino", "float32")
+    assert export.choose_backend("auto", "auto", platform="cpu", flags=BF16_UNITS) == ("openvino", "bfloat16")
+    assert export.choose_backend("onnxruntime", "auto", platform="cpu", flags=BF16_UNITS) == ("onnxruntime",
+                                                                                              "float32")
+    with pytest.raises(ValueError, match="emulated"):
+        export.choose_backend("openvino", "bfloat16", platform="cpu", flags=NO_UNITS)
+    with pytest.raises(ValueError, match="openvino backend"):
+        export.choose_backend("jax", "bfloat16", platform="cpu", flags=BF16_UNITS)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        export.choose_backend("tensorrt")
+    assert export.bf16_native(frozenset({"amx_bf16"})) and not export.bf16_native(NO_UNITS)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exported_float32_equals_the_jax_forward(tiny, backend, capsys):
+    path, config, model, variables = tiny
+    p = inference.Predictor.from_checkpoint(path, batch_size=4, model=model, backend=backend, dtype="float32")
+    assert f"inference: {backend} float32 on " in capsys.readouterr().err
+    x = np.random.default_rng(1).uniform(-1, 1, size=(6, 32, 32, 3)).astype(np.float32)
+    got = p.run(x)
+    ref = model.apply(variables, x, train=False)
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k].shape == ref[k].shape, k
+        np.testing.assert_allclose(got[k], np.asarray(ref[k]), rtol=0, atol=1e-5, err_msg=k)
+    few = p.run(x[:1], keys=["final_au_prob"])      # one face: padded to the exported batch of 4
+    np.testing.assert_allclose(few["final_au_prob"], got["final_au_prob"][:1], atol=1e-6)
+
+
+def test_export_cache_is_keyed_by_the_weights(tiny):
+    path, config, model, variables = tiny
+    data, names, cached = export.cached_export(model, variables, 32, 2, config.to_json())
+    assert not cached and "final_au_prob" in names
+    again, names2, cached2 = export.cached_export(model, variables, 32, 2, config.to_json())
+    assert cached2 and again == data and names2 == names
+    changed = jax.tree.map(lambda v: v * 1.5, variables)
+    _, _, cached3 = export.cached_export(model, changed, 32, 2, config.to_json())
+    assert not cached3
+
+
+@pytest.mark.skipif(not export.bf16_native(), reason="this CPU has no bfloat16 units (avx512_bf16 / amx_bf16)")
+def test_bfloat16_decisions_agree_with_float32_on_real_faces(tiny):
+    path, config, model, variables = tiny
+    x = real_faces(config.crop_size, config.aligned_size)
+    f32 = inference.Predictor(config, variables, model=model, batch_size=8, backend="openvino", dtype="float32")
+    bf16 = inference.Predictor(config, variables, model=model, batch_size=8, backend="openvino", dtype="bfloat16")
+    a, b = f32.run(x), bf16.run(x)
+    agree = float(np.mean((a["final_au_prob"] > 0.5) == (b["final_au_prob"] > 0.5)))
+    max_dp = float(np.abs(a["final_au_prob"] - b["final_au_prob"]).max())
+    print(f"bf16 vs f32 on {len(x)} real faces: decisions agree {agree:.3f}, max |dp| {max_dp:.2e}, "
+          f"max landmark diff {np.abs(a['landmarks'] - b['landmarks']).max():.3f} px")
+    assert agree >= 0.99
+    assert 0 < max_dp < 0.05                     # bfloat16 did run (not a float32 copy), and close
+    assert np.abs(a["landmarks"] - b["landmarks"]).max() < 0.5
+
+
+def test_export_command_writes_a_file_onnxruntime_runs(tiny, tmp_path, capsys, monkeypatch):
+    import onnxruntime as ort
+
+    from algrnet_jax.models import networks
+
+    path, config, model, variables = tiny
+    monkeypatch.setattr(networks, "create_model", lambda cfg: model)     # the stand-in network's checkpoint
+    out = tmp_path / "model.onnx"
+    assert cli.main(["export", str(path), "--format", "onnx", "--out", str(out), "--batch-size", "2"]) == 0
+    assert "export: " in capsys.readouterr().out
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).uniform(-1, 1, size=(2, 32, 32, 3)).astype(np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, sess.run(None, {"images": x})))
+    ref = model.apply(variables, x, train=False)
+    for k in names:
+        np.testing.assert_allclose(got[k], np.asarray(ref[k]), atol=1e-5, err_msg=k)
+    # an existing file is kept unless --force
+    before = out.read_bytes()
+    assert cli.main(["export", str(path), "--out", str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == before
+    assert cli.main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "m2.onnx")]) == 2
+    assert "export:" in capsys.readouterr().err and not (tmp_path / "m2.onnx").exists()
