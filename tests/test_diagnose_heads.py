@@ -61,6 +61,7 @@ def test_module_norms_are_per_au_for_the_per_au_modules():
     assert norms["local_au_output"] == pytest.approx([2.0, 4.0]) and norms["au_output"] == pytest.approx(np.sqrt(12))
 
 
+@pytest.mark.slow      # compiles a tiny ALGRNet's train step and the probe: about 60 s of CPU
 def test_diagnose_probes_the_local_branch_of_a_tiny_algrnet(tmp_path):
     from experiments import main_job
 
