@@ -90,13 +90,13 @@ def local_f1(au: int):
     return value
 
 
-def knockouts(run_dir: pathlib.Path, select: str, test: str, au: int) -> dict[str, Any]:
+def knockouts(run_dir: pathlib.Path, select: str, test: str, au: int, every: bool = False) -> dict[str, Any]:
     """The tested AU's local F1 and the final mean F1 of one trained run, intact and with each knock-out of the
-    tested part (``relation_use.knocked_forward``)."""
+    tested part (``every``: of every part the model has; ``relation_use.knocked_forward``)."""
     path = experiment.select_checkpoint(run_dir, select)
     config, variables = checkpoints.load_for_inference(path)
     model = create_model(config)
-    names = [k for k in relation_use.applicable(config) if k.startswith(KNOCKOUT_PREFIX[test])]
+    names = [k for k in relation_use.applicable(config) if every or k.startswith(KNOCKOUT_PREFIX[test])]
     out = {}
     for name in [None, *names]:
         ratios: list[np.ndarray] = []
@@ -207,17 +207,18 @@ def markdown(tests: Sequence[Mapping[str, Any]]) -> str:
         ko = "; ".join(f"{k} {v:+.1f}" for k, v in t.get("knockouts_local_f1_change", {}).items()) \
             if t["metric"] == "local_f1" else ""
         means = [f"{np.mean(t[k]):.1f}" if t.get(k) else "" for k in ("variant_per_seed", "baseline_per_seed")]
+        blind = f"{t['blind_f1']:.1f}" if "blind_f1" in t else ""
         lines.append(f"| {t['part']} | {t['au']} | {t['metric']} | {t['variant']} | {t['baseline']} | {means[0]} | "
                      f"{means[1]} | {t['paired_diff_mean']:+.1f} {ci_text} | {t.get('wins', '')}/{t['seeds']} | "
-                     f"{t['rule_ceiling']:.1f} | {t.get('blind_f1', float('nan')):.1f} | {ko} |")
+                     f"{t['rule_ceiling']:.1f} | {blind} | {ko} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:
     """One panel per (part, AU): the tested AU's local F1 of each variant (bars: mean over seeds, dots: seeds),
-    with the rule ceiling and the blind F1 as lines."""
+    with the rule ceiling and the blind F1 as lines (entries without per-seed values are left out)."""
     plt = report._pyplot()
-    local = [t for t in tests if t["metric"] == "local_f1"]
+    local = [t for t in tests if t["metric"] == "local_f1" and "variant_per_seed" in t and "baseline_per_seed" in t]
     panels = list(dict.fromkeys((t["part"], t["au"]) for t in local))
     if not panels:
         return
@@ -281,6 +282,17 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
         print(f"[{test}] knock-outs of {VARIANTS[tested].label}, change of local AU{mech.au} F1 (mean over seeds): "
               + ", ".join(f"{n} {np.mean(v):+.1f}" for n, v in effects.items()), flush=True)
         (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
+    if args.knockout_baseline:
+        base = keys[1]
+        detail["knockouts_baseline"] = {
+            "variant": base, "seeds": {seed: knockouts(workdir / base / f"seed{seed}" / "fold1", args.select, test,
+                                                       mech.au, every=True) for seed in range(args.seeds)}}
+        runs_ko = detail["knockouts_baseline"]["seeds"].values()
+        names = list(next(iter(runs_ko)))[1:]
+        print(f"[{test}] knock-outs of {VARIANTS[base].label}, change of local AU{mech.au} F1 (mean over seeds): "
+              + ", ".join(f"{n} {np.mean([k[n]['local_f1'] - k['intact']['local_f1'] for k in runs_ko]):+.1f}"
+                          for n in names), flush=True)
+        (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
     if rows:
         write_summary(pathlib.Path(args.out), rows)
     for row in rows:
@@ -307,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default="runs/mechanisms")
     parser.add_argument("--out", default="experiments/results/mechanisms.json")
     parser.add_argument("--no-knockouts", dest="knockouts", action="store_false")
+    parser.add_argument("--knockout-baseline", action="store_true",
+                        help="also knock out every part of the first compared variant (where does it find the AU?)")
     cross_validation.add_select_argument(parser)
     return parser
 
