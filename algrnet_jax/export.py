@@ -23,6 +23,7 @@ and the library versions: the second start of the same checkpoint reads the file
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -127,31 +128,59 @@ def output_keys(model: Any, variables: Mapping[str, Any], crop_size: int,
 
 
 def export_onnx(model: Any, variables: Mapping[str, Any], crop_size: int, batch_size: int,
-                keys: Sequence[str] | None = None) -> tuple[bytes, tuple[str, ...]]:
+                keys: Sequence[str] | None = None) -> tuple[bytes, dict[str, str]]:
     """The eval forward ``images float32 [batch_size, C, C, 3] -> outputs`` as an ONNX model (serialized).
 
-    Returns ``(model bytes, names)``: the graph's outputs are the model outputs ``names`` (sorted), in that
-    order and named after them; an output that is the same array as an earlier one (JAA-Net's
-    ``final_au_prob`` is its ``au_prob``) is given once, under the first name.
+    Returns ``(model bytes, outputs)``: ``outputs`` maps every model output name (sorted) to the graph output
+    that holds it. The graph outputs are named after the model outputs; an output that is the same array as an
+    earlier one (JAA-Net's ``final_au_prob`` is its ``au_prob``) is one graph output, under the first name.
+    The mapping is also stored in the file (metadata ``algrnet_outputs``).
     """
     from jax2onnx import to_onnx
 
     names = output_keys(model, variables, crop_size, keys)
     params = jax.tree.map(np.asarray, dict(variables))
+    spec = jax.ShapeDtypeStruct((batch_size, crop_size, crop_size, 3), np.float32)
 
-    def forward(images):
+    def all_outputs(images):
         out = _forward_outputs(model, params, images, keys)
         return tuple(out[k] for k in names)
 
-    spec = jax.ShapeDtypeStruct((batch_size, crop_size, crop_size, 3), np.float32)
-    proto = to_onnx(forward, [spec], model_name="algrnet_eval_forward", input_names=[INPUT_NAME],
-                    output_names=list(names), return_mode="proto")
-    graph_outputs = [o.name for o in proto.graph.output]
-    aliases = {k: (k if k in graph_outputs else None) for k in names}
-    proto.metadata_props.add(key="algrnet_outputs", value=json.dumps(list(names)))
-    if any(v is None for v in aliases.values()):
-        raise RuntimeError(f"the exported graph lacks outputs {[k for k, v in aliases.items() if v is None]}")
-    return proto.SerializeToString(), names
+    outvars = jax.make_jaxpr(all_outputs)(spec).jaxpr.outvars
+    first = {k: names[next(j for j, v in enumerate(outvars) if v is outvars[i])] for i, k in enumerate(names)}
+    unique = tuple(k for k in names if first[k] == k)
+
+    def forward(images):
+        out = _forward_outputs(model, params, images, keys)
+        return tuple(out[k] for k in unique)
+
+    with _linear_output_check():
+        proto = to_onnx(forward, [spec], model_name="algrnet_eval_forward", input_names=[INPUT_NAME],
+                        output_names=list(unique), return_mode="proto")
+    missing = set(unique) - {o.name for o in proto.graph.output}
+    if missing:
+        raise RuntimeError(f"the exported graph lacks outputs {sorted(missing)}")
+    proto.metadata_props.add(key="algrnet_outputs", value=json.dumps(first))
+    return proto.SerializeToString(), first
+
+
+@contextlib.contextmanager
+def _linear_output_check():
+    """jax2onnx checks after every primitive that its outputs are connected to the graph by scanning every node
+    and initializer built so far: quadratic in the graph size (minutes for this model's ~5000 primitives and
+    ~1000 weights). A value with a producer node is connected; only the others need the scan."""
+    from jax2onnx.converter import output_binding
+
+    scan = output_binding._value_is_graph_connected
+
+    def connected(ctx: Any, value: Any) -> bool:
+        return value.producer() is not None or scan(ctx, value)
+
+    output_binding._value_is_graph_connected = connected
+    try:
+        yield
+    finally:
+        output_binding._value_is_graph_connected = scan
 
 
 def cache_dir() -> pathlib.Path:
@@ -177,8 +206,8 @@ def cache_key(variables: Mapping[str, Any], config_json: str, batch_size: int,
 
 
 def cached_export(model: Any, variables: Mapping[str, Any], crop_size: int, batch_size: int, config_json: str,
-                  keys: Sequence[str] | None = None) -> tuple[bytes, tuple[str, ...], bool]:
-    """:func:`export_onnx` through the disk cache: ``(model bytes, output names, read from the cache)``.
+                  keys: Sequence[str] | None = None) -> tuple[bytes, dict[str, str], bool]:
+    """:func:`export_onnx` through the disk cache: ``(model bytes, outputs, read from the cache)``.
 
     The file is written to a temporary name and renamed, so a reader never sees half a file; a cache that
     cannot be written (read-only home) only costs the next start another export.
@@ -198,15 +227,15 @@ def cached_export(model: Any, variables: Mapping[str, Any], crop_size: int, batc
     return data, names, False
 
 
-def read_output_names(data: bytes) -> tuple[str, ...]:
-    """The model output names an exported file was written with (its ``algrnet_outputs`` metadata)."""
+def read_output_names(data: bytes) -> dict[str, str]:
+    """Model output name -> graph output name, from an exported file's ``algrnet_outputs`` metadata."""
     import onnx
 
     proto = onnx.load_from_string(data)
     for prop in proto.metadata_props:
         if prop.key == "algrnet_outputs":
-            return tuple(json.loads(prop.value))
-    return ()
+            return dict(json.loads(prop.value))
+    return {}
 
 
 # ------------------------------------------------------------------------------------------ runtimes
@@ -215,16 +244,18 @@ def read_output_names(data: bytes) -> tuple[str, ...]:
 class ExportedForward:
     """An exported eval forward compiled by a CPU runtime: numpy ``[B, C, C, 3]`` -> ``{name: [B, ...]}``.
 
-    ``B`` is the batch size the program was exported with (callers pad, as ``Predictor.run`` does).
+    ``outputs`` maps model output names to graph outputs (:func:`export_onnx`); ``B`` is the batch size the
+    program was exported with (callers pad, as ``Predictor.run`` does).
     """
 
-    def __init__(self, data: bytes, names: Sequence[str], backend: str, dtype: str = "float32",
+    def __init__(self, data: bytes, outputs: Mapping[str, str], backend: str, dtype: str = "float32",
                  threads: int | None = None):
         if backend not in ("openvino", "onnxruntime"):
             raise ValueError(f"ExportedForward runs openvino or onnxruntime, not {backend!r}")
         if backend == "onnxruntime" and dtype != "float32":
             raise ValueError("onnxruntime runs the exported program in float32 only")
-        self.backend, self.dtype, self.names = backend, dtype, tuple(names)
+        self.backend, self.dtype, self.outputs = backend, dtype, dict(outputs)
+        self._graph_outputs = sorted(set(self.outputs.values()))
         threads = threads or os.cpu_count() or 1
         if backend == "openvino":
             import openvino as ov
@@ -234,7 +265,7 @@ class ExportedForward:
                 "INFERENCE_PRECISION_HINT": "bf16" if dtype == "bfloat16" else "f32",
                 "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
             self._request = compiled.create_infer_request()
-            self._outputs = [compiled.output(k) for k in self.names]
+            self._ports = [compiled.output(k) for k in self._graph_outputs]
             self.batch_size = int(compiled.input(0).get_partial_shape()[0].get_length())
         else:
             import onnxruntime as ort
@@ -249,5 +280,8 @@ class ExportedForward:
         x = np.ascontiguousarray(images, np.float32)
         if self.backend == "openvino":
             res = self._request.infer({0: x})
-            return {k: np.array(res[o]) for k, o in zip(self.names, self._outputs)}
-        return dict(zip(self.names, self._session.run(list(self.names), {INPUT_NAME: x})))
+            values = [np.array(res[port]) for port in self._ports]
+        else:
+            values = self._session.run(self._graph_outputs, {INPUT_NAME: x})
+        by_graph = dict(zip(self._graph_outputs, values))
+        return {k: by_graph[g] for k, g in self.outputs.items()}

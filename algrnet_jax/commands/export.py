@@ -46,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"export: {e}") from e
     from algrnet_jax.models.networks import create_model
 
-    data, names = export.export_onnx(create_model(config), variables, int(config.crop_size), args.batch_size)
+    data, outputs = export.export_onnx(create_model(config), variables, int(config.crop_size), args.batch_size)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
     print(f"export: {config.name} ({config.size}) eval forward -> {out} ({len(data) / 2 ** 20:.1f} MiB): "
-          f"images [{args.batch_size}, {config.crop_size}, {config.crop_size}, 3] -> {', '.join(names)}")
+          f"images [{args.batch_size}, {config.crop_size}, {config.crop_size}, 3] -> {', '.join(sorted(set(outputs.values())))}")
     return 0
 
 
