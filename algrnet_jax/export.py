@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -241,6 +242,21 @@ def read_output_names(data: bytes) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ runtimes
 
 
+def import_openvino() -> Any:
+    """``import openvino`` with its usage telemetry off.
+
+    Importing openvino imports its model converter, which sends a usage event to Google Analytics from a forked
+    process when the ``openvino_telemetry`` package is installed (a pip dependency of openvino) and no consent
+    file says otherwise; the fork also makes JAX warn that it may deadlock. With the package marked absent the
+    converter uses its built-in no-op stub. Nothing else of openvino uses it.
+    """
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None      # `import openvino_telemetry` raises ImportError
+    import openvino
+
+    return openvino
+
+
 class ExportedForward:
     """An exported eval forward compiled by a CPU runtime: numpy ``[B, C, C, 3]`` -> ``{name: [B, ...]}``.
 
@@ -258,9 +274,7 @@ class ExportedForward:
         self._graph_outputs = sorted(set(self.outputs.values()))
         threads = threads or os.cpu_count() or 1
         if backend == "openvino":
-            import openvino as ov
-
-            core = ov.Core()
+            core = import_openvino().Core()
             compiled = core.compile_model(core.read_model(data, b""), "CPU", {
                 "INFERENCE_PRECISION_HINT": "bf16" if dtype == "bfloat16" else "f32",
                 "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})

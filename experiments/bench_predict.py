@@ -76,9 +76,9 @@ def write_video(path: str, frames: int, fps: float = 30.0, size: tuple[int, int]
     writer.release()
 
 
-def random_predictor(name: str, size: str) -> inference.Predictor:
+def random_predictor(name: str, size: str, backend: str = "jax") -> inference.Predictor:
     """A Predictor with random weights drawn on the host (no compiled init): N(0, 0.02) kernels, unit
-    scales and variances, zero biases and means."""
+    scales and variances, zero biases and means; ``backend`` as ``Predictor`` (``export.choose_backend``)."""
     config = configs.get_config(name, size)
     c = config.crop_size
     shapes = jax.eval_shape(create_model(config).init, jax.random.PRNGKey(0), np.zeros((1, c, c, 3), np.float32))
@@ -92,7 +92,8 @@ def random_predictor(name: str, size: str) -> inference.Predictor:
             return np.zeros(leaf.shape, np.float32)
         return rng.normal(0, 0.02, leaf.shape).astype(np.float32)
 
-    return inference.Predictor(config, jax.tree_util.tree_map_with_path(draw, shapes), batch_size=8)
+    return inference.Predictor(config, jax.tree_util.tree_map_with_path(draw, shapes), batch_size=8,
+                               backend=backend)
 
 
 def time_video(predictor: inference.Predictor, video: str, detector, keyframe_every: int, frames: int,
@@ -222,6 +223,11 @@ def main() -> None:
     ap.add_argument("--refine-only", action="store_true",
                     help="only the refinement errors (and --picture), merged into an existing --out JSON")
     ap.add_argument("--picture", help="with --refine-checkpoint: write the README overlay picture here")
+    ap.add_argument("--backend", default="jax", choices=("auto", "jax", "openvino", "onnxruntime"),
+                    help="the video runs' Predictor backend (docs/usage_export.md); exported programs are cached "
+                         "on disk, the first run of a batch size pays the export")
+    ap.add_argument("--runs", nargs="+", default=["keyframes", "keyframes_fb1", "every_frame"],
+                    choices=["keyframes", "keyframes_fb1", "every_frame"], help="which video runs")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
 
@@ -242,20 +248,29 @@ def main() -> None:
         video = os.path.join(tmp, "bench.avi")
         write_video(video, max(args.frames, args.every_frame_frames) + 3 + 3 * args.keyframe_every)
         _log(f"video written; compiling {args.size} ALGRNet")
-        predictor = random_predictor("algrnet", args.size)
-        runs = {"keyframes": time_video(predictor, video, detector, args.keyframe_every, args.frames,
-                                        args.frame_batch)}
-        _log(f"key-frame run, frame batch {args.frame_batch}: {runs['keyframes']['fps']:.2f} frames/s")
-        runs["keyframes_fb1"] = time_video(predictor, video, detector, args.keyframe_every, args.frames, 1)
-        _log(f"key-frame run, frame by frame: {runs['keyframes_fb1']['fps']:.2f} frames/s")
-        runs["every_frame"] = time_video(predictor, video, detector, 1, args.every_frame_frames)
-        _log(f"every-frame run: {runs['every_frame']['fps']:.2f} frames/s; timing the networks alone")
+        t0 = time.perf_counter()
+        predictor = random_predictor("algrnet", args.size, args.backend)
+        runs = {}
+        if "keyframes" in args.runs:
+            runs["keyframes"] = time_video(predictor, video, detector, args.keyframe_every, args.frames,
+                                           args.frame_batch)
+            _log(f"key-frame run, frame batch {args.frame_batch}: {runs['keyframes']['fps']:.2f} frames/s")
+        if "keyframes_fb1" in args.runs:
+            runs["keyframes_fb1"] = time_video(predictor, video, detector, args.keyframe_every, args.frames, 1)
+            _log(f"key-frame run, frame by frame: {runs['keyframes_fb1']['fps']:.2f} frames/s")
+        if "every_frame" in args.runs:
+            runs["every_frame"] = time_video(predictor, video, detector, 1, args.every_frame_frames)
+            _log(f"every-frame run: {runs['every_frame']['fps']:.2f} frames/s")
+        startup_s = time.perf_counter() - t0 - sum(r["wall_s"] for r in runs.values())
+        _log("timing the networks alone")
         crops = []
         for _, _, rgb in _frames(video, 10):
             for f in detector.detect(rgb)[:1]:
                 crops.append(alignment.warp(rgb, alignment.alignment_matrix_from_points(f.points)))
         nets = network_ms(np.stack(crops), args.size, args.repeats)
     result = {"size": args.size, "video": "640x360 synthetic single face, 30 fps",
+              "backend": predictor.backend, "dtype": predictor.dtype,
+              "startup_s": round(startup_s, 1),   # Predictor, warm-ups (compile or export + runtime compile)
               "keyframe_every": args.keyframe_every,
               "runs": runs, "network_ms_per_face_batch1": nets,
               "machine": {**timing.machine_info(), "platform": platform.platform(),

@@ -155,9 +155,9 @@ def ort_runners(op: str, a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def openvino_runners(op: str, a: np.ndarray, b: np.ndarray) -> dict:
-    import openvino as ov
+    from algrnet_jax.export import import_openvino
 
-    core = ov.Core()
+    core = import_openvino().Core()
     model = core.read_model(onnx_model(op, b), b"")   # ONNX bytes in memory (weights inside)
     x = _runtime_input(op, a)
     out = {}

@@ -133,3 +133,20 @@ def test_export_command_writes_a_file_onnxruntime_runs(tiny, tmp_path, capsys, m
     assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == before
     assert cli.main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "m2.onnx")]) == 2
     assert "export:" in capsys.readouterr().err and not (tmp_path / "m2.onnx").exists()
+
+
+def test_openvino_is_imported_without_its_usage_telemetry():
+    """Importing openvino would fork a process that sends a usage event (and makes JAX warn about fork)."""
+    import subprocess
+
+    pytest.importorskip("openvino")
+    code = ("import os, sys\n"
+            "forks = []\n"
+            "os.register_at_fork(before=lambda: forks.append(1))\n"
+            "from algrnet_jax.export import import_openvino\n"
+            "import_openvino().Core()\n"
+            "import time; time.sleep(1)\n"
+            "assert sys.modules.get('openvino_telemetry') is None, 'telemetry imported'\n"
+            "assert not forks, 'forked'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
