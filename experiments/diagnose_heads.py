@@ -20,8 +20,8 @@ middle and last probe). Takes about as long as the main job's training (no evalu
 
 Usage::
 
-    python -m experiments.diagnose_heads --workdir runs/diagnose
-    python -m experiments.diagnose_heads --workdir runs/diagnose_rescaled --set model.fusion_refine_rescale=true
+    python -m experiments.diagnose_heads --workdir runs/diagnose          # the main job's model (rescaled F&R)
+    python -m experiments.diagnose_heads --workdir runs/diagnose_paper --set model.fusion_refine_rescale=false
 """
 from __future__ import annotations
 
