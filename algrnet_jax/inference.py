@@ -207,6 +207,7 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.backend, self.dtype = export.choose_backend(backend, dtype)
         self._exported: dict[tuple[int, tuple[str, ...] | None], export.ExportedForward] = {}
+        self._auto = backend == "auto"     # falls back to the jax backend where the export is not exact
         if backend != "jax":
             units = " ".join(export.cpu_units()) or "no vector units listed"
             where = f"cpu ({units})" if jax.default_backend() == "cpu" else jax.default_backend()
@@ -304,10 +305,16 @@ class Predictor:
             real = part.shape[0]
             if real < bs:
                 part = np.concatenate([part, np.zeros((bs - real,) + part.shape[1:], np.float32)])
+            if self.backend != "jax":
+                try:
+                    out = self.exported(bs, keys)(part)
+                except export.ExportError as e:
+                    if not self._auto:
+                        raise
+                    print(f"inference: jax float32 ({e})", file=sys.stderr, flush=True)
+                    self.backend, self.dtype = "jax", "float32"
             if self.backend == "jax":
                 out = jax.device_get(self.forward(part, keys))
-            else:
-                out = self.exported(bs, keys)(part)
             chunks.append({k: np.asarray(v)[:real] for k, v in out.items()})
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 

@@ -226,6 +226,7 @@ def main() -> None:
     ap.add_argument("--backend", default="jax", choices=("auto", "jax", "openvino", "onnxruntime"),
                     help="the video runs' Predictor backend (docs/usage_export.md); exported programs are cached "
                          "on disk, the first run of a batch size pays the export")
+    ap.add_argument("--model", default="algrnet", choices=("algrnet", "jaanet"), help="the video runs' model")
     ap.add_argument("--runs", nargs="+", default=["keyframes", "keyframes_fb1", "every_frame"],
                     choices=["keyframes", "keyframes_fb1", "every_frame"], help="which video runs")
     ap.add_argument("--out", default=str(RESULTS))
@@ -247,9 +248,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = os.path.join(tmp, "bench.avi")
         write_video(video, max(args.frames, args.every_frame_frames) + 3 + 3 * args.keyframe_every)
-        _log(f"video written; compiling {args.size} ALGRNet")
+        _log(f"video written; compiling {args.size} {args.model}")
         t0 = time.perf_counter()
-        predictor = random_predictor("algrnet", args.size, args.backend)
+        predictor = random_predictor(args.model, args.size, args.backend)
         runs = {}
         if "keyframes" in args.runs:
             runs["keyframes"] = time_video(predictor, video, detector, args.keyframe_every, args.frames,
@@ -268,7 +269,7 @@ def main() -> None:
             for f in detector.detect(rgb)[:1]:
                 crops.append(alignment.warp(rgb, alignment.alignment_matrix_from_points(f.points)))
         nets = network_ms(np.stack(crops), args.size, args.repeats)
-    result = {"size": args.size, "video": "640x360 synthetic single face, 30 fps",
+    result = {"size": args.size, "model": args.model, "video": "640x360 synthetic single face, 30 fps",
               "backend": predictor.backend, "dtype": predictor.dtype,
               "startup_s": round(startup_s, 1),   # Predictor, warm-ups (compile or export + runtime compile)
               "keyframe_every": args.keyframe_every,
@@ -280,7 +281,8 @@ def main() -> None:
         result["refinement"] = refine_errors(args.refine_checkpoint, detector, args.refine_faces)
         if args.picture:
             overlay_picture(args.refine_checkpoint, detector, args.picture)
-    print(f"predict benchmark, {args.size} ALGRNet, 640x360 video ({os.cpu_count()} CPUs, load "
+    print(f"predict benchmark, {args.size} {args.model} ({predictor.backend} {predictor.dtype}), 640x360 video "
+          f"({os.cpu_count()} CPUs, load "
           f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f})")
     print(f"{'run':<14} {'frames':>6} {'fps':>6} {'decode':>8} {'detect':>8} {'align':>8} {'network':>8}  (ms/frame)")
     for name, r in runs.items():

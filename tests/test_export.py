@@ -10,7 +10,9 @@ import pathlib
 import sys
 
 import cv2
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ from algrnet_jax import cli, configs, export, inference
 from algrnet_jax.checkpoints import save_inference_checkpoint
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from tiny_au_model import TinyAUNet as tiny_model_cls  # noqa: E402
 from tiny_au_model import tiny_model  # noqa: E402
 
 pytest.importorskip("jax2onnx")
@@ -150,3 +153,37 @@ def test_openvino_is_imported_without_its_usage_telemetry():
             "assert not forks, 'forked'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+class ScanAUNet(nn.Module):
+    """The stand-in network with a reverse scan over its landmarks (the form of ALGRNet's SkipBiLSTM)."""
+
+    num_aus: int
+    crop_size: int
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        out = dict(tiny_model_cls(num_aus=self.num_aus, crop_size=self.crop_size, name="tiny")(images, train))
+        _, ys = jax.lax.scan(lambda c, p: (c + p, c + p), jnp.zeros_like(out["landmarks"][:, 0]),
+                             jnp.swapaxes(out["landmarks"], 0, 1), reverse=True)
+        out["landmarks"] = jnp.swapaxes(ys, 0, 1) / 49.0
+        return out
+
+
+def test_a_model_with_a_scan_is_not_exported_and_auto_falls_back_to_jax(tiny, capsys):
+    path, config, _, _ = tiny
+    model = ScanAUNet(num_aus=len(config.aus), crop_size=config.crop_size)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+    with pytest.raises(export.ExportError, match="scan"):
+        export.export_onnx(model, variables, 32, 2)
+    with pytest.raises(export.ExportError):
+        inference.Predictor(config, variables, model=model, batch_size=2, backend="onnxruntime").run(
+            np.zeros((2, 32, 32, 3), np.float32))
+    x = np.random.default_rng(3).uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)
+    if not export.runtime_available("openvino"):
+        pytest.skip("openvino not installed: auto is the jax backend")
+    p = inference.Predictor(config, variables, model=model, batch_size=2, backend="auto")
+    got = p.run(x)
+    assert "inference: jax float32 (the ONNX export of scan" in capsys.readouterr().err
+    assert p.backend == "jax"
+    np.testing.assert_allclose(got["landmarks"], np.asarray(model.apply(variables, x)["landmarks"]), atol=1e-5)
