@@ -3,7 +3,7 @@ ONNX Runtime float32) and the PyTorch JAA-Net reference (float32 and ``torch.aut
 
 Two parts, one process:
 
-1. ``checks``: for JAA-Net and ALGRNet at ``--check-size`` (random weights as ``bench_predict.random_predictor``,
+1. ``checks``: for JAA-Net and ALGRNet at ``--check-size`` (the models' own initialization, key 0,
    and ``--trained-checkpoint`` if given), on the real aligned BP4D faces of ``tests/fixtures/jaanet_samples``
    (2 faces, their mirror images, shifted by up to 2 px: 24 inputs): export seconds, runtime compile seconds,
    the exported float32 program's largest difference from the JAX forward per output, and for bfloat16 the
@@ -15,7 +15,7 @@ Two parts, one process:
 The exported programs have a fixed batch size, so each batch size is exported once (the time is reported);
 the ``Predictor`` caches its exports on disk (``export.cached_export``), this script does not.
 
-    python -m experiments.bench_export                                       # the full run (quiet machine)
+    python -m experiments.bench_export --rounds 3                            # the full run (quiet machine)
     python -m experiments.bench_export --size small --check-size tiny --rounds 2 --batches 2 --out /tmp/e.json
 
 Prints tables and writes ``experiments/results/bench_export.json``.
@@ -35,6 +35,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from algrnet_jax import configs, export, inference  # noqa: E402
+from algrnet_jax.models.networks import create_model  # noqa: E402
 from experiments import timing  # noqa: E402
 from experiments.bench_predict import random_predictor  # noqa: E402
 from experiments.bench_routes import cpu_facts  # noqa: E402
@@ -58,6 +59,17 @@ def real_faces(crop: int, aligned: int) -> np.ndarray:
     return inference.preprocess(np.stack([np.roll(f, s, (0, 1)) for f in faces for s in shifts]), aligned, crop)
 
 
+def initialized_predictor(name: str, size: str) -> inference.Predictor:
+    """A Predictor with the model's own initialization (``model.init``, key 0): varied outputs, where the small
+    N(0, 0.02) weights of ``random_predictor`` give near-constant ones (no decision to compare)."""
+    config = configs.get_config(name, size)
+    model = create_model(config)
+    c = config.crop_size
+    variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(
+        np.zeros((1, c, c, 3), np.float32))
+    return inference.Predictor(config, variables, model=model, batch_size=8)
+
+
 def routes_available() -> list[tuple[str, str]]:
     native = export.bf16_native()
     return [(b, d) for b, d in ROUTES if export.runtime_available(b) and (d == "float32" or native)]
@@ -66,14 +78,15 @@ def routes_available() -> list[tuple[str, str]]:
 def check(predictor: inference.Predictor, label: str, batch: int = 8) -> dict:
     """Exported programs against the JAX forward on the real faces (see the module docstring)."""
     x = real_faces(predictor.crop_size, predictor.aligned_size)
-    ref = predictor.run(x, batch_size=batch, fixed_shape=True)
     t0 = time.perf_counter()
     try:
         data, outputs = export.export_onnx(predictor.model, predictor.variables, predictor.crop_size, batch)
     except export.ExportError as e:
         _log(f"check {label}: not exported ({e})")
         return {"model": label, "not_exported": str(e)}
-    row = {"model": label, "faces": len(x), "export_s": round(time.perf_counter() - t0, 1),
+    export_s = time.perf_counter() - t0
+    ref = predictor.run(x, batch_size=batch, fixed_shape=True)
+    row = {"model": label, "faces": len(x), "export_s": round(export_s, 1),
            "onnx_mib": round(len(data) / 2 ** 20, 1), "routes": {}}
     prob = predictor.prob_key
     for backend, dtype in routes_available():
@@ -104,6 +117,15 @@ def torch_runners(size: str, x: np.ndarray) -> dict:
     model = torch_jaanet.TorchJAANet(aus=tuple(config.aus), crop_size=config.crop_size,
                                      unit_dim=config.model.unit).eval()
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    # AlignNet hands its landmarks to numpy (the attention maps are drawn on the host), which has no bfloat16:
+    # it runs in float32 under autocast too (a no-op for the float32 runner).
+    align_forward = model.align_net.forward
+
+    def align_float32(feat):
+        with torch.autocast("cpu", enabled=False):
+            return align_forward(feat.float())
+
+    model.align_net.forward = align_float32
 
     def f32():
         with torch.inference_mode():
@@ -169,8 +191,8 @@ def main() -> None:
                     "size": args.size, "checks": [], "speed": []}
     if not args.no_checks:
         for name in ("jaanet", "algrnet"):
-            result["checks"].append(check(random_predictor(name, args.check_size), f"{name} {args.check_size} "
-                                          "random"))
+            result["checks"].append(check(initialized_predictor(name, args.check_size),
+                                          f"{name} {args.check_size} model.init"))
         if args.trained_checkpoint:
             p = inference.Predictor.from_checkpoint(args.trained_checkpoint)
             result["checks"].append(check(p, f"{p.config.name} {p.config.size} trained"))
