@@ -187,3 +187,17 @@ def test_a_model_with_a_scan_is_not_exported_and_auto_falls_back_to_jax(tiny, ca
     assert "inference: jax float32 (the ONNX export of scan" in capsys.readouterr().err
     assert p.backend == "jax"
     np.testing.assert_allclose(got["landmarks"], np.asarray(model.apply(variables, x)["landmarks"]), atol=1e-5)
+
+
+def test_export_command_refuses_a_model_with_a_scan_in_one_message(tiny, tmp_path, capsys, monkeypatch):
+    from algrnet_jax.models import networks
+
+    _, config, _, _ = tiny
+    model = ScanAUNet(num_aus=len(config.aus), crop_size=config.crop_size)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+    path = save_inference_checkpoint(tmp_path / "scan", config, variables)
+    monkeypatch.setattr(networks, "create_model", lambda cfg: model)
+    assert cli.main(["export", str(path), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "export:" in err and "scan" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"export: {e}") from e
     from algrnet_jax.models.networks import create_model
 
-    data, outputs = export.export_onnx(create_model(config), variables, int(config.crop_size), args.batch_size)
+    try:
+        data, outputs = export.export_onnx(create_model(config), variables, int(config.crop_size), args.batch_size)
+    except export.ExportError as e:
+        raise UserError(f"export: {args.checkpoint}: {e}") from e
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
