@@ -137,6 +137,37 @@ def test_mechanism_options_are_validated():
         generator.check_config(dataclasses.replace(ONE, outside_aus=(1, 2)))
 
 
+def test_runner_summary_from_given_runs(tmp_path, monkeypatch, capsys):
+    """The runner's bookkeeping without training: per-seed runs with known F1 give paired differences of the
+    tested AU's local F1 and of the final mean F1 with their t intervals, in the issue's schema."""
+    from experiments import ablation, mechanisms as runner
+    local = {("algrnet", 0): 60.0, ("algrnet", 1): 70.0, ("wo_fr", 0): 50.0, ("wo_fr", 1): 55.0}
+
+    def fake_train(args, mech, builder_config, key, seed, workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
+        kinds = {k: {"mean_f1": 40.0 + seed + (5.0 if key == "algrnet" else 0.0),
+                     "mean_f1_per_au": [30.0, 30.0, local[key, seed], 30.0]} for k in ablation.KINDS}
+        return {"aus": ["AU1", "AU2", "AU4", "AU12"], "folds": [1], "dataset": "synth_au", "label_set": "bp4d",
+                "builder_config": builder_config, "predictions": kinds}
+
+    monkeypatch.setattr(runner, "train_variant", fake_train)
+    monkeypatch.setattr(runner.sets, "ceilings", lambda mech, size: {"rule_ceiling": 100.0, "blind_f1": 34.0})
+    out = tmp_path / "m.json"
+    assert runner.main(["--test", "fr", "--seeds", "2", "--size", "tiny", "--data-size", "tiny", "--variants",
+                        "--no-knockouts", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
+    rows = {t["metric"]: t for t in json.loads(out.read_text())["tests"]}
+    loc, fin = rows["local_f1"], rows["final_mean_f1"]
+    assert (loc["part"], loc["au"], loc["variant"], loc["seeds"], loc["rule_ceiling"]) == ("fr", "AU4", "ALGRNet",
+                                                                                        2, 100.0)
+    assert loc["paired_diff_mean"] == pytest.approx(12.5)                 # (10 + 15) / 2
+    half = 12.706204736174698 * np.std([10.0, 15.0], ddof=1) / np.sqrt(2)   # t(0.975, 1)
+    assert loc["ci95"] == pytest.approx([12.5 - half, 12.5 + half])
+    assert fin["paired_diff_mean"] == pytest.approx(5.0) and fin["wins"] == 2
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "[fr] seed 1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_runner_writes_the_summary(tmp_path, capsys):
     """One training step per run on the tiny set and model: the summary has the issue's schema, keeps the entries
     of other tests, and the plot is written; bad options exit before any work."""

@@ -19,6 +19,7 @@ NODES: dict[str, tuple[str, ...]] = {
     "exp": ("algrnet_jax.experiment",),
     "evaluation": ("algrnet_jax.evaluation", "algrnet_jax.reporting"),
     "inference": ("algrnet_jax.inference",),
+    "export": ("algrnet_jax.export",),
     "predict": ("algrnet_jax.predict",),
     "interop": ("algrnet_jax.interop", "algrnet_jax.reference"),
     "trainer": ("algrnet_jax.training",),
