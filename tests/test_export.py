@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algrnet_jax import cli, configs, export, inference
+from algrnet_jax import cli, export, inference
 from algrnet_jax.checkpoints import save_inference_checkpoint
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from tiny_au_model import TinyAUNet as tiny_model_cls  # noqa: E402
-from tiny_au_model import tiny_model  # noqa: E402
+from tiny_au_model import tiny_checkpoint  # noqa: E402
 
 pytest.importorskip("jax2onnx")
 SAMPLES = pathlib.Path(__file__).parent / "fixtures" / "jaanet_samples"
@@ -31,11 +31,7 @@ BF16_UNITS = frozenset({"avx2", "avx512f", "avx512_bf16"})
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    config = configs.get_config("jaanet", "tiny")
-    model = tiny_model(config)
-    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
-    path = save_inference_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", config, variables)
-    return path, config, model, variables
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), "jaanet")
 
 
 @pytest.fixture(autouse=True)

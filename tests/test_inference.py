@@ -20,7 +20,7 @@ from data_pipelines import builders, pipeline
 from data_pipelines.builders import examples
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from tiny_au_model import tiny_model  # noqa: E402
+import tiny_au_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,7 @@ def test_preprocess_rejects_bad_input():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    config = configs.get_config("algrnet", "tiny")
-    model = tiny_model(config)
-    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
-    path = save_inference_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", config, variables)
-    return path, config, model, variables
+    return tiny_au_model.tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), "algrnet")
 
 
 def test_predictor_runs_padded_fixed_batches_with_one_trace(tiny_checkpoint):

@@ -32,17 +32,11 @@ from data_pipelines import alignment
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_predict import ASTRONAUT, TemplateNet, _synth_frames, _template, _video  # noqa: E402
+from test_predict import predictor  # noqa: E402, F401  (the module-scoped fixture)
 
 pytest.importorskip("mtcnn")
 
 
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    config = configs.get_config("algrnet", "tiny")
-    model = TemplateNet(len(config.aus), tuple(map(tuple, _template(config).tolist())))
-    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
-    path = save_inference_checkpoint(tmp_path_factory.mktemp("ckpt") / "t", config, variables)
-    return inference.Predictor.from_checkpoint(path, model=model, batch_size=4)
 
 
 class NoFaces:

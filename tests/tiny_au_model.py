@@ -28,3 +28,16 @@ class TinyAUNet(nn.Module):
 
 def tiny_model(config) -> TinyAUNet:
     return TinyAUNet(num_aus=len(config.aus), crop_size=config.crop_size)
+
+
+def tiny_checkpoint(directory, name: str):
+    """An inference checkpoint of :class:`TinyAUNet` under ``directory`` with the tiny config ``name``:
+    (path, config, model, variables)."""
+    from algrnet_jax import configs
+    from algrnet_jax.checkpoints import save_inference_checkpoint
+
+    config = configs.get_config(name, "tiny")
+    model = tiny_model(config)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, config.crop_size, config.crop_size, 3)),
+                           train=False)
+    return save_inference_checkpoint(directory / "tiny", config, variables), config, model, variables

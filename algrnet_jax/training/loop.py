@@ -434,24 +434,25 @@ class Trainer:
         checkpoint, and hence the "last good checkpoint" of the messages, gives finite outputs on its data."""
         if self.last_images is None or bool(parallel.to_host(self.outputs_finite(self.state, self.last_images))):
             return
-        self.manager.wait()
-        latest = self.manager.latest_step()
-        good = "none" if latest is None else self.manager.path(latest)
         raise NonFiniteLossError(
             f"non-finite eval-mode outputs at step {self.run_state.step} (the parameters have diverged, although "
             f"the training loss was still finite). Stopping; this step was not saved. Last good checkpoint: "
-            f"{good}. Lower train.lr (--set train.lr=...), then rerun with --resume.")
+            f"{self.last_good_checkpoint()}. Lower train.lr (--set train.lr=...), then rerun with --resume.")
+
+    def last_good_checkpoint(self) -> str:
+        """The newest saved checkpoint once pending saves are written (every saved one has finite outputs), or
+        "none"."""
+        self.manager.wait()
+        latest = self.manager.latest_step()
+        return "none" if latest is None else str(self.manager.path(latest))
 
     def check_finite(self, at_step: int, metrics: Mapping[str, float]) -> None:
         """Raises NonFiniteLossError naming the step and the last good checkpoint."""
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if bad:
-            self.manager.wait()
-            latest = self.manager.latest_step()
-            good = "none" if latest is None else self.manager.path(latest)
             raise NonFiniteLossError(
                 f"non-finite training metrics at step {at_step}: {bad}. Stopping; nothing after step "
-                f"{at_step - 1} was saved. Last good checkpoint: {good}. Lower train.lr "
+                f"{at_step - 1} was saved. Last good checkpoint: {self.last_good_checkpoint()}. Lower train.lr "
                 "(--set train.lr=...) or check the data, then rerun with --resume.")
 
     def _close(self) -> None:
