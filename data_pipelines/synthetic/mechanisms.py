@@ -22,9 +22,10 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
-from data_pipelines.synthetic import face
+from data_pipelines.synthetic import face, generator
 from data_pipelines.synthetic.generator import SIZES, SynthConfig, all_intensities, subject_fold
 
 TESTS = ("sb", "skip", "ada", "fr")
@@ -173,10 +174,6 @@ def preview(out_png: str, seed: int = 0, subjects: Sequence[int] = (0, 1)) -> No
     """Writes a picture of the four sets: per set and subject, the face at rest, with the set's evidence active
     (partners at intensity 4.5 for sb/skip, the AU at 4.5 otherwise) and the pixel change x3, with the tested AU's
     region (``au_region_mask``) outlined in green and the evidence AUs' regions in yellow."""
-    import cv2
-
-    from data_pipelines.synthetic import generator
-
     tiles, labels = [], []
     for test in TESTS:
         mech = mechanism(test)
