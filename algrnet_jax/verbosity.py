@@ -24,9 +24,11 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 from absl import logging as absl_logging
 
@@ -99,33 +101,54 @@ def is_startup_line(line: str) -> bool:
     return bool(_STARTUP_LINE.match(line))
 
 
-@contextlib.contextmanager
-def filtered_stderr() -> Iterator[None]:
-    """Captures file descriptor 2 for the block, then writes back every line but :func:`is_startup_line` ones.
+_capture: Any = None            # one temporary file per process receives what descriptor 2 is sent in a capture
+_capture_lock = threading.Lock()
 
-    Works below Python (C++ writes to the descriptor directly). Output of other threads during the block is
-    delayed, not lost.
-    """
+
+@contextlib.contextmanager
+def stderr_captured() -> Iterator[list[str]]:
+    """Points file descriptor 2 (where C and C++ libraries write: libjpeg, ffmpeg, TensorFlow's absl) at a
+    temporary file for the block; the yielded list receives what was written there when the block ends. One
+    capture at a time per process (another thread waits; not re-entrant). Without a descriptor 2 (a daemon)
+    nothing is captured and the list receives ""."""
+    global _capture
+    text: list[str] = []
     try:
         saved = os.dup(2)
-    except OSError:             # no descriptor 2 (a daemon): nothing to filter
-        yield
+    except OSError:
+        yield text
+        text.append("")
         return
     sys.stderr.flush()
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
+    with _capture_lock:
+        if _capture is None:
+            _capture = tempfile.TemporaryFile()
+        _capture.seek(0)
+        _capture.truncate()
         try:
-            yield
+            os.dup2(_capture.fileno(), 2)
+            yield text
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", errors="replace")
-            kept = "".join(ln for ln in text.splitlines(keepends=True) if not is_startup_line(ln))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
+            _capture.seek(0)
+            text.append(_capture.read().decode("utf-8", errors="replace"))
+
+
+@contextlib.contextmanager
+def filtered_stderr() -> Iterator[None]:
+    """:func:`stderr_captured` for the block, then writes back every line but :func:`is_startup_line` ones.
+    Output of other threads during the block is delayed, not lost."""
+    captured: list[str] = []
+    try:
+        with stderr_captured() as captured:
+            yield
+    finally:
+        kept = "".join(ln for ln in "".join(captured).splitlines(keepends=True) if not is_startup_line(ln))
+        if kept:
+            sys.stderr.write(kept)
+            sys.stderr.flush()
 
 
 class _FilteringLoader(importlib.abc.Loader):

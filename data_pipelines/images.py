@@ -14,18 +14,14 @@ The file type is told by its first bytes, not by its extension.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
-import tempfile
-import threading
-from collections.abc import Iterator
-from typing import Any
 
 import cv2
 import numpy as np
 
+from algrnet_jax.verbosity import stderr_captured
 from data_pipelines.errors import BadInputError
 
 JPEG_MAGIC = b"\xff\xd8"
@@ -38,8 +34,6 @@ JPEG_QUALITY = 95           # the records' JPEG quality
 _JPEG_WARNING = re.compile(r"^.*(corrupt jpeg|premature end|jpeg datastream|invalid jpeg|bogus|"
                            r"unsupported marker|huffman|warning).*$", re.IGNORECASE | re.MULTILINE)
 
-_capture: Any = None            # one temporary file per process receives the decoder's messages
-_capture_lock = threading.Lock()
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -83,34 +77,11 @@ def decode_image(data: bytes, path: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
-@contextlib.contextmanager
-def stderr_captured() -> Iterator[list[str]]:
-    """Points file descriptor 2 (the C libraries' stderr: libjpeg, ffmpeg) at a temporary file for the block;
-    the yielded list receives what was written there when the block ends. One capture at a time per process."""
-    global _capture
-    sys.stderr.flush()
-    text: list[str] = []
-    with _capture_lock:
-        if _capture is None:
-            _capture = tempfile.TemporaryFile()
-        _capture.seek(0)
-        _capture.truncate()
-        saved = os.dup(2)
-        try:
-            os.dup2(_capture.fileno(), 2)
-            yield text
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            _capture.seek(0)
-            text.append(_capture.read().decode(errors="replace"))
-
-
 def decode_jpeg_strict(data: bytes) -> tuple[np.ndarray | None, str]:
     """Decodes JPEG bytes with OpenCV; returns (BGR image ``[H, W, 3]`` or None, the decoder's warning or "").
 
     libjpeg decodes damaged data (e.g. a zeroed second half) into a grey-filled image and only prints a
-    warning to the C stderr. The warning is captured (:func:`stderr_captured`) for the call; anything else
+    warning to the C stderr. The warning is captured (``verbosity.stderr_captured``) for the call; anything else
     written there meanwhile is passed on to stderr.
     """
     with stderr_captured() as captured:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
+from algrnet_jax import verbosity
 from data_pipelines import images
 from data_pipelines.errors import BadInputError
 
@@ -164,12 +165,12 @@ class Video:
 
     def __iter__(self) -> Iterator[tuple[int, float, np.ndarray]]:
         """Yields (frame index, timestamp s, RGB uint8 frame); ``read`` counts the frames decoded."""
-        with images.stderr_captured() as captured:
+        with verbosity.stderr_captured() as captured:
             cap = cv2.VideoCapture(self.path)
         self._decoder_text(captured[0])
         try:
             while True:
-                with images.stderr_captured() as captured:
+                with verbosity.stderr_captured() as captured:
                     ok, frame = cap.read()
                 self._decoder_text(captured[0])
                 if not ok or frame is None:
@@ -210,7 +211,7 @@ def _ffmpeg_errors(text: str) -> list[str]:
 
 def open_video(path: str) -> Video:
     """Opens a video and reads its container's fps, frame count and size; MediaError naming the file."""
-    with images.stderr_captured() as captured:
+    with verbosity.stderr_captured() as captured:
         cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
