@@ -49,16 +49,23 @@ _REPORTED_UNITS: tuple[str, ...] = ("amx_bf16", "amx_int8", "avx512_bf16", "avx5
 # ------------------------------------------------------------------------------------------ the CPU
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The ``flags`` of the first processor in ``cpuinfo`` (empty where the file is missing: not Linux)."""
+def cpu_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The value of field ``name`` (``flags``, ``model name``) of the first processor in ``cpuinfo`` ("" where
+    the file or the field is missing: not Linux)."""
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The ``flags`` of the first processor in ``cpuinfo`` (empty where the file is missing: not Linux)."""
+    return frozenset(cpu_field("flags", cpuinfo).split())
 
 
 def cpu_units(flags: frozenset[str] | None = None) -> list[str]:

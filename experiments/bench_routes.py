@@ -54,17 +54,12 @@ CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
 
 def cpu_facts() -> dict:
     """CPU model name and which of the vector / matrix units that matter here it has (/proc/cpuinfo)."""
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(),
+    # Imported here, not at the top: importing algrnet_jax sets the project's XLA flags, and this benchmark
+    # chooses XLA's flags itself (XLA_VARIANTS).
+    from algrnet_jax import export
+
+    flags = export.cpu_flags()
+    return {"model": export.cpu_field("model name") or "unknown", "cores": os.cpu_count(),
             "flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags]}
 
 
