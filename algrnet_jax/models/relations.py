@@ -24,9 +24,10 @@ Skip-BiLSTM, forward direction (t = 1..n), paper eqs (6)-(10):
   exactly; the gates are computed on the means ([n, B, hidden + C] @ [n, hidden + C, hidden]).
   Memory: plain reverse-mode AD of that scan would keep the buffer of every step, O(n^2 B H W F)
   (docs/performance.md, "Skip-BiLSTM backward memory"). The direction therefore has a custom VJP
-  (``skip_direction``): its residuals are the n hidden and cell states only, O(n B H W F), and the backward pass is a reverse scan that recomputes each step from them. At step t the
-  buffer holds exactly h_j for the sources j (zeros elsewhere) and the gates of every other j are masked to 0,
-  so the step can be recomputed from the final stack of hidden states: the same values and gradients.
+  (``skip_direction``): its residuals are the n hidden and cell states only, O(n B H W F), and the backward
+  pass is a reverse scan that recomputes each step from them. At step t the buffer holds exactly h_j for the
+  sources j (zeros elsewhere) and the gates of every other j are masked to 0, so the step can be recomputed
+  from the final stack of hidden states: the same values and gradients.
 ConvBiLSTM ("w/ Bi"): h_t = Cell((c_{t-1}, h_{t-1}), v_t) in each direction, same output.
 
 Param trees (F = hidden, C = input channels; kernels HWIO, PyTorch OIHW -> transpose(2, 3, 1, 0)):
