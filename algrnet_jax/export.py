@@ -148,14 +148,6 @@ def _forward_outputs(model: Any, variables: Mapping[str, Any], images: jax.Array
     return {k: v for k, v in outputs.items() if keys is None or k in keys}
 
 
-def output_keys(model: Any, variables: Mapping[str, Any], crop_size: int,
-                keys: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The sorted names of the eval forward's outputs (``keys`` kept only), from an abstract trace."""
-    spec = jax.ShapeDtypeStruct((1, crop_size, crop_size, 3), np.float32)
-    shapes = jax.eval_shape(lambda x: _forward_outputs(model, variables, x, keys), spec)
-    return tuple(sorted(shapes))
-
-
 def export_onnx(model: Any, variables: Mapping[str, Any], crop_size: int, batch_size: int,
                 keys: Sequence[str] | None = None) -> tuple[bytes, dict[str, str]]:
     """The eval forward ``images float32 [batch_size, C, C, 3] -> outputs`` as an ONNX model (serialized).
@@ -167,32 +159,26 @@ def export_onnx(model: Any, variables: Mapping[str, Any], crop_size: int, batch_
     """
     from jax2onnx import to_onnx
 
-    names = output_keys(model, variables, crop_size, keys)
     params = jax.tree.map(np.asarray, dict(variables))
     spec = jax.ShapeDtypeStruct((batch_size, crop_size, crop_size, 3), np.float32)
-
-    def all_outputs(images):
-        out = _forward_outputs(model, params, images, keys)
-        return tuple(out[k] for k in names)
-
-    outvars = jax.make_jaxpr(all_outputs)(spec).jaxpr.outvars
-    first = {k: names[next(j for j, v in enumerate(outvars) if v is outvars[i])] for i, k in enumerate(names)}
-    unique = tuple(k for k in names if first[k] == k)
-
-    def unique_outputs(images):
-        out = _forward_outputs(model, params, images, keys)
-        return tuple(out[k] for k in unique)
-
-    # jax2onnx traces Flax modules into its own primitives (e.g. ``linen.conv``), some without the batching rule
-    # ALGRNet's vmapped layers need; given the program as a jaxpr (``inference_program``) it sees only JAX's own.
-    program = jax.make_jaxpr(unique_outputs)(spec)
+    # One trace of the forward. jax2onnx traces Flax modules into its own primitives (e.g. ``linen.conv``), some
+    # without the batching rule ALGRNet's vmapped layers need; given the program as a jaxpr
+    # (``inference_program``) it sees only JAX's own.
+    program, shapes = jax.make_jaxpr(lambda x: _forward_outputs(model, params, x, keys), return_shape=True)(spec)
+    names = tuple(sorted(shapes))          # a dict flattens in sorted-key order: the program's outputs follow it
+    outvars = program.jaxpr.outvars
+    first_index = [next(j for j, v in enumerate(outvars) if v is outvars[i]) for i in range(len(names))]
+    first = {k: names[first_index[i]] for i, k in enumerate(names)}
+    unique_index = [i for i, j in enumerate(first_index) if i == j]
+    unique = tuple(names[i] for i in unique_index)
     inexact = sorted(set(_primitives(program.jaxpr)) & INEXACT_PRIMITIVES)
     if inexact:
         raise ExportError(f"the ONNX export of {', '.join(inexact)} (ALGRNet's SkipBiLSTM) differs from the JAX "
                           "forward by up to 1e-2 in float32; this model runs on the jax backend")
 
     def forward(images):
-        return tuple(inference_program(program.jaxpr, program.consts, images))
+        out = inference_program(program.jaxpr, program.consts, images)
+        return tuple(out[i] for i in unique_index)
 
     with _linear_output_check():
         proto = to_onnx(forward, [spec], model_name="algrnet_eval_forward", input_names=[INPUT_NAME],
