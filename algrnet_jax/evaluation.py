@@ -192,7 +192,7 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, dataset: str | None = None,
     The result records what the checkpoint was trained on (``trained_on``), the evaluated data's label set
     (``data_label_set``, which picks the paper table) and ``warnings`` when the two differ.
     """
-    predictor = inference.Predictor.from_checkpoint(path)
+    predictor = inference.Predictor.from_checkpoint(path, backend="jax")    # evaluation runs the JAX forward
     config = copy.deepcopy(predictor.config)
     # The trainer's placement (replicated over the mesh): its evaluators' jitted forward is reused, not compiled
     # again for another sharding.

@@ -92,22 +92,24 @@ def choose_backend(backend: str = "auto", dtype: str = "auto", platform: str | N
                    flags: frozenset[str] | None = None) -> tuple[str, str]:
     """``(backend, dtype)`` to run: the request resolved for this machine.
 
-    ``backend="auto"``: ``jax`` on a GPU / TPU (``platform``, default ``jax.default_backend()``); on a CPU
-    ``openvino`` when installed, else ``jax``. ``dtype="auto"``: ``bfloat16`` for OpenVINO on a CPU with bfloat16
-    units, ``float32`` otherwise (the JAX path and ONNX Runtime run float32). An explicit ``bfloat16`` on a CPU
-    without the units, or on a backend that cannot run it, raises ValueError (it would be emulated: slower).
+    ``backend="auto"``: ``jax`` on a GPU / TPU (``platform``, default ``jax.default_backend()``); on a CPU with
+    bfloat16 units (``bf16_native``) ``openvino`` when installed, else ``jax``: OpenVINO float32 runs the JAA-Net
+    forward no faster than XLA:CPU (0.98x, docs/performance.md) and costs an export, so only bfloat16 pays.
+    ``dtype="auto"``: ``bfloat16`` for OpenVINO on a CPU with bfloat16 units, ``float32`` otherwise (the JAX path
+    and ONNX Runtime run float32). An explicit ``bfloat16`` on a CPU without the units, or on a backend that
+    cannot run it, raises ValueError (it would be emulated: slower).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     platform = platform or jax.default_backend()
+    native = bf16_native(flags)
     if backend == "auto":
-        backend = "openvino" if platform == "cpu" and runtime_available("openvino") else "jax"
+        backend = "openvino" if platform == "cpu" and native and runtime_available("openvino") else "jax"
     elif backend != "jax" and not runtime_available(backend):
         raise ValueError(f"backend {backend!r} needs jax2onnx, onnx and {backend} "
                          "(pip install -r requirements-export.txt)")
-    native = bf16_native(flags)
     if dtype == "auto":
         dtype = "bfloat16" if backend == "openvino" and native else "float32"
     elif dtype == "bfloat16":
@@ -121,25 +123,9 @@ def choose_backend(backend: str = "auto", dtype: str = "auto", platform: str | N
 
 # ------------------------------------------------------------------------------------------ export
 
-# Primitives whose jax2onnx conversion gives different numbers (measured: ALGRNet tiny, the same ONNX graph in
-# ONNX Runtime and OpenVINO float32, up to 1e-2 in au_logprob, where everything else agrees to 1e-7).
-INEXACT_PRIMITIVES: frozenset[str] = frozenset({"scan"})
-
-
 class ExportError(ValueError):
-    """The model cannot be exported exactly (see :data:`INEXACT_PRIMITIVES`)."""
-
-
-def _primitives(jaxpr: Any) -> list[str]:
-    """Names of every primitive in ``jaxpr`` and the jaxprs nested in its equations' parameters."""
-    found = []
-    for eqn in jaxpr.eqns:
-        found.append(eqn.primitive.name)
-        for p in eqn.params.values():
-            inner = getattr(p, "jaxpr", p)
-            if hasattr(inner, "eqns"):
-                found.extend(_primitives(inner))
-    return found
+    """jax2onnx cannot convert the model's eval forward (a primitive it has no conversion for, or a graph it
+    builds wrongly); ``backend="auto"`` then runs the jax backend."""
 
 
 def _forward_outputs(model: Any, variables: Mapping[str, Any], images: jax.Array,
@@ -171,18 +157,18 @@ def export_onnx(model: Any, variables: Mapping[str, Any], crop_size: int, batch_
     first = {k: names[first_index[i]] for i, k in enumerate(names)}
     unique_index = [i for i, j in enumerate(first_index) if i == j]
     unique = tuple(names[i] for i in unique_index)
-    inexact = sorted(set(_primitives(program.jaxpr)) & INEXACT_PRIMITIVES)
-    if inexact:
-        raise ExportError(f"the ONNX export of {', '.join(inexact)} (ALGRNet's SkipBiLSTM) differs from the JAX "
-                          "forward by up to 1e-2 in float32; this model runs on the jax backend")
 
     def forward(images):
         out = inference_program(program.jaxpr, program.consts, images)
         return tuple(out[i] for i in unique_index)
 
-    with _linear_output_check():
-        proto = to_onnx(forward, [spec], model_name="algrnet_eval_forward", input_names=[INPUT_NAME],
-                        output_names=list(unique), return_mode="proto")
+    try:
+        with _linear_output_check():
+            proto = to_onnx(forward, [spec], model_name="algrnet_eval_forward", input_names=[INPUT_NAME],
+                            output_names=list(unique), return_mode="proto")
+    except Exception as e:     # jax2onnx raises plain errors (NotImplementedError, ValueError, ...) per plugin
+        raise ExportError(f"jax2onnx could not convert the eval forward: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
     missing = set(unique) - {o.name for o in proto.graph.output}
     if missing:
         raise RuntimeError(f"the exported graph lacks outputs {sorted(missing)}")
@@ -194,10 +180,13 @@ def inference_program(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Any
     """Evaluates ``jaxpr`` on ``args`` (under a trace: re-emits it) with the forms jax2onnx cannot convert
     rewritten into equal ones:
 
-    - nested ``jit`` calls and custom-derivative calls (the max-pool and relation VJPs) inlined: their forward
-      functions, the only part inference runs;
+    - nested ``jit`` calls, custom-derivative calls (the max-pool and relation VJPs) and ``jax.checkpoint``
+      (rematerialised SkipBiLSTM steps) inlined: their forward functions, the only part inference runs;
     - a reverse ``scan`` (the backward direction of SkipBiLSTM) as a forward scan over the reversed sequence
-      with its stacked outputs reversed back: the same steps in the same order, so bit-identical.
+      with its stacked outputs reversed back: the same steps in the same order, so bit-identical;
+    - a ``reshape`` with ``dimensions`` (a transposition before the reshape: vmap of the per-AU convolutions
+      folds the AU axis into the kernel this way) as a ``transpose`` and a plain ``reshape``: jax2onnx's
+      conversion drops ``dimensions``, which put ALGRNet's local outputs up to 1e-2 off.
     """
     env: dict[Any, Any] = {}
 
@@ -215,6 +204,8 @@ def inference_program(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Any
         elif name in ("custom_vjp_call", "custom_jvp_call"):
             inner = eqn.params["call_jaxpr"]
             outs = inference_program(inner.jaxpr, inner.consts, *ins)
+        elif name in ("remat2", "checkpoint"):     # jax.checkpoint: the forward is its jaxpr (open, no consts)
+            outs = inference_program(eqn.params["jaxpr"], (), *ins)
         elif name == "scan" and eqn.params["reverse"]:
             params = dict(eqn.params, reverse=False)
             fixed = params["num_consts"] + params["num_carry"]
@@ -222,6 +213,10 @@ def inference_program(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Any
             outs = eqn.primitive.bind(*ins[:fixed], *xs, **params)
             k = params["num_carry"]
             outs = list(outs[:k]) + [jax.numpy.flip(y, 0) for y in outs[k:]]
+        elif name == "reshape" and eqn.params.get("dimensions") is not None:
+            # reshape with a transposition first (vmap of the per-AU convolutions folds the AU axis into the
+            # kernel this way): jax2onnx drops ``dimensions``, so the transposition is made its own equation
+            outs = [jax.lax.reshape(jax.lax.transpose(ins[0], eqn.params["dimensions"]), eqn.params["new_sizes"])]
         else:
             outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
             if not eqn.primitive.multiple_results:

@@ -195,23 +195,22 @@ class Predictor:
       variables: ``{"params", "batch_stats"}`` on the default device.
       batch_size: faces per forward in :meth:`run` (the last batch is padded to it).
       source: the checkpoint path ("" when built from variables).
-      backend, dtype: the route :meth:`run` takes (``export.choose_backend``): ``jax`` (the jitted forward,
-        float32) or an exported program run by ``openvino`` (float32 / bfloat16) or ``onnxruntime``.
+      backend, dtype: the route :meth:`run` takes (``export.choose_backend``; default ``auto``: OpenVINO
+        bfloat16 on a CPU with bfloat16 units where the export extra is installed, else the jitted JAX forward
+        in float32): ``jax``, or an exported program run by ``openvino`` (float32 / bfloat16) or
+        ``onnxruntime``. The first :meth:`run` prints ``inference: <backend> <dtype> on <device>`` to stderr.
         :meth:`forward` (device batches, used by evaluation and the trainer) is always the jitted JAX forward.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
-                 model: Any = None, batch_size: int = 16, source: str = "", backend: str = "jax",
+                 model: Any = None, batch_size: int = 16, source: str = "", backend: str = "auto",
                  dtype: str = "auto"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.backend, self.dtype = export.choose_backend(backend, dtype)
         self._exported: dict[tuple[int, tuple[str, ...] | None], export.ExportedForward] = {}
-        self._auto = backend == "auto"     # falls back to the jax backend where the export is not exact
-        if backend != "jax":
-            units = " ".join(export.cpu_units()) or "no vector units listed"
-            where = f"cpu ({units})" if jax.default_backend() == "cpu" else jax.default_backend()
-            print(f"inference: {self.backend} {self.dtype} on {where}", file=sys.stderr, flush=True)
+        self._auto = backend == "auto"     # falls back to the jax backend where the export fails
+        self._announced = False
         self.config = config
         self.model = model if model is not None else create_model(config)
         self.variables = jax.device_put({"params": variables["params"],
@@ -221,7 +220,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, batch_size: int = 16, model: Any = None,
-                        backend: str = "jax", dtype: str = "auto") -> "Predictor":
+                        backend: str = "auto", dtype: str = "auto") -> "Predictor":
         """Loads a checkpoint (training work dir, step dir, or converted JAA-Net checkpoint)."""
         config, variables = load_for_inference(path)
         return cls(config, variables, model=model, batch_size=batch_size, source=os.fspath(path),
@@ -282,6 +281,13 @@ class Predictor:
             self._exported[key] = export.ExportedForward(data, names, self.backend, self.dtype)
         return self._exported[key]
 
+    def _announce(self, note: str = "") -> None:
+        """``inference: <backend> <dtype> on <device>`` to stderr, once (and again when auto falls back)."""
+        units = " ".join(export.cpu_units()) or "no vector units listed"
+        where = f"cpu ({units})" if jax.default_backend() == "cpu" else jax.default_backend()
+        print(f"inference: {self.backend} {self.dtype} on {where}{note}", file=sys.stderr, flush=True)
+        self._announced = True
+
     def run(self, images: np.ndarray, keys: Sequence[str] | None = None, batch_size: int | None = None,
             fixed_shape: bool = False) -> dict[str, np.ndarray]:
         """Numpy faces ``[N, C, C, 3]`` -> numpy outputs ``[N, ...]`` in batches of ``batch_size``.
@@ -297,6 +303,8 @@ class Predictor:
         n = x.shape[0]
         if n == 0:
             return {}
+        if not self._announced:
+            self._announce()
         if not fixed_shape and self.backend == "jax":
             bs = min(bs, n)        # an exported program has one batch size: always pad to it
         chunks: list[dict[str, np.ndarray]] = []
@@ -311,8 +319,8 @@ class Predictor:
                 except export.ExportError as e:
                     if not self._auto:
                         raise
-                    print(f"inference: jax float32 ({e})", file=sys.stderr, flush=True)
                     self.backend, self.dtype = "jax", "float32"
+                    self._announce(f" ({e})")
             if self.backend == "jax":
                 out = jax.device_get(self.forward(part, keys))
             chunks.append({k: np.asarray(v)[:real] for k, v in out.items()})

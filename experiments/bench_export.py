@@ -7,7 +7,8 @@ Two parts, one process:
    and ``--trained-checkpoint`` if given), on the real aligned BP4D faces of ``tests/fixtures/jaanet_samples``
    (2 faces, their mirror images, shifted by up to 2 px: 24 inputs): export seconds, runtime compile seconds,
    the exported float32 program's largest difference from the JAX forward per output, and for bfloat16 the
-   share of (face, AU) decisions (p > 0.5) equal to float32's, the largest |dp| and landmark difference (px).
+   share of (face, AU) decisions (p > 0.5) equal to float32's, the largest |dp| and landmark difference (px);
+   a trained checkpoint also on its own test part (``check_records``: every frame, each route's F1).
 2. ``speed``: JAA-Net at ``--size`` (paper), batch 8 and 32 (``--batches``): every runner timed in turn, round
    after round (``experiments.timing.interleaved``), medians; the load average before and after. The PyTorch
    bf16 runner wraps the reference in ``torch.autocast("cpu", torch.bfloat16)``.
@@ -34,7 +35,7 @@ import cv2  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from algrnet_jax import configs, export, inference  # noqa: E402
+from algrnet_jax import configs, evaluation, export, inference  # noqa: E402
 from algrnet_jax.models.networks import create_model  # noqa: E402
 from experiments import timing  # noqa: E402
 from experiments.bench_predict import random_predictor  # noqa: E402
@@ -67,7 +68,7 @@ def initialized_predictor(name: str, size: str) -> inference.Predictor:
     c = config.crop_size
     variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(
         np.zeros((1, c, c, 3), np.float32))
-    return inference.Predictor(config, variables, model=model, batch_size=8)
+    return inference.Predictor(config, variables, model=model, batch_size=8, backend="jax")
 
 
 def routes_available() -> list[tuple[str, str]]:
@@ -107,6 +108,46 @@ def check(predictor: inference.Predictor, label: str, batch: int = 8) -> dict:
     return row
 
 
+def check_records(path: str) -> dict:
+    """A trained checkpoint on its own test part (``evaluation.evaluate_checkpoint``), once per route: every
+    route's outputs against the JAX forward's on the real (unpadded) frames: for bfloat16 the share of equal
+    (frame, AU) decisions, the largest |dp| and landmark difference, and each route's final mean F1."""
+    ref = inference.Predictor.from_checkpoint(path, backend="jax")
+    prob, batch = ref.prob_key, int(ref.config.data.eval_batch_size)
+
+    def collect(apply_fn=None) -> tuple[dict, dict]:
+        kept: dict[str, list] = {prob: [], "landmarks": []}
+
+        def on_batch(b, out):
+            real = np.asarray(b["mask"]) > 0
+            for k in kept:
+                kept[k].append(np.asarray(out[k])[real])
+        result = evaluation.evaluate_checkpoint(path, apply_fn=apply_fn, on_batch=on_batch)
+        return {k: np.concatenate(v) for k, v in kept.items()}, result
+    t0 = time.perf_counter()
+    base, base_result = collect()
+    row = {"model": f"{ref.config.name} {ref.config.size} trained", "checkpoint": str(path),
+           "frames": int(len(base[prob])),
+           "jax_final_mean_f1": round(base_result["predictions"]["final"]["mean_f1"], 2),
+           "jax_s": round(time.perf_counter() - t0, 1), "routes": {}}
+    for backend, dtype in routes_available():
+        p = inference.Predictor(ref.config, ref.variables, model=ref.model, batch_size=batch, backend=backend,
+                                dtype=dtype)
+        t0 = time.perf_counter()
+        got, result = collect(lambda v, x, p=p: p.run(np.asarray(x), fixed_shape=True))
+        r = {"s_incl_export": round(time.perf_counter() - t0, 1),
+             "final_mean_f1": round(result["predictions"]["final"]["mean_f1"], 2),
+             "decisions_agree": round(float(np.mean((got[prob] > 0.5) == (base[prob] > 0.5))), 5),
+             "pairs": int(base[prob].size),
+             "max_abs_dp": float(f"{np.abs(got[prob] - base[prob]).max():.3g}"),
+             "max_landmark_px": float(f"{np.abs(got['landmarks'] - base['landmarks']).max():.3g}")}
+        row["routes"][f"{backend}_{dtype}"] = r
+        _log(f"records {row['model']} {backend} {dtype}: decisions agree {r['decisions_agree']:.4f} of "
+             f"{r['pairs']}, max |dp| {r['max_abs_dp']:.2g}, landmarks {r['max_landmark_px']:.2g} px, final mean F1 "
+             f"{r['final_mean_f1']:.2f} (jax {row['jax_final_mean_f1']:.2f})")
+    return row
+
+
 def torch_runners(size: str, x: np.ndarray) -> dict:
     import torch
 
@@ -138,8 +179,8 @@ def torch_runners(size: str, x: np.ndarray) -> dict:
     return {"torch_float32": f32, "torch_bfloat16_autocast": bf16}
 
 
-def speed(size: str, batch: int, rounds: int, torch_too: bool) -> dict:
-    p = random_predictor("jaanet", size)
+def speed(size: str, batch: int, rounds: int, torch_too: bool, model: str = "jaanet") -> dict:
+    p = random_predictor(model, size)
     x = np.random.default_rng(0).uniform(-1, 1, (batch, p.crop_size, p.crop_size, 3)).astype(np.float32)
     facts: dict[str, dict] = {}
     t0 = time.perf_counter()
@@ -157,7 +198,7 @@ def speed(size: str, batch: int, rounds: int, torch_too: bool) -> dict:
         name = f"{backend}_{dtype}"
         facts[name] = {"compile_s": round(time.perf_counter() - t0, 1), "export_s": export_s}
         runners[name] = lambda fwd=fwd: fwd(x)
-    if torch_too:
+    if torch_too and model == "jaanet":       # the PyTorch reference is JAA-Net's
         runners.update(torch_runners(size, x))
     load_before = os.getloadavg()
     stats = timing.interleaved(runners, rounds=rounds, warmup=1)
@@ -178,9 +219,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="paper", choices=sorted(configs.SIZES), help="size of the speed runs")
     ap.add_argument("--check-size", default="small", choices=sorted(configs.SIZES), help="size of the checks")
-    ap.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--batches", type=int, nargs="*", default=[8, 32], help="speed runs (none: checks only)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--trained-checkpoint", help="also check a trained checkpoint (e.g. runs/<job>/train)")
+    ap.add_argument("--speed-model", default="jaanet", choices=("jaanet", "algrnet"),
+                    help="the speed runs' model (PyTorch runs only beside JAA-Net, the reference's model)")
+    ap.add_argument("--trained-checkpoint", nargs="*", default=[],
+                    help="also check trained checkpoints (e.g. runs/<job>/train): on the real faces and on their "
+                         "own test part")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-checks", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
@@ -188,21 +233,22 @@ def main() -> None:
 
     torch_too = not args.no_torch and timing.torch_available()
     result: dict = {"cpu": cpu_facts(), "bf16_native": export.bf16_native(), "machine": timing.machine_info(),
-                    "size": args.size, "checks": [], "speed": []}
+                    "size": args.size, "speed_model": args.speed_model, "checks": [], "speed": []}
     if not args.no_checks:
         for name in ("jaanet", "algrnet"):
             result["checks"].append(check(initialized_predictor(name, args.check_size),
                                           f"{name} {args.check_size} model.init"))
-        if args.trained_checkpoint:
-            p = inference.Predictor.from_checkpoint(args.trained_checkpoint)
+        for path in args.trained_checkpoint:
+            p = inference.Predictor.from_checkpoint(path, backend="jax")
             result["checks"].append(check(p, f"{p.config.name} {p.config.size} trained"))
+            result["checks"].append(check_records(path))
     for batch in args.batches:
-        result["speed"].append(speed(args.size, batch, args.rounds, torch_too))
+        result["speed"].append(speed(args.size, batch, args.rounds, torch_too, args.speed_model))
     cpu = result["cpu"]
     print(f"\nCPU: {cpu['model']}, {cpu['cores']} cores, units: {' '.join(cpu['flags'])}")
     for s in result["speed"]:
-        print(f"\nJAA-Net {args.size} eval forward, batch {s['batch']} (load {s['loadavg_before'][0]:.2f} -> "
-              f"{s['loadavg_after'][0]:.2f})")
+        print(f"\n{args.speed_model} {args.size} eval forward, batch {s['batch']} "
+              f"(load {s['loadavg_before'][0]:.2f} -> {s['loadavg_after'][0]:.2f})")
         print(f"{'runner':<26} {'median s':>9} {'img/s':>7} {'util':>5} {'x JAX':>6} {'x best torch':>12}")
         for k, r in s["rows"].items():
             print(f"{k:<26} {r['median_s']:>9.3f} {r['images_per_s']:>7.2f} {r['cpu_util']:>5.2f} "

@@ -156,7 +156,7 @@ def network_ms(crops: np.ndarray, size: str, repeats: int) -> dict:
 def refine_errors(checkpoint: str, detector, n: int) -> dict:
     """Landmark error (% of d_o, mean over points and faces) after pass 1 and pass 2 on pasted synthetic
     faces, and with the ground-truth alignment (the builder's) for reference."""
-    p = inference.Predictor.from_checkpoint(checkpoint, batch_size=1)
+    p = inference.Predictor.from_checkpoint(checkpoint, batch_size=1, backend="jax")
     engine = predict.Engine(p, predict.Options(passes=2), detector)
     rng = np.random.default_rng(1)
     errs: dict[str, list[float]] = {"pass1": [], "pass2": [], "ground_truth_alignment": []}
@@ -182,7 +182,7 @@ def overlay_picture(checkpoint: str, detector, path: str) -> None:
     (tests/fixtures/astronaut.jpg) beside a frame of pasted synthetic faces, side by side."""
     from algrnet_jax.predict import outputs
 
-    p = inference.Predictor.from_checkpoint(checkpoint, batch_size=4)
+    p = inference.Predictor.from_checkpoint(checkpoint, batch_size=4, backend="jax")
     engine = predict.Engine(p, predict.Options(), detector)
     photo = media.read_image(str(pathlib.Path(__file__).parents[1] / "tests" / "fixtures" / "astronaut.jpg"))
     rng = np.random.default_rng(5)

@@ -73,7 +73,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_predictor_runs_padded_fixed_batches_with_one_trace(tiny_checkpoint):
     path, config, model, variables = tiny_checkpoint
-    p = inference.Predictor.from_checkpoint(path, batch_size=3, model=model)
+    p = inference.Predictor.from_checkpoint(path, batch_size=3, model=model, backend="jax")
     assert (p.crop_size, p.aligned_size, p.task.name, p.prob_key) == (32, 36, "au", "final_au_prob")
     assert p.class_names == ["AU01", "AU04", "AU12"]
     x = np.random.default_rng(1).uniform(-1, 1, size=(7, 32, 32, 3)).astype(np.float32)
@@ -156,7 +156,7 @@ def test_predictor_loads_a_converted_jaanet_checkpoint(tmp_path):
     converted = convert.convert_state_dicts(convert.flax_to_state_dicts(variables, config), config)
     path = save_inference_checkpoint(tmp_path / "converted", config, converted, source="release",
                                      source_epoch="1", converted_from="PyTorch JAA-Net release")
-    p = inference.Predictor.from_checkpoint(path, batch_size=2)
+    p = inference.Predictor.from_checkpoint(path, batch_size=2, backend="jax")
     assert (p.task.name, p.prob_key, p.class_names, p.crop_size) == ("au", "final_au_prob", ["AU01", "AU04", "AU12"],
                                                                       32)
     x = rng.uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)

@@ -66,7 +66,7 @@ def predictor(tmp_path_factory):
     model = TemplateNet(len(config.aus), tuple(map(tuple, _template(config).tolist())))
     variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
     path = save_inference_checkpoint(tmp_path_factory.mktemp("ckpt") / "t", config, variables)
-    return inference.Predictor.from_checkpoint(path, model=model, batch_size=4)
+    return inference.Predictor.from_checkpoint(path, model=model, batch_size=4, backend="jax")
 
 
 @pytest.fixture(scope="module")

@@ -319,7 +319,7 @@ def _nan_predictor(tmp_path, bright: float) -> inference.Predictor:
     model = NaNNet(len(config.aus), tuple(map(tuple, _template(config).tolist())), bright)
     variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
     path = save_inference_checkpoint(tmp_path / f"nan{bright}", config, variables)
-    return inference.Predictor.from_checkpoint(path, model=model, batch_size=4)
+    return inference.Predictor.from_checkpoint(path, model=model, batch_size=4, backend="jax")
 
 
 def test_non_finite_outputs_are_never_a_result(example, tmp_path, monkeypatch, capsys):
@@ -376,3 +376,18 @@ def test_inference_does_not_import_the_predict_package():
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert not any(m and m.startswith("algrnet_jax.predict") for m in imported) and "predict" not in names
+
+
+def test_a_backend_this_machine_cannot_run_is_refused_before_any_work(predictor, example, tmp_path, monkeypatch,
+                                                                      capsys):
+    """``--dtype bfloat16`` runs only on OpenVINO (and only on a CPU with bfloat16 units); asked of another
+    backend it is one message naming the flags, exit 2, and --out is not created."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src / "a.png", example[0])
+    out = tmp_path / "out"
+    assert _cli(predictor, monkeypatch, str(src), "--out", str(out), "--backend", "onnxruntime",
+                "--dtype", "bfloat16") == 2
+    err = capsys.readouterr().err
+    assert "predict: --backend onnxruntime --dtype bfloat16:" in err and "Traceback" not in err
+    assert not out.exists()

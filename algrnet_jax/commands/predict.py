@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inputs (photos and videos) are already aligned 200x200 faces (no detection)")
     parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose CSV exists (resume)")
     parser.add_argument("--batch-size", type=int, default=16, help="largest batch of faces per forward (default 16)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "jax", "openvino", "onnxruntime"),
+                        help="what runs the network: auto (default) = OpenVINO bfloat16 on a CPU with bfloat16 "
+                             "units when the export extra is installed, else the JAX forward (docs/usage_export.md)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="network precision (auto: bfloat16 only where the CPU has bfloat16 units)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     # OpenCV, jax, the model and orbax load here, not when the CLI builds its parser (``--help`` stays fast).
-    from algrnet_jax import predict
+    from algrnet_jax import export, predict
     from algrnet_jax.inference import Predictor
     from algrnet_jax.checkpoints import CheckpointError
 
@@ -77,10 +82,15 @@ def _predict(args: argparse.Namespace) -> int:
         raise UserError(f"predict: --threshold must be in [0, 1], got {args.threshold}")
     if args.aligned and args.landmarks:
         raise UserError("predict: --aligned and --landmarks exclude each other")
+    try:
+        export.choose_backend(args.backend, args.dtype)
+    except ValueError as e:
+        raise UserError(f"predict: --backend {args.backend} --dtype {args.dtype}: {e}") from e
     fileio.check_writable_dir(args.out, "--out")
     landmarks = predict.read_landmarks(args.landmarks) if args.landmarks else None
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+        predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size, backend=args.backend,
+                                              dtype=args.dtype)
     except CheckpointError as e:
         raise UserError(f"predict: {e}") from e
     if args.attention and not predictor.task.branch_per_class:

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir = check_writable_dir(os.path.dirname(os.path.abspath(output_path(args.out, args.input))), "--out")
     x = load_faces(args.input)
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+        # the JAX forward in float32: these arrays are compared with the PyTorch release's
+        predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size, backend="jax")
     except CheckpointError as e:
         raise UserError(f"run-arrays: {e}") from e
     try:
