@@ -25,7 +25,7 @@ Writes ``<workdir>/<set>/mechanism.json`` (everything), merges the summary into 
 
     python -m experiments.mechanisms --test sb --seeds 5
     python -m experiments.mechanisms --test sb --au 1 --partners 12 25 --seeds 3 --workdir runs/mech_sb_au1
-    python -m experiments.mechanisms --test all --seeds 5 --set train.num_epochs=2
+    python -m experiments.mechanisms --test all --seeds 5 --set train.num_epochs=8
 """
 from __future__ import annotations
 
@@ -78,7 +78,9 @@ PLAN: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 # test -> the knock-outs of relation_use whose names start with this (the tested part's)
 KNOCKOUT_PREFIX = {"sb": "relations", "skip": "relations", "ada": "adaptive", "fr": "F&R"}
-DEFAULT_BUDGET = ("data.batch_size=8", "train.num_epochs=2", "train.lr_decay_every_epochs=2",
+# 6 epochs (1344 steps): at 2 (448 steps) every variant still sat on the all-absent plateau of the AU losses
+# (docs/mechanisms.md, "Budget")
+DEFAULT_BUDGET = ("data.batch_size=8", "train.num_epochs=6", "train.lr_decay_every_epochs=4",
                   "data.eval_batch_size=64", "train.checkpoint_every_steps=100000", "train.keep_checkpoints=1",
                   "train.log_every_steps=50")
 

@@ -77,6 +77,8 @@ def test_predictor_runs_padded_fixed_batches_with_one_trace(tiny_checkpoint):
     assert (p.crop_size, p.aligned_size, p.task.name, p.prob_key) == (32, 36, "au", "final_au_prob")
     assert p.class_names == ["AU01", "AU04", "AU12"]
     x = np.random.default_rng(1).uniform(-1, 1, size=(7, 32, 32, 3)).astype(np.float32)
+    # the jitted forward is shared by equal models (other tests' stand-ins too): count the traces this test adds
+    traced = {keys: p._jitted(keys)._cache_size() for keys in (None, ("final_au_prob",))}
     out = p.run(x)
     ref = model.apply(variables, x, train=False)
     assert set(out) == set(ref)
@@ -85,8 +87,8 @@ def test_predictor_runs_padded_fixed_batches_with_one_trace(tiny_checkpoint):
     few = p.run(x[:2], keys=["final_au_prob"], fixed_shape=True)
     assert list(few) == ["final_au_prob"] and few["final_au_prob"].shape == (2, 3)
     np.testing.assert_allclose(few["final_au_prob"], out["final_au_prob"][:2], atol=1e-6)
-    assert p._jitted(None)._cache_size() == 1            # 7 faces in batches of 3: one shape
-    assert p._jitted(("final_au_prob",))._cache_size() == 1
+    for keys, before in traced.items():                 # 7 faces in batches of 3: at most one new shape
+        assert p._jitted(keys)._cache_size() - before <= 1, keys
     assert p.run(x[:0]) == {}
     dev = p.forward(jax.device_put(x[:3]))
     assert isinstance(dev["landmarks"], jax.Array) and dev["landmarks"].shape == (3, 49, 2)
