@@ -195,3 +195,37 @@ def test_runner_writes_the_summary(tmp_path, capsys):
     assert "[fr] seed 1" in capsys.readouterr().out
     with pytest.raises(runner.UserError, match="--partners"):
         runner.main(["--test", "fr", "--partners", "1", "--workdir", str(tmp_path / "w2")])
+    # where the trained local head looks (experiments.saliency) on one of these runs
+    from experiments import saliency
+    run = next((tmp_path / "w").glob("*/wo_fr/seed0/fold1"))
+    sal = tmp_path / "sal.json"
+    assert saliency.main([str(run), "--au", "4", "--out", str(sal)]) == 0
+    (row,) = json.loads(sal.read_text())
+    assert row["frames"] > 0 and 0 <= row["share_inside_own_map"] <= 1 and 0 <= row["share_outside_every_map"] <= 1
+    assert row["share_inside_own_map"] + row["share_outside_every_map"] <= 1 + 1e-6
+    assert sal.with_suffix(".png").stat().st_size > 1000
+
+
+def test_local_gradient_is_the_input_gradient_of_one_faces_local_logit():
+    """experiments.saliency's map: |d (local logit of one AU) / d pixel| summed over channels, per face: the
+    batched map equals the gradient of face 0's logit alone, which does not reach face 1's pixels."""
+    import jax
+
+    from algrnet_jax import configs
+    from algrnet_jax.models.networks import create_model
+    from experiments import saliency
+
+    config = configs.get_config("jaanet", "tiny")     # the same outputs as ALGRNet, faster to compile
+    model = create_model(config)
+    c = config.crop_size
+    x = np.random.default_rng(0).uniform(-1, 1, (2, c, c, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+    grad, maps = (np.asarray(a) for a in saliency.local_gradient(model, 1)(variables, x))
+    assert grad.shape == (2, c, c) and maps.shape[:2] == (2, len(config.aus)) and (grad >= 0).all()
+
+    def face0_logit(images):
+        lp = model.apply(variables, images, train=False)["local_au_logprob"]
+        return lp[0, 1, 1] - lp[0, 1, 0]
+    ref = np.asarray(jax.jit(jax.grad(face0_logit))(x))
+    assert np.abs(ref[0]).max() > 0 and np.abs(ref[1]).max() == 0
+    np.testing.assert_allclose(grad[0], np.abs(ref[0]).sum(-1), rtol=1e-4, atol=1e-9)
