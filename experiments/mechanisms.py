@@ -139,8 +139,9 @@ def train_variant(args: argparse.Namespace, mech: sets.Mechanism, builder_config
 
 
 def summarise(test: str, mech: sets.Mechanism, tested: str, aggregates: Mapping[str, Any],
-              ceiling: Mapping[str, float]) -> list[dict[str, Any]]:
-    """The ``--out`` entries of one test: the tested variant against each other variant, per metric."""
+              ceiling: Mapping[str, float], overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The ``--out`` entries of one test: the tested variant against each other variant, per metric
+    (``overrides``: the ``--set`` values every variant ran with, recorded in each entry)."""
     rows = []
     for metric, value in (("local_f1", local_f1(mech.au)), ("final_mean_f1", ablation.final_mean_f1)):
         for base in aggregates:
@@ -157,7 +158,7 @@ def summarise(test: str, mech: sets.Mechanism, tested: str, aggregates: Mapping[
                          "variant_per_seed": [value(aggregates[tested]["seeds"][s]) for s in p["seeds"]],
                          "baseline_per_seed": [value(aggregates[base]["seeds"][s]) for s in p["seeds"]],
                          "rule_ceiling": ceiling["rule_ceiling"], "blind_f1": ceiling["blind_f1"],
-                         "set": mech.describe()})
+                         "set": mech.describe(), "overrides": list(overrides)})
     return rows
 
 
@@ -268,7 +269,7 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
             print(f"[{test}] seed {seed} {VARIANTS[key].label}: local AU{mech.au} F1 {loc:.1f}, final mean F1 "
                   f"{runs[key][seed]['predictions']['final']['mean_f1']:.1f} ({time.time() - t0:.0f} s)", flush=True)
         aggregates = {k: {**ablation.over_seeds(r), "seconds": seconds[k]} for k, r in runs.items()}
-        rows = summarise(test, mech, tested, aggregates, ceiling)
+        rows = summarise(test, mech, tested, aggregates, ceiling, args.overrides)
         detail["aggregates"] = aggregates
         (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
         if len(runs[tested]) > 1:

@@ -22,7 +22,8 @@ from experiments import ablation, cross_validation, main_job
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "configs_frozen.json"
 # Fields deleted (configs.DELETED_FIELDS) or added since the fixture was frozen.
 ADDED_FIELDS: tuple[str, ...] = ("data.val_fraction", "data.val_seed",   # the validation split (PIPELINE)
-                                 "model.fusion_refine_rescale")         # off = the paper
+                                 "model.fusion_refine_rescale",         # off = the paper
+                                 "model.local_within_region")           # off = the paper
 
 
 def _thaw(x):

@@ -554,3 +554,43 @@ def test_paper_size_train_step_compiles(name):
     fn = lambda p, bs, b: jax.grad(_loss_parts_fn(model, config, bs), has_aux=True)(p, jnp.ones(3), b)
     compiled = jax.jit(fn).lower(variables["params"], variables["batch_stats"], batch).compile()
     assert compiled is not None
+
+
+@pytest.mark.parametrize("local_within_region", [False, True])
+def test_local_within_region_keeps_each_local_head_on_its_own_region(local_within_region):
+    """``model.local_within_region``: AU t's local logit has zero gradient on every pixel more than the region
+    features' reach (12 px at crop 32, measured at most 9) from the cells of AU t's region; the paper's refined
+    map (off) is non-zero everywhere, so the local head reads the whole face. ``w/o full``: no offsets, whose
+    (legitimate) gradient would reach the alignment features."""
+    from algrnet_jax.models import regions
+    config = get_config("wo_full", "tiny", "bp4d")
+    config.model.local_within_region = local_within_region
+    model = networks.create_model(config)
+    c, g = config.crop_size, config.crop_size // 4
+    images = _inputs(config, batch=1)["image"]
+    key = jax.random.PRNGKey(0)
+    variables = jax.jit(model.init).lower(key, images).compile(FAST)(key, images)
+
+    def local_logits(x):
+        out = model.apply(variables, x)
+        return out["local_au_logprob"][0, :, 1] - out["local_au_logprob"][0, :, 0], out["landmarks"]
+
+    jacobian, landmarks = jax.jit(jax.jacrev(local_logits, has_aux=True)).lower(images).compile(FAST)(images)
+    centres = regions.au_centres(landmarks, config.aus)
+    reach = 12
+    for t in range(len(config.aus)):
+        grad = jacobian[t]
+        grad = np.abs(np.asarray(grad[0])).sum(-1)
+        support = np.asarray(regions.region_support(centres, config.model.map_scale, g + config.model.map_margin,
+                                                    c, g))[0, t]
+        near = np.kron(support, np.ones((c // g, c // g))) > 0
+        for _ in range(reach):        # dilate by one pixel (8-neighbourhood), `reach` times
+            p = np.pad(near, 1)
+            near = np.max([p[1 + dy:1 + dy + c, 1 + dx:1 + dx + c] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 0)
+        assert 0 < near.sum() < c * c
+        far = grad[~near]
+        if local_within_region:
+            assert np.all(far == 0), (t, int((far > 0).sum()))
+            assert grad[near].sum() > 0
+        else:
+            assert (far > 0).mean() > 0.5, t

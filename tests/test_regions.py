@@ -141,3 +141,31 @@ def test_paralysis_centres():
         assert np.all(x[:, k] < x[:, k + 1]), names[k]
     for upper, lower in (("brow_left", "eye_left"), ("eye_left", "cheek_left"), ("mouth_left", "chin_left")):
         assert np.all(y[:, names.index(upper)] < y[:, names.index(lower)])
+
+
+@pytest.mark.parametrize("crop, scales", [(64, 0.14), (176, 0.14), (176, "learned")])
+def test_region_support_covers_exactly_the_cells_the_map_touches(crop, scales):
+    rng = np.random.default_rng(3)
+    m, g = crop // 4 + 8, crop // 4
+    centres = jnp.asarray(rng.uniform(-10, crop + 10, (4, 5, 2, 2)), jnp.float32)
+    e = jnp.asarray(rng.uniform(0.08, 0.3, (4, 5)), jnp.float32) if scales == "learned" else scales
+    maps = np.asarray(regions.attention_maps(centres, e, m, crop))
+    support = np.asarray(regions.region_support(centres, e, m, crop, g))
+    assert set(np.unique(support)) <= {0.0, 1.0}
+    # Map cell k spans crop pixels ((k - 1/2) C/M, (k + 1/2) C/M): sample 5 x 5 points inside every cell of the
+    # square (clipped to the map as the reference clips it) and mark the feature cells they fall in.
+    s = m / crop
+    for b in range(4):
+        for r in range(5):
+            expect = np.zeros((g, g), bool)
+            half = round((m - 1) / 2 * float(np.broadcast_to(np.asarray(e), (4, 5))[b, r]))
+            for cx, cy in np.asarray(centres[b, r]):
+                y0, y1 = (min(max(round(cy * s) + d, 0), m - 1) for d in (-half, half))
+                x0, x1 = (min(max(round(cx * s) + d, 0), m - 1) for d in (-half, half))
+                for py in np.linspace(y0 - 0.499, y1 + 0.499, 5 * (y1 - y0 + 1)) / s:
+                    for px in np.linspace(x0 - 0.499, x1 + 0.499, 5 * (x1 - x0 + 1)) / s:
+                        i, j = int(np.floor(py / (crop / g))), int(np.floor(px / (crop / g)))
+                        if 0 <= i < g and 0 <= j < g:
+                            expect[i, j] = True
+            np.testing.assert_array_equal(support[b, r] > 0, expect)
+            assert (maps[b, r] > 0).sum() == 0 or support[b, r].sum() > 0

@@ -90,6 +90,7 @@ def base_config(name: str, arg: str | None, *, arch: str, adaptive: bool, relati
     c.model.relation = relation          # models.relations.RELATIONS name ("skip_bilstm" | "bilstm") or "none"
     c.model.fusion_refine = fusion_refine
     c.model.fusion_refine_rescale = False  # r_t * sqrt(F), unit-RMS F&R output: not the paper's (ablation doc)
+    c.model.local_within_region = False  # refined map x its region's cells: a truly local branch (not the paper's)
     c.model.num_grades = len(au_sets.GRADES)
     c.model.num_regions = 12             # paralysis muscle regions
     c.model.conv_impl = "auto"           # per-copy convs: auto | unrolled | grouped | matmul (models/layers.py)

@@ -79,6 +79,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str | Callable[[], str]], ...] =
     ("model.adaptive", lambda v: isinstance(v, bool), "true or false"),
     ("model.relation", *_one_of("relation")),
     ("model.fusion_refine", lambda v: isinstance(v, bool), "true or false"),
+    ("model.fusion_refine_rescale", lambda v: isinstance(v, bool), "true or false"),
+    ("model.local_within_region", lambda v: isinstance(v, bool), "true or false"),
     ("model.num_grades", lambda v: v == len(au_sets.GRADES), f"{len(au_sets.GRADES)} (the paralysis grades)"),
     ("model.num_regions", _pos_int, "a positive integer"),
     ("model.conv_impl", *_one_of("conv_impl")),

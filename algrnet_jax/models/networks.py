@@ -8,6 +8,7 @@ Forward pass (n AUs or paralysis regions, u = unit width, C = crop, M = C/4 + 8)
   Ada:       offsets, scales = adaptive(flatten(A)); centres += offsets; maps = attention_maps(centres, scales)
   no Ada:    maps = stop_grad(attention_maps(centres, 0.14))  (exactly JAA-Net)
   refined  = attention_refine(maps) (per AU)                 [B, n, M-8, M-8]
+  (local_within_region: refined *= region_support(centres)    the region's own cells only; not the paper's)
   v_t      = region * refined_t                              [n, B, C/4, C/4, 8u]
   s_t      = v_t + relations(v)_t  (a registered relation: relations.RELATIONS), or v_t (none)
   l_t      = local_au_feat(s_t) (per-AU HLFeat)              [n, B, 5, 5, 20u]
@@ -80,6 +81,7 @@ class ALGRNet(nn.Module):
     relation: str = "skip_bilstm"    # a relations.RELATIONS name, or "none"
     fusion_refine: bool = True
     fusion_refine_rescale: bool = False  # r_t * sqrt(F) (unit RMS; not the paper's: off by default)
+    local_within_region: bool = False  # refined_t * (AU t's region cells): a truly local branch (not the paper's)
     final_mean: bool = True          # final = mean(local, integrated); False: integrated (JAA-Net)
     task: tasks.Task = tasks.get_task("au")   # the task object (tasks.TASKS: "au" | "paralysis")
     num_grades: int = 4
@@ -117,12 +119,16 @@ class ALGRNet(nn.Module):
         centres = regions.CENTRE_SCHEMES[self.task.region_scheme](jax.lax.stop_gradient(landmarks), self.aus)
         if self.adaptive:
             offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive", **geo)(flatten_nchw(align))
-            maps = regions.attention_maps(centres + offsets[:, :, None, :], scales, self.map_size, self.crop_size)
+            centres, scales = centres + offsets[:, :, None, :], scales
+            maps = regions.attention_maps(centres, scales, self.map_size, self.crop_size)
             out.update(offsets=offsets, scales=scales)
         else:
-            maps = jax.lax.stop_gradient(
-                regions.attention_maps(centres, float(self.map_scale), self.map_size, self.crop_size))
+            scales = float(self.map_scale)
+            maps = jax.lax.stop_gradient(regions.attention_maps(centres, scales, self.map_size, self.crop_size))
         refined = RefineNet(u, train, copies=n, name="attention_refine", **kw)(maps.transpose(1, 0, 2, 3)[..., None])
+        if self.local_within_region:   # zero the refined map off the region's own cells (docs/model.md §9)
+            support = regions.region_support(centres, scales, self.map_size, self.crop_size, region.shape[1])
+            refined = refined * support.transpose(1, 0, 2, 3)[..., None].astype(refined.dtype)
         out["initial_au_maps"] = maps
         out["refined_au_maps"] = refined[..., 0].transpose(1, 0, 2, 3)
 
@@ -155,6 +161,7 @@ def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
     return ALGRNet(aus=tuple(config.aus), crop_size=config.crop_size, unit=m.unit, lstm_hidden=m.lstm_hidden,
                    map_margin=m.map_margin, map_scale=m.map_scale, adaptive=m.adaptive, relation=m.relation,
                    fusion_refine=m.fusion_refine, fusion_refine_rescale=bool(m.get("fusion_refine_rescale", False)),
+                   local_within_region=bool(m.get("local_within_region", False)),
                    final_mean=m.arch != "jaanet", task=tasks.get_task(m.task),
                    num_grades=m.num_grades, num_regions=m.num_regions, conv_impl=m.get("conv_impl", "auto"),
                    dtype=COMPUTE_DTYPES[m.get("dtype", "float32")],

@@ -135,6 +135,37 @@ def attention_maps(centres: jax.Array, scales: jax.Array | float, map_size: int,
     return jnp.max(value, axis=2)
 
 
+def region_support(centres: jax.Array, scales: jax.Array | float, map_size: int, crop_size: int,
+                   grid_size: int) -> jax.Array:
+    """Where each region's attention map is non-zero, on the feature grid: 1 on the cells that overlap it, else 0.
+
+    The map of :func:`attention_maps` lives on the square of map cells [c - half, c + half] (clipped to
+    [0, M - 1] as the reference does) around each rounded centre c = round(p * M / C), ``half = round((M - 1)
+    / 2 * e)``; map cell k spans crop pixels ((k - 1/2) * C / M, (k + 1/2) * C / M). Feature cell i of a ``grid_size`` grid covers crop
+    pixels [i * C / G, (i + 1) * C / G); it is in the support when it overlaps that square for either centre.
+    No gradient (a hard mask).
+
+    Args:
+      centres: [B, n, 2, 2] (x, y) crop pixels, as for :func:`attention_maps`.
+      scales: [B, n] or one Python float.
+      map_size: M; crop_size: C; grid_size: G (the region features' size, C / 4).
+    Returns:
+      [B, n, G, G] float32 in {0, 1}.
+    """
+    s = map_size / crop_size
+    c = jnp.round(jax.lax.stop_gradient(jnp.asarray(centres, jnp.float32)) * s)          # [B, n, 2, 2] map cells
+    e = jax.lax.stop_gradient(jnp.broadcast_to(jnp.asarray(scales, jnp.float32), centres.shape[:2]))
+    half = jnp.round((map_size - 1) / 2.0 * e)[:, :, None, None, None]                  # map cells
+    first = jnp.clip(c[..., None] - half, 0, map_size - 1)                             # [B, n, 2, 2, 1]
+    last = jnp.clip(c[..., None] + half, 0, map_size - 1)
+    lo_px, hi_px = (first - 0.5) / s, (last + 0.5) / s
+    cell = crop_size / grid_size
+    lo = jnp.arange(grid_size, dtype=jnp.float32) * cell                                 # cell i: [lo, lo + cell)
+    near = (lo + cell > lo_px) & (lo < hi_px)                                            # [B, n, 2, 2 (x, y), G]
+    support = near[..., 1, :, None] & near[..., 0, None, :]                              # [B, n, 2, G, G]
+    return jnp.any(support, axis=2).astype(jnp.float32)
+
+
 # Region scheme (``tasks.Task.region_scheme``) -> (landmarks [B, 49, 2], AUs) -> centres [B, n, 2, 2].
 CENTRE_SCHEMES: dict[str, Callable[[jax.Array, Sequence[int]], jax.Array]] = {
     "au": au_centres,
