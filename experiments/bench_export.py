@@ -108,11 +108,11 @@ def check(predictor: inference.Predictor, label: str, batch: int = 8) -> dict:
     return row
 
 
-def check_records(path: str) -> dict:
-    """A trained checkpoint on its own test part (``evaluation.evaluate_checkpoint``), once per route: every
-    route's outputs against the JAX forward's on the real (unpadded) frames: for bfloat16 the share of equal
-    (frame, AU) decisions, the largest |dp| and landmark difference, and each route's final mean F1."""
-    ref = inference.Predictor.from_checkpoint(path, backend="jax")
+def check_records(ref: inference.Predictor, path: str) -> dict:
+    """A trained checkpoint on its own test part (``evaluation.evaluate_variables``), once per route:
+    every route's outputs against the JAX forward's on the real (unpadded) frames: for bfloat16 the share of equal
+    (frame, AU) decisions, the largest |dp| and landmark difference, and each route's final mean F1.
+    ``ref``: the checkpoint at ``path`` loaded with the JAX backend (the reference route)."""
     prob, batch = ref.prob_key, int(ref.config.data.eval_batch_size)
 
     def collect(apply_fn=None) -> tuple[dict, dict]:
@@ -122,10 +122,10 @@ def check_records(path: str) -> dict:
             real = np.asarray(b["mask"]) > 0
             for k in kept:
                 kept[k].append(np.asarray(out[k])[real])
-        result = evaluation.evaluate_checkpoint(path, apply_fn=apply_fn, on_batch=on_batch)
+        result = evaluation.evaluate_variables(ref.config, ref.variables, apply_fn=apply_fn, on_batch=on_batch)
         return {k: np.concatenate(v) for k, v in kept.items()}, result
     t0 = time.perf_counter()
-    base, base_result = collect()
+    base, base_result = collect(lambda v, x: ref.run(np.asarray(x), fixed_shape=True))
     row = {"model": f"{ref.config.name} {ref.config.size} trained", "checkpoint": str(path),
            "frames": int(len(base[prob])),
            "jax_final_mean_f1": round(base_result["predictions"]["final"]["mean_f1"], 2),
@@ -241,7 +241,7 @@ def main() -> None:
         for path in args.trained_checkpoint:
             p = inference.Predictor.from_checkpoint(path, backend="jax")
             result["checks"].append(check(p, f"{p.config.name} {p.config.size} trained"))
-            result["checks"].append(check_records(path))
+            result["checks"].append(check_records(p, path))
     for batch in args.batches:
         result["speed"].append(speed(args.size, batch, args.rounds, torch_too, args.speed_model))
     cpu = result["cpu"]

@@ -7,7 +7,9 @@ gradient of the AU's local logit (``local_au_logprob[..., 1] - [..., 0]``) with 
 |d logit / d pixel| summed over colour channels, on every test frame where the AU is present.
 
 Reported per run: the share of that gradient mass inside the AU's own attention map (``initial_au_maps``
-resized to the crop, > 0) and outside the maps of every AU, and a picture: the mean input and the mean gradient
+resized to the crop, > 0) and outside the maps of every AU; the mean refined map of the AU on the cells of its
+region (``regions.region_support``) and off them (the paper's refined map is a sigmoid, about 0.5 off the region
+in trained models: the "local" branch reads the whole face; ``model.local_within_region`` zeroes it); a picture: the mean input and the mean gradient
 map, with the AU's mean attention map outlined. The selected checkpoint is the one the run reports (no
 selection on the test data).
 
@@ -28,36 +30,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algrnet_jax import evaluation, experiment, inference, verbosity
+from algrnet_jax import checkpoints, evaluation, experiment, verbosity
 from algrnet_jax.errors import UserError, run_main
+from algrnet_jax.models import regions
+from algrnet_jax.models.networks import create_model
 
 
 def local_gradient(model: Any, au_index: int):
-    """``(variables, images [B, C, C, 3]) -> (|d local logit / d image| [B, C, C], initial_au_maps [B, n, h, w])``."""
+    """``(variables, images [B, C, C, 3]) -> (|d local logit / d image| [B, C, C], initial_au_maps [B, n, h, w],
+    refined map of the AU [B, C/4, C/4], its region's cells [B, C/4, C/4])`` (``regions.region_support`` of the
+    centres the model used: landmark rule plus adaptive offsets and scales where the model has them)."""
     def logit_sum(images, variables):
         out = model.apply(variables, images, train=False)
         lp = out["local_au_logprob"][:, au_index]
-        return jnp.sum(lp[:, 1] - lp[:, 0]), out["initial_au_maps"]
+        return jnp.sum(lp[:, 1] - lp[:, 0]), out
 
     @jax.jit
     def run(variables, images):
-        grad, maps = jax.grad(logit_sum, has_aux=True)(images, variables)
-        return jnp.abs(grad).sum(-1), maps
+        grad, out = jax.grad(logit_sum, has_aux=True)(images, variables)
+        centres = regions.au_centres(out["landmarks"], model.aus)
+        if "offsets" in out:
+            centres = centres + out["offsets"][:, :, None, :]
+        grid = model.crop_size // 4
+        support = regions.region_support(centres, out.get("scales", model.map_scale), model.map_size,
+                                         model.crop_size, grid)
+        return (jnp.abs(grad).sum(-1), out["initial_au_maps"], out["refined_au_maps"][:, au_index],
+                support[:, au_index])
     return run
 
 
 def run_saliency(workdir: str | pathlib.Path, au: int, select: str = experiment.LAST) -> dict[str, Any]:
     """Gradient shares and mean maps (numpy) of one run's local head of ``au`` on its test part."""
     path = experiment.select_checkpoint(workdir, select)
-    predictor = inference.Predictor.from_checkpoint(path, backend="jax")
-    aus = [int(a) for a in predictor.config.aus]
+    config, variables = checkpoints.load_for_inference(path)
+    aus = [int(a) for a in config.aus]
     if au not in aus:
         raise UserError(f"--au {au}: the run's AUs are {aus}")
     i = aus.index(au)
-    grad_fn = local_gradient(predictor.model, i)
-    c = predictor.crop_size
+    grad_fn = local_gradient(create_model(config), i)
+    c = config.crop_size
     sums = {"grad": np.zeros((c, c)), "image": np.zeros((c, c, 3)), "map": np.zeros((c, c))}
-    inside, outside_all, frames = [], [], 0
+    inside, outside_all, refined_on, refined_off, frames = [], [], [], [], 0
 
     def on_batch(batch, outputs):
         nonlocal frames
@@ -65,22 +78,26 @@ def run_saliency(workdir: str | pathlib.Path, au: int, select: str = experiment.
         if not keep.any():
             return
         images = np.asarray(batch["image"])
-        grad, maps = (np.asarray(a) for a in grad_fn(predictor.variables, images))
+        grad, maps, refined, support = (np.asarray(a) for a in grad_fn(variables, images))
         maps = np.stack([[cv2.resize(m, (c, c), interpolation=cv2.INTER_LINEAR) for m in face] for face in maps])
-        for g, m, img in zip(grad[keep], maps[keep], images[keep]):
+        for g, m, img, r, sup in zip(grad[keep], maps[keep], images[keep], refined[keep], support[keep]):
             total = g.sum() + 1e-30
             inside.append(float(g[m[i] > 0].sum() / total))
             outside_all.append(float(g[(m <= 0).all(0)].sum() / total))
+            refined_on.append(float(r[sup > 0].mean()) if (sup > 0).any() else np.nan)
+            refined_off.append(float(r[sup == 0].mean()) if (sup == 0).any() else np.nan)
             sums["grad"] += g / total
             sums["image"] += img
             sums["map"] += m[i]
             frames += 1
 
-    evaluation.evaluate_checkpoint(path, on_batch=on_batch)
+    evaluation.evaluate_variables(config, variables, on_batch=on_batch)
     if frames == 0:
         raise UserError(f"{workdir}: no test frame has AU{au} present")
     return {"run": str(workdir), "checkpoint": str(path), "au": au, "frames": frames,
             "share_inside_own_map": float(np.mean(inside)), "share_outside_every_map": float(np.mean(outside_all)),
+            "refined_map_on_region": float(np.nanmean(refined_on)), "refined_map_off_region": float(np.nanmean(refined_off)),
+            "local_within_region": bool(config.model.get("local_within_region", False)),
             "mean": {k: v / frames for k, v in sums.items()}}
 
 
@@ -125,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         r = run_saliency(run, args.au, args.select)
         print(f"{run}: AU{args.au} local head, {r['frames']} present frames: gradient inside its own map "
-              f"{100 * r['share_inside_own_map']:.1f}%, outside every AU map {100 * r['share_outside_every_map']:.1f}%",
+              f"{100 * r['share_inside_own_map']:.1f}%, outside every AU map {100 * r['share_outside_every_map']:.1f}%; "
+              f"refined map on its region {r['refined_map_on_region']:.2f}, off it {r['refined_map_off_region']:.2f}",
               flush=True)
         results.append(r)
     out = pathlib.Path(args.out)

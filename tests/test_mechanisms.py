@@ -203,6 +203,7 @@ def test_runner_writes_the_summary(tmp_path, capsys):
     (row,) = json.loads(sal.read_text())
     assert row["frames"] > 0 and 0 <= row["share_inside_own_map"] <= 1 and 0 <= row["share_outside_every_map"] <= 1
     assert row["share_inside_own_map"] + row["share_outside_every_map"] <= 1 + 1e-6
+    assert 0 < row["refined_map_on_region"] < 1 and 0 < row["refined_map_off_region"] < 1
     assert sal.with_suffix(".png").stat().st_size > 1000
 
 
@@ -220,8 +221,11 @@ def test_local_gradient_is_the_input_gradient_of_one_faces_local_logit():
     c = config.crop_size
     x = np.random.default_rng(0).uniform(-1, 1, (2, c, c, 3)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
-    grad, maps = (np.asarray(a) for a in saliency.local_gradient(model, 1)(variables, x))
+    grad, maps, refined, support = (np.asarray(a) for a in saliency.local_gradient(model, 1)(variables, x))
     assert grad.shape == (2, c, c) and maps.shape[:2] == (2, len(config.aus)) and (grad >= 0).all()
+    assert refined.shape == support.shape == (2, c // 4, c // 4)
+    np.testing.assert_array_equal(refined, np.asarray(model.apply(variables, x)["refined_au_maps"][:, 1]))
+    assert set(np.unique(support)) <= {0.0, 1.0} and 0 < support.sum() < support.size
 
     def face0_logit(images):
         lp = model.apply(variables, images, train=False)["local_au_logprob"]
