@@ -168,10 +168,16 @@ def _lock_file(out: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(tempfile.gettempdir()) / f"algrnet_mechanisms_{digest}.lock"
 
 
+def model_options(row: Mapping[str, Any]) -> str:
+    """The ``model.*`` overrides an entry ran with, short (``local_within_region, fusion_refine_rescale``)."""
+    return ", ".join(o.split("=")[0].removeprefix("model.") for o in row.get("overrides", [])
+                     if o.startswith("model.") and o.split("=", 1)[-1].lower() not in ("false", "0"))
+
+
 def write_summary(out: pathlib.Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merges ``rows`` into ``out`` (entries with the same part, AU, metric, variant and baseline are replaced,
-    all others kept), writes it and the plot beside it; returns every entry."""
-    key = lambda r: (r["part"], r["au"], r["metric"], r["variant"], r["baseline"])  # noqa: E731
+    """Merges ``rows`` into ``out`` (entries with the same part, AU, metric, variant, baseline and model options
+    are replaced, all others kept), writes it and the plot beside it; returns every entry."""
+    key = lambda r: (r["part"], r["au"], r["metric"], r["variant"], r["baseline"], model_options(r))  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(600):                     # several tests may run at once, each merging its entries
         try:
@@ -202,8 +208,8 @@ def write_summary(out: pathlib.Path, rows: Sequence[dict[str, Any]]) -> list[dic
 def markdown(tests: Sequence[Mapping[str, Any]]) -> str:
     """The summary as a Markdown table: per test and metric, the tested variant minus each compared one (mean of
     the per-seed differences, 95% t interval, seeds won), both means, the rule ceiling and the knock-outs."""
-    lines = ["| part | AU | metric | variant | baseline | variant mean | baseline mean | paired diff [95% CI] | wins "
-             "| rule ceiling | blind | knock-outs (local F1 change) |", "|---" * 12 + "|"]
+    lines = ["| part | AU | model options | metric | variant | baseline | variant mean | baseline mean "
+             "| paired diff [95% CI] | wins | rule ceiling | blind | knock-outs (local F1 change) |", "|---" * 13 + "|"]
     for t in tests:
         ci = t["ci95"]
         ci_text = f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci and ci[0] is not None else "(one seed)"
@@ -211,7 +217,7 @@ def markdown(tests: Sequence[Mapping[str, Any]]) -> str:
             if t["metric"] == "local_f1" else ""
         means = [f"{np.mean(t[k]):.1f}" if t.get(k) else "" for k in ("variant_per_seed", "baseline_per_seed")]
         blind = f"{t['blind_f1']:.1f}" if "blind_f1" in t else ""
-        lines.append(f"| {t['part']} | {t['au']} | {t['metric']} | {t['variant']} | {t['baseline']} | {means[0]} | "
+        lines.append(f"| {t['part']} | {t['au']} | {model_options(t) or 'paper'} | {t['metric']} | {t['variant']} | {t['baseline']} | {means[0]} | "
                      f"{means[1]} | {t['paired_diff_mean']:+.1f} {ci_text} | {t.get('wins', '')}/{t['seeds']} | "
                      f"{t['rule_ceiling']:.1f} | {blind} | {ko} |")
     return "\n".join(lines) + "\n"
@@ -222,12 +228,16 @@ def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:
     with the rule ceiling and the blind F1 as lines (entries without per-seed values are left out)."""
     plt = report._pyplot()
     local = [t for t in tests if t["metric"] == "local_f1" and "variant_per_seed" in t and "baseline_per_seed" in t]
-    panels = list(dict.fromkeys((t["part"], t["au"]) for t in local))
+    panels = list(dict.fromkeys((t["part"], t["au"], model_options(t)) for t in local))
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
-    for ax, (part, au) in zip(axes[0], panels):
-        rows = [t for t in local if (t["part"], t["au"]) == (part, au)]
+    cols = min(len(panels), 4)
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 4.4 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (part, au, options) in zip(axes.flat, panels):
+        rows = [t for t in local if (t["part"], t["au"], model_options(t)) == (part, au, options)]
         values = {rows[0]["variant"]: rows[0]["variant_per_seed"]}
         values.update({t["baseline"]: t["baseline_per_seed"] for t in rows})
         for i, (name, v) in enumerate(values.items()):
@@ -239,7 +249,8 @@ def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:
         ax.set_ylim(0, 105)
         ax.set_ylabel(f"local F1 of {au} (%)")
         lines = [f"{t['baseline'].split(' (')[0]}: {t['paired_diff_mean']:+.1f}" for t in rows]
-        ax.set_title(f"{part}: {au}, {rows[0]['seeds']} seed(s)\n" + "; ".join(lines), fontsize=7)
+        ax.set_title(f"{part}: {au}, {rows[0]['seeds']} seed(s)" + (f" [{options}]" if options else "") + "\n"
+                     + "; ".join(lines), fontsize=7)
         ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -165,6 +165,15 @@ def test_runner_summary_from_given_runs(tmp_path, monkeypatch, capsys):
     assert fin["paired_diff_mean"] == pytest.approx(5.0) and fin["wins"] == 2
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "[fr] seed 1" in capsys.readouterr().out
+    # the same test with a model option is a second entry beside the first; rerunning it replaces only itself
+    for _ in range(2):
+        assert runner.main(["--test", "fr", "--seeds", "2", "--size", "tiny", "--data-size", "tiny", "--variants",
+                            "--no-knockouts", "--workdir", str(tmp_path / "w"), "--out", str(out),
+                            "--set", "model.local_within_region=true"]) == 0
+    tests = json.loads(out.read_text())["tests"]
+    assert sorted(runner.model_options(t) for t in tests) == ["", "", "local_within_region", "local_within_region"]
+    table = out.with_suffix(".md").read_text()
+    assert "| fr | AU4 | local_within_region | local_f1 |" in table and "| fr | AU4 | paper | local_f1 |" in table
 
 
 @pytest.mark.slow
