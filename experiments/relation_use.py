@@ -7,12 +7,16 @@ selected checkpoint is evaluated on the test part of its fold as ``experiments.a
 
 - ``intact``: the model as trained;
 - ``relations zero``: s_t = v_t (the relation term removed);
-- ``relations other face``: s_t = v_t + R(v')_t, the relation term of the next face in the batch (keeps its
+- ``relations other face``: s_t = v_t + R(v')_t, the relation term of another face of the batch (keeps its
   scale and mean, removes what it says about this face);
 - ``adaptive fixed``: offsets 0 and scales ``init_scale``, the fixed regions of JAA-Net;
-- ``adaptive other face``: the offsets and scales predicted for the next face in the batch;
-- ``F&R global other face``: the global features that FusionRefine fuses into each local one come from the next
-  face in the batch.
+- ``adaptive other face``: the offsets and scales predicted for another face of the batch;
+- ``F&R global zero``: FusionRefine fuses a zero global feature into each local one (no global information);
+- ``F&R global other face``: the global features come from another face of the batch.
+
+"Another face" is the one half a batch away (faces are read in sequence order: the next one is usually the next
+frame of the same sequence, whose labels are the same; with an evaluation batch of 64 and sequences of 32 frames,
+half a batch away is another sequence).
 
 A knock-out that costs nothing means the part carries no information the trained model relies on. Also reported:
 the size of the relation term against its input, ||R(v)_t|| / ||v_t|| per AU (mean over test faces).
@@ -46,8 +50,9 @@ from algrnet_jax.models.relations import NONE, Relation
 
 
 def _other_face(x: jax.Array, axis: int) -> jax.Array:
-    """The next face's values along the batch ``axis`` (a cyclic shift by one)."""
-    return jnp.roll(x, 1, axis=axis)
+    """The values of the face half a batch away along ``axis`` (a cyclic shift by max(B // 2, 1)): test parts are
+    read in sequence order, so the next face is usually the next frame of the same sequence, with the same labels."""
+    return jnp.roll(x, max(x.shape[axis] // 2, 1), axis=axis)
 
 
 def _relations_zero(r: jax.Array, module: Any) -> jax.Array:
@@ -67,6 +72,11 @@ def _adaptive_other(out: tuple[jax.Array, jax.Array], module: Any) -> tuple[jax.
     return tuple(_other_face(a, axis=0) for a in out)
 
 
+def _global_zero(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    local, glob = args
+    return local, jnp.zeros_like(glob)
+
+
 def _global_other(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
     local, glob = args                        # one AU's [B, h, w, F] each (FusionRefine vmaps FusionRefineAU)
     return local, _other_face(glob, axis=0)
@@ -84,6 +94,7 @@ KNOCKOUTS: dict[str, Knockout] = {
     "relations other face": Knockout(Relation, on_output=_relations_other),
     "adaptive fixed": Knockout(AdaptiveRegions, on_output=_adaptive_fixed),
     "adaptive other face": Knockout(AdaptiveRegions, on_output=_adaptive_other),
+    "F&R global zero": Knockout(FusionRefineAU, on_args=_global_zero),
     "F&R global other face": Knockout(FusionRefineAU, on_args=_global_other),
 }
 

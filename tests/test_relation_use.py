@@ -35,7 +35,7 @@ def test_knockouts_equal_the_ablated_models_and_other_face_changes_the_output():
         np.testing.assert_allclose(knocked[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
     intact = relation_use.knocked_forward(model)(variables, images)
-    for knockout in ("relations other face", "F&R global other face"):
+    for knockout in ("relations other face", "F&R global zero", "F&R global other face"):
         other = relation_use.knocked_forward(model, (knockout,))(variables, images)
         assert np.abs(np.asarray(other["local_au_prob"]) - np.asarray(intact["local_au_prob"])).max() > 1e-6, knockout
     # At initialisation two faces' regions differ by ~1e-3 px (too little to move a probability): check the swap.
@@ -46,7 +46,10 @@ def test_knockouts_equal_the_ablated_models_and_other_face_changes_the_output():
     n = len(config.aus)
     assert other["relation_ratio"].shape == (2, n) and np.all(np.asarray(other["relation_ratio"]) > 0)
     assert relation_use.applicable(config) == list(relation_use.KNOCKOUTS)
-    assert relation_use.applicable(ablated) == ["F&R global other face"]
+    assert relation_use.applicable(ablated) == ["F&R global zero", "F&R global other face"]
+    # "another face" is half a batch away: not the next frame of the same sequence
+    x = jax.numpy.arange(8.0)
+    np.testing.assert_array_equal(relation_use._other_face(x, 0), np.roll(np.arange(8.0), 4))
 
 
 def test_markdown_reports_change_to_intact_over_runs():
