@@ -169,9 +169,15 @@ def _lock_file(out: pathlib.Path) -> pathlib.Path:
 
 
 def model_options(row: Mapping[str, Any]) -> str:
-    """The ``model.*`` overrides an entry ran with, short (``local_within_region, fusion_refine_rescale``)."""
-    return ", ".join(o.split("=")[0].removeprefix("model.") for o in row.get("overrides", [])
-                     if o.startswith("model.") and o.split("=", 1)[-1].lower() not in ("false", "0"))
+    """The options an entry ran with, short: its ``model.*`` overrides that are on, and the epochs where they
+    differ from the runner's default budget (``local_within_region, 18 epochs``)."""
+    overrides = dict(o.split("=", 1) for o in row.get("overrides", []) if "=" in o)
+    default_epochs = dict(o.split("=", 1) for o in DEFAULT_BUDGET)["train.num_epochs"]
+    names = [k.removeprefix("model.") for k, v in overrides.items()
+             if k.startswith("model.") and v.lower() not in ("false", "0")]
+    if overrides.get("train.num_epochs", default_epochs) != default_epochs:
+        names.append(f"{overrides['train.num_epochs']} epochs")
+    return ", ".join(names)
 
 
 def write_summary(out: pathlib.Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

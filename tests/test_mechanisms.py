@@ -172,6 +172,10 @@ def test_runner_summary_from_given_runs(tmp_path, monkeypatch, capsys):
                             "--set", "model.local_within_region=true"]) == 0
     tests = json.loads(out.read_text())["tests"]
     assert sorted(runner.model_options(t) for t in tests) == ["", "", "local_within_region", "local_within_region"]
+    assert runner.model_options({"overrides": ["model.local_within_region=true", "model.adaptive=false",
+                                               "train.num_epochs=18", "data.batch_size=8"]}) == \
+        "local_within_region, 18 epochs"
+    assert runner.model_options({"overrides": ["train.num_epochs=6"]}) == ""
     table = out.with_suffix(".md").read_text()
     assert "| fr | AU4 | local_within_region | local_f1 |" in table and "| fr | AU4 | paper | local_f1 |" in table
 
