@@ -89,6 +89,18 @@ def test_deleted_fields_are_gone_and_dropped_from_saved_configs():
     assert cleaned == config.to_dict() and "shuffle_buffer" in saved["data"]
 
 
+def test_a_run_saved_before_a_field_was_added_resumes_with_its_old_value(tmp_path):
+    config = configs.get_config("algrnet", "tiny")
+    saved = ckpt_lib.config_to_dict(config)
+    for key in configs.ADDED_FIELDS:
+        del saved[key.split(".")[0]][key.split(".")[1]]   # a checkpoint written before the field existed
+    loop.check_resumable(saved, config, "old run")          # the added fields' defaults are the old behaviour
+    config.model.local_within_region = True
+    with pytest.raises(loop.ResumeError, match="model.local_within_region: checkpoint False, now True"):
+        loop.check_resumable(saved, config, "old run")
+    assert configs.fill_added_fields({"model": {"local_within_region": True}})["model"]["local_within_region"]
+
+
 # ------------------------------------------------------------------------------------ typed overrides
 
 def test_overrides_are_typed_by_the_field():

@@ -33,9 +33,9 @@ from algrnet_jax.configs.overrides import (OverrideError, add_override_arguments
                                            parse_args)
 from algrnet_jax.configs.validate import ConfigError
 
-__all__ = ["NAMES", "ABLATION_ROWS", "SIZES", "Size", "DELETED_FIELDS", "get_config", "from_args", "num_outputs",
-           "drop_deleted_fields", "apply_override", "apply_overrides", "add_override_arguments", "parse_args",
-           "ConfigError", "OverrideError"]
+__all__ = ["NAMES", "ABLATION_ROWS", "SIZES", "Size", "DELETED_FIELDS", "ADDED_FIELDS", "get_config", "from_args",
+           "num_outputs", "drop_deleted_fields", "fill_added_fields", "apply_override", "apply_overrides",
+           "add_override_arguments", "parse_args", "ConfigError", "OverrideError"]
 
 
 def _registry() -> dict[str, ModuleType]:
@@ -62,6 +62,9 @@ ABLATION_ROWS: dict[str, str] = {
 # Fields deleted from the configs; configs saved before (checkpoints) may still hold them.
 # data.shuffle_buffer: never read (the pipeline shuffles the whole index with data.shuffle_seed).
 DELETED_FIELDS: tuple[str, ...] = ("data.shuffle_buffer",)
+# Fields added to the configs, with the value that reproduces what configs saved before them did: a saved config
+# without one of them (an older checkpoint) resumes and loads as if it held that value.
+ADDED_FIELDS: dict[str, Any] = {"model.fusion_refine_rescale": False, "model.local_within_region": False}
 
 
 def get_config(name: str = "algrnet", size: str = DEFAULT_SIZE,
@@ -99,6 +102,19 @@ def drop_deleted_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
+    return out
+
+
+def fill_added_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config dict with every :data:`ADDED_FIELDS` entry it lacks set to its old value; a copy."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in saved.items()}
+    for key, value in ADDED_FIELDS.items():
+        *sections, leaf = key.split(".")
+        node: Any = out
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(leaf, value)
     return out
 
 

@@ -113,8 +113,10 @@ def _flat(d: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
     """Raises ResumeError listing the config keys that differ from the run being resumed."""
-    # Fields deleted from the configs since (configs.DELETED_FIELDS) do not block a resume.
-    a, b = _flat(configs.drop_deleted_fields(saved)), _flat(checkpoints.config_to_dict(config))
+    # Fields deleted from the configs since (configs.DELETED_FIELDS) do not block a resume; fields added since
+    # (configs.ADDED_FIELDS) are compared with their old value.
+    a = _flat(configs.fill_added_fields(configs.drop_deleted_fields(saved)))
+    b = _flat(checkpoints.config_to_dict(config))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         lines = "\n".join(f"  {k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff)
