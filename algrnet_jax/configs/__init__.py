@@ -92,30 +92,27 @@ def from_args(name: str, size: str = DEFAULT_SIZE, label_set: str = DEFAULT_LABE
     return apply_overrides(get_config(name, size, label_set), overrides)
 
 
-def drop_deleted_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config dict (e.g. a checkpoint's) without the :data:`DELETED_FIELDS` it may hold; a copy."""
+def _edit_saved(saved: Mapping[str, Any], keys: Any, edit: Callable[[dict, str, str], Any]) -> dict[str, Any]:
+    """A copy of a saved config dict with ``edit(section, leaf, key)`` applied to the section of each dotted key."""
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in saved.items()}
-    for key in DELETED_FIELDS:
+    for key in keys:
         *sections, leaf = key.split(".")
         node: Any = out
         for part in sections:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
-            node.pop(leaf, None)
+            edit(node, leaf, key)
     return out
+
+
+def drop_deleted_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config dict (e.g. a checkpoint's) without the :data:`DELETED_FIELDS` it may hold; a copy."""
+    return _edit_saved(saved, DELETED_FIELDS, lambda section, leaf, key: section.pop(leaf, None))
 
 
 def fill_added_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
     """A saved config dict with every :data:`ADDED_FIELDS` entry it lacks set to its old value; a copy."""
-    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in saved.items()}
-    for key, value in ADDED_FIELDS.items():
-        *sections, leaf = key.split(".")
-        node: Any = out
-        for part in sections:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.setdefault(leaf, value)
-    return out
+    return _edit_saved(saved, ADDED_FIELDS, lambda section, leaf, key: section.setdefault(leaf, ADDED_FIELDS[key]))
 
 
 def num_outputs(config: ml_collections.ConfigDict) -> int:
