@@ -223,9 +223,9 @@ def markdown(tests: Sequence[Mapping[str, Any]]) -> str:
             if t["metric"] == "local_f1" else ""
         means = [f"{np.mean(t[k]):.1f}" if t.get(k) else "" for k in ("variant_per_seed", "baseline_per_seed")]
         blind = f"{t['blind_f1']:.1f}" if "blind_f1" in t else ""
-        lines.append(f"| {t['part']} | {t['au']} | {model_options(t) or 'paper'} | {t['metric']} | {t['variant']} | {t['baseline']} | {means[0]} | "
-                     f"{means[1]} | {t['paired_diff_mean']:+.1f} {ci_text} | {t.get('wins', '')}/{t['seeds']} | "
-                     f"{t['rule_ceiling']:.1f} | {blind} | {ko} |")
+        lines.append(f"| {t['part']} | {t['au']} | {model_options(t) or 'paper'} | {t['metric']} | {t['variant']} | "
+                     f"{t['baseline']} | {means[0]} | {means[1]} | {t['paired_diff_mean']:+.1f} {ci_text} | "
+                     f"{t.get('wins', '')}/{t['seeds']} | {t['rule_ceiling']:.1f} | {blind} | {ko} |")
     return "\n".join(lines) + "\n"
 
 

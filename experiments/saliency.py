@@ -9,9 +9,9 @@ gradient of the AU's local logit (``local_au_logprob[..., 1] - [..., 0]``) with 
 Reported per run: the share of that gradient mass inside the AU's own attention map (``initial_au_maps``
 resized to the crop, > 0) and outside the maps of every AU; the mean refined map of the AU on the cells of its
 region (``regions.region_support``) and off them (the paper's refined map is a sigmoid, about 0.5 off the region
-in trained models: the "local" branch reads the whole face; ``model.local_within_region`` zeroes it); a picture: the mean input and the mean gradient
-map, with the AU's mean attention map outlined. The selected checkpoint is the one the run reports (no
-selection on the test data).
+in trained models: the "local" branch reads the whole face; ``model.local_within_region`` zeroes it); a picture:
+the mean input and the mean gradient map, with the AU's mean attention map outlined. The selected checkpoint is
+the one the run reports (no selection on the test data).
 
     python -m experiments.saliency runs/mechanisms/bp4d_small_fr/wo_fr/seed0/fold1 --au 4 \
         --out experiments/results/saliency_fr.json
@@ -48,7 +48,7 @@ def local_gradient(model: Any, au_index: int):
     @jax.jit
     def run(variables, images):
         grad, out = jax.grad(logit_sum, has_aux=True)(images, variables)
-        centres = regions.au_centres(out["landmarks"], model.aus)
+        centres = regions.CENTRE_SCHEMES[model.task.region_scheme](out["landmarks"], model.aus)
         if "offsets" in out:
             centres = centres + out["offsets"][:, :, None, :]
         grid = model.crop_size // 4
@@ -96,7 +96,8 @@ def run_saliency(workdir: str | pathlib.Path, au: int, select: str = experiment.
         raise UserError(f"{workdir}: no test frame has AU{au} present")
     return {"run": str(workdir), "checkpoint": str(path), "au": au, "frames": frames,
             "share_inside_own_map": float(np.mean(inside)), "share_outside_every_map": float(np.mean(outside_all)),
-            "refined_map_on_region": float(np.nanmean(refined_on)), "refined_map_off_region": float(np.nanmean(refined_off)),
+            "refined_map_on_region": float(np.nanmean(refined_on)),
+            "refined_map_off_region": float(np.nanmean(refined_off)),
             "local_within_region": bool(config.model.get("local_within_region", False)),
             "mean": {k: v / frames for k, v in sums.items()}}
 
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         r = run_saliency(run, args.au, args.select)
         print(f"{run}: AU{args.au} local head, {r['frames']} present frames: gradient inside its own map "
-              f"{100 * r['share_inside_own_map']:.1f}%, outside every AU map {100 * r['share_outside_every_map']:.1f}%; "
+              f"{100 * r['share_inside_own_map']:.1f}%, outside every AU map "
+              f"{100 * r['share_outside_every_map']:.1f}%; "
               f"refined map on its region {r['refined_map_on_region']:.2f}, off it {r['refined_map_off_region']:.2f}",
               flush=True)
         results.append(r)

@@ -577,13 +577,11 @@ def test_local_within_region_keeps_each_local_head_on_its_own_region(local_withi
 
     jacobian, landmarks = jax.jit(jax.jacrev(local_logits, has_aux=True)).lower(images).compile(FAST)(images)
     centres = regions.au_centres(landmarks, config.aus)
+    supports = np.asarray(regions.region_support(centres, config.model.map_scale, g + config.model.map_margin, c, g))
     reach = 12
     for t in range(len(config.aus)):
-        grad = jacobian[t]
-        grad = np.abs(np.asarray(grad[0])).sum(-1)
-        support = np.asarray(regions.region_support(centres, config.model.map_scale, g + config.model.map_margin,
-                                                    c, g))[0, t]
-        near = np.kron(support, np.ones((c // g, c // g))) > 0
+        grad = np.abs(np.asarray(jacobian[t][0])).sum(-1)
+        near = np.kron(supports[0, t], np.ones((c // g, c // g))) > 0
         for _ in range(reach):        # dilate by one pixel (8-neighbourhood), `reach` times
             p = np.pad(near, 1)
             near = np.max([p[1 + dy:1 + dy + c, 1 + dx:1 + dx + c] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 0)

@@ -119,7 +119,7 @@ class ALGRNet(nn.Module):
         centres = regions.CENTRE_SCHEMES[self.task.region_scheme](jax.lax.stop_gradient(landmarks), self.aus)
         if self.adaptive:
             offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive", **geo)(flatten_nchw(align))
-            centres, scales = centres + offsets[:, :, None, :], scales
+            centres = centres + offsets[:, :, None, :]
             maps = regions.attention_maps(centres, scales, self.map_size, self.crop_size)
             out.update(offsets=offsets, scales=scales)
         else:

@@ -141,8 +141,9 @@ def region_support(centres: jax.Array, scales: jax.Array | float, map_size: int,
 
     The map of :func:`attention_maps` lives on the square of map cells [c - half, c + half] (clipped to
     [0, M - 1] as the reference does) around each rounded centre c = round(p * M / C), ``half = round((M - 1)
-    / 2 * e)``; map cell k spans crop pixels ((k - 1/2) * C / M, (k + 1/2) * C / M). Feature cell i of a ``grid_size`` grid covers crop
-    pixels [i * C / G, (i + 1) * C / G); it is in the support when it overlaps that square for either centre.
+    / 2 * e)``; map cell k spans crop pixels ((k - 1/2) * C / M, (k + 1/2) * C / M). Feature cell i of a
+    ``grid_size`` grid covers crop pixels [i * C / G, (i + 1) * C / G); it is in the support when it overlaps
+    that square for either centre.
     No gradient (a hard mask).
 
     Args:
