@@ -17,7 +17,8 @@ A training work directory holds ``checkpoints/<step>/`` (written by ``training.c
 validation-best), a directory of step checkpoints (latest), or one checkpoint directory, e.g. one written
 by ``save_inference_checkpoint`` (the JAA-Net converter's output).
 
-This module sits below training, inference, interop and evaluation: it imports none of them.
+This module sits below training, inference, interop and evaluation (it imports none of them) and above
+``configs``, whose saved forms it reads.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from algrnet_jax import configs
 from algrnet_jax.errors import UserError
 from algrnet_jax.fileio import atomic_path
 
@@ -131,8 +133,9 @@ def _tuples(x: Any) -> Any:
 
 
 def config_from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """Inverse of ``config_to_dict``: JSON lists become tuples, as the named configs hold them."""
-    return ml_collections.ConfigDict(_tuples(dict(d)))
+    """Inverse of ``config_to_dict``: JSON lists become tuples, as the named configs hold them; a config saved
+    before a field was added or deleted reads as today's (``configs.saved_as_current``)."""
+    return ml_collections.ConfigDict(_tuples(configs.saved_as_current(d)))
 
 
 # ----------------------------------------------------------------------------------- directories

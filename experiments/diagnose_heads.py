@@ -229,7 +229,7 @@ def diagnose(config: ml_collections.ConfigDict, probe_every: int, *, probe_batch
                           flush=True)
     return {"aus": list(config.aus), "steps": total, "probe_frames": int(labels.shape[0]), "probes": records,
             "config": {"fusion_refine": bool(config.model.fusion_refine),
-                       "fusion_refine_rescale": bool(config.model.get("fusion_refine_rescale", False)),
+                       "fusion_refine_rescale": config.model.fusion_refine_rescale,
                        "relation": config.model.relation, "seed": int(tc.seed)}}
 
 

@@ -32,13 +32,12 @@ import numpy as np
 
 from algrnet_jax import checkpoints, evaluation, experiment, verbosity
 from algrnet_jax.errors import UserError, run_main
-from algrnet_jax.models import regions
 from algrnet_jax.models.networks import create_model
 
 
 def local_gradient(model: Any, au_index: int):
     """``(variables, images [B, C, C, 3]) -> (|d local logit / d image| [B, C, C], initial_au_maps [B, n, h, w],
-    refined map of the AU [B, C/4, C/4], its region's cells [B, C/4, C/4])`` (``regions.region_support`` of the
+    refined map of the AU [B, C/4, C/4], its region's cells [B, C/4, C/4])`` (``ALGRNet.region_cells`` of the
     centres the model used: landmark rule plus adaptive offsets and scales where the model has them)."""
     def logit_sum(images, variables):
         out = model.apply(variables, images, train=False)
@@ -48,12 +47,8 @@ def local_gradient(model: Any, au_index: int):
     @jax.jit
     def run(variables, images):
         grad, out = jax.grad(logit_sum, has_aux=True)(images, variables)
-        centres = regions.CENTRE_SCHEMES[model.task.region_scheme](out["landmarks"], model.aus)
-        if "offsets" in out:
-            centres = centres + out["offsets"][:, :, None, :]
-        grid = model.crop_size // 4
-        support = regions.region_support(centres, out.get("scales", model.map_scale), model.map_size,
-                                         model.crop_size, grid)
+        centres = model.region_centres(out["landmarks"], out.get("offsets"))
+        support = model.region_cells(centres, out.get("scales", model.map_scale))
         return (jnp.abs(grad).sum(-1), out["initial_au_maps"], out["refined_au_maps"][:, au_index],
                 support[:, au_index])
     return run
@@ -98,7 +93,7 @@ def run_saliency(workdir: str | pathlib.Path, au: int, select: str = experiment.
             "share_inside_own_map": float(np.mean(inside)), "share_outside_every_map": float(np.mean(outside_all)),
             "refined_map_on_region": float(np.nanmean(refined_on)),
             "refined_map_off_region": float(np.nanmean(refined_off)),
-            "local_within_region": bool(config.model.get("local_within_region", False)),
+            "local_within_region": config.model.local_within_region,
             "mean": {k: v / frames for k, v in sums.items()}}
 
 

@@ -99,6 +99,10 @@ def test_a_run_saved_before_a_field_was_added_resumes_with_its_old_value(tmp_pat
     with pytest.raises(loop.ResumeError, match="model.local_within_region: checkpoint False, now True"):
         loop.check_resumable(saved, config, "old run")
     assert configs.fill_added_fields({"model": {"local_within_region": True}})["model"]["local_within_region"]
+    loaded = ckpt_lib.config_from_dict(saved)               # what inference reads from such a checkpoint
+    assert {k: validate.lookup(loaded, k)[1] for k in configs.ADDED_FIELDS} == configs.ADDED_FIELDS
+    saved["data"]["shuffle_buffer"] = 1000                  # a field deleted since
+    assert "shuffle_buffer" not in ckpt_lib.config_from_dict(saved).data
 
 
 # ------------------------------------------------------------------------------------ typed overrides

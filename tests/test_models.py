@@ -592,3 +592,31 @@ def test_local_within_region_keeps_each_local_head_on_its_own_region(local_withi
             assert grad[near].sum() > 0
         else:
             assert (far > 0).mean() > 0.5, t
+
+
+def test_region_cells_are_the_cells_the_forward_confines_to():
+    """``ALGRNet.region_centres`` / ``region_cells`` (what experiments.saliency reads a model's regions with)
+    give the cells the forward keeps with ``local_within_region``, adaptive offsets and scales included."""
+    config = get_config("algrnet", "tiny", "bp4d")
+    images = _inputs(config, batch=2)["image"]
+    key = jax.random.PRNGKey(0)
+    variables = jax.jit(networks.create_model(config).init).lower(key, images).compile(FAST)(key, images)
+    params = jax.tree.map(lambda x: x, variables["params"])     # Ada's last layers start at 0: move them
+    ada = params["adaptive"]
+    ada["offset_out"]["bias"] = jax.random.uniform(jax.random.PRNGKey(1), ada["offset_out"]["bias"].shape,
+                                                   minval=-6.0, maxval=6.0)
+    ada["scale_out"]["bias"] = jax.random.uniform(jax.random.PRNGKey(2), ada["scale_out"]["bias"].shape,
+                                                  minval=-0.5, maxval=0.5)
+    variables = {**variables, "params": params}
+    outs = {}
+    for confined in (False, True):
+        config.model.local_within_region = confined
+        model = networks.create_model(config)
+        outs[confined] = jax.jit(lambda v, x, m=model: m.apply(v, x)).lower(variables, images).compile(FAST)(
+            variables, images)
+    out = outs[True]
+    assert np.abs(np.asarray(out["offsets"])).max() > 1.0
+    cells = np.asarray(model.region_cells(model.region_centres(out["landmarks"], out["offsets"]), out["scales"]))
+    assert 0 < cells.mean() < 1
+    np.testing.assert_allclose(np.asarray(out["refined_au_maps"]), np.asarray(outs[False]["refined_au_maps"]) * cells,
+                               rtol=1e-6, atol=1e-7)

@@ -34,7 +34,7 @@ from algrnet_jax.configs.overrides import (OverrideError, add_override_arguments
 from algrnet_jax.configs.validate import ConfigError
 
 __all__ = ["NAMES", "ABLATION_ROWS", "SIZES", "Size", "DELETED_FIELDS", "ADDED_FIELDS", "get_config", "from_args",
-           "num_outputs", "drop_deleted_fields", "fill_added_fields", "apply_override", "apply_overrides",
+           "num_outputs", "drop_deleted_fields", "fill_added_fields", "saved_as_current", "apply_override", "apply_overrides",
            "add_override_arguments", "parse_args", "ConfigError", "OverrideError"]
 
 
@@ -113,6 +113,13 @@ def drop_deleted_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
 def fill_added_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
     """A saved config dict with every :data:`ADDED_FIELDS` entry it lacks set to its old value; a copy."""
     return _edit_saved(saved, ADDED_FIELDS, lambda section, leaf, key: section.setdefault(leaf, ADDED_FIELDS[key]))
+
+
+def saved_as_current(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config dict (a checkpoint's) as today's configs hold it: without :data:`DELETED_FIELDS`, with
+    every :data:`ADDED_FIELDS` entry it lacks at its old value; a copy. The one place where configs saved by
+    older versions are brought up to date (``checkpoints.config_from_dict``, ``training.loop.check_resumable``)."""
+    return fill_added_fields(drop_deleted_fields(saved))
 
 
 def num_outputs(config: ml_collections.ConfigDict) -> int:

@@ -98,6 +98,19 @@ class ALGRNet(nn.Module):
     def map_size(self) -> int:
         return self.crop_size // 4 + self.map_margin
 
+    @nn.nowrap
+    def region_centres(self, landmarks: jax.Array, offsets: jax.Array | None = None) -> jax.Array:
+        """landmarks [B, L, 2] (+ Ada's offsets [B, n, 2]) -> both centres of each branch's region [B, n, 2, 2],
+        crop pixels: the task's centre rule, shifted by the offsets where the model has them."""
+        centres = regions.CENTRE_SCHEMES[self.task.region_scheme](landmarks, self.aus)
+        return centres if offsets is None else centres + offsets[:, :, None, :]
+
+    @nn.nowrap
+    def region_cells(self, centres: jax.Array, scales: jax.Array | float) -> jax.Array:
+        """Centres [B, n, 2, 2] and scales ([B, n], or the fixed scale) -> 1 on the cells of the C/4 feature grid
+        that each branch's attention-map square overlaps, 0 elsewhere [B, n, C/4, C/4] (``regions.region_support``)."""
+        return regions.region_support(centres, scales, self.map_size, self.crop_size, self.crop_size // 4)
+
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         b, u, n = images.shape[0], self.unit, self.num_branches
@@ -116,18 +129,17 @@ class ALGRNet(nn.Module):
         landmarks = landmarks.reshape(b, au_sets.NUM_LANDMARKS, 2)
         out = {"landmarks": landmarks}
 
-        centres = regions.CENTRE_SCHEMES[self.task.region_scheme](jax.lax.stop_gradient(landmarks), self.aus)
         if self.adaptive:
             offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive", **geo)(flatten_nchw(align))
-            centres = centres + offsets[:, :, None, :]
+            centres = self.region_centres(jax.lax.stop_gradient(landmarks), offsets)
             maps = regions.attention_maps(centres, scales, self.map_size, self.crop_size)
             out.update(offsets=offsets, scales=scales)
         else:
-            scales = float(self.map_scale)
+            centres, scales = self.region_centres(jax.lax.stop_gradient(landmarks)), float(self.map_scale)
             maps = jax.lax.stop_gradient(regions.attention_maps(centres, scales, self.map_size, self.crop_size))
         refined = RefineNet(u, train, copies=n, name="attention_refine", **kw)(maps.transpose(1, 0, 2, 3)[..., None])
         if self.local_within_region:   # zero the refined map off the region's own cells (docs/model.md §9)
-            support = regions.region_support(centres, scales, self.map_size, self.crop_size, region.shape[1])
+            support = self.region_cells(centres, scales)
             refined = refined * support.transpose(1, 0, 2, 3)[..., None].astype(refined.dtype)
         out["initial_au_maps"] = maps
         out["refined_au_maps"] = refined[..., 0].transpose(1, 0, 2, 3)
@@ -160,8 +172,8 @@ def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
     m = config.model
     return ALGRNet(aus=tuple(config.aus), crop_size=config.crop_size, unit=m.unit, lstm_hidden=m.lstm_hidden,
                    map_margin=m.map_margin, map_scale=m.map_scale, adaptive=m.adaptive, relation=m.relation,
-                   fusion_refine=m.fusion_refine, fusion_refine_rescale=bool(m.get("fusion_refine_rescale", False)),
-                   local_within_region=bool(m.get("local_within_region", False)),
+                   fusion_refine=m.fusion_refine, fusion_refine_rescale=m.fusion_refine_rescale,
+                   local_within_region=m.local_within_region,
                    final_mean=m.arch != "jaanet", task=tasks.get_task(m.task),
                    num_grades=m.num_grades, num_regions=m.num_regions, conv_impl=m.get("conv_impl", "auto"),
                    dtype=COMPUTE_DTYPES[m.get("dtype", "float32")],

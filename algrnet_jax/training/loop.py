@@ -115,7 +115,7 @@ def check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict,
     """Raises ResumeError listing the config keys that differ from the run being resumed."""
     # Fields deleted from the configs since (configs.DELETED_FIELDS) do not block a resume; fields added since
     # (configs.ADDED_FIELDS) are compared with their old value.
-    a = _flat(configs.fill_added_fields(configs.drop_deleted_fields(saved)))
+    a = _flat(configs.saved_as_current(saved))
     b = _flat(checkpoints.config_to_dict(config))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
