@@ -57,3 +57,23 @@ def test_gradients_and_update_moves_regions(setup):
 def test_bad_input():
     with pytest.raises(ValueError, match=r"AdaptiveRegions: expected flattened alignment features \[B, D\]"):
         jax.eval_shape(AdaptiveRegions(N).init, jax.random.key(0), jnp.zeros((B, 5, 5, 8)))
+
+
+def test_offset_unit_scales_the_offsets_and_their_learning(setup):
+    """``unit`` multiplies the offsets for the same parameters, starts them at 0 as well, and one SGD step on
+    the same offset loss moves them unit**2 times as far (the gradient scales by unit, and so does the output)."""
+    model, variables, feat = setup
+    unit = 5.0
+    scaled = AdaptiveRegions(N, init_scale=0.14, hidden=16, unit=unit)
+    params = jax.tree.map(lambda p: p + 0.01, variables["params"])
+    (o1, s1), (o5, s5) = (jax.jit(m.apply)({"params": params}, feat) for m in (model, scaled))
+    np.testing.assert_allclose(np.asarray(o5), unit * np.asarray(o1), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(s5), np.asarray(s1))
+    np.testing.assert_array_equal(np.asarray(jax.jit(scaled.apply)(variables, feat)[0]), 0.0)
+
+    def step(m):
+        g = jax.grad(lambda p: jnp.sum(m.apply({"params": p}, feat)[0]))(variables["params"])
+        return m.apply({"params": jax.tree.map(lambda p, d: p - 1e-3 * d, variables["params"], g)}, feat)[0]
+
+    moved1, moved5 = np.asarray(step(model)), np.asarray(step(scaled))
+    np.testing.assert_allclose(moved5, unit ** 2 * moved1, rtol=1e-4)

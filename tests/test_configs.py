@@ -23,7 +23,8 @@ FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "configs_frozen.json"
 # Fields deleted (configs.DELETED_FIELDS) or added since the fixture was frozen.
 ADDED_FIELDS: tuple[str, ...] = ("data.val_fraction", "data.val_seed",   # the validation split (PIPELINE)
                                  "model.fusion_refine_rescale",         # off = the paper
-                                 "model.local_within_region")           # off = the paper
+                                 "model.local_within_region",           # off = the paper
+                                 "model.offset_unit")                   # "pixel" = as before
 
 
 def _thaw(x):

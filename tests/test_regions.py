@@ -169,3 +169,13 @@ def test_region_support_covers_exactly_the_cells_the_map_touches(crop, scales):
                             expect[i, j] = True
             np.testing.assert_array_equal(support[b, r] > 0, expect)
             assert (maps[b, r] > 0).sum() == 0 or support[b, r].sum() > 0
+
+
+@pytest.mark.parametrize("crop,margin,expected", [(64, 8, 2 * 64 / 24), (176, 8, 4 * 176 / 52)])
+def test_half_width_pixels_is_the_fixed_regions_half_width(crop, margin, expected):
+    """``half_width_pixels``: the square of a fixed-scale map is 2 * half + 1 cells of C / M pixels."""
+    m = crop // 4 + margin
+    assert regions.half_width_pixels(0.14, m, crop) == pytest.approx(expected)
+    maps = regions.attention_maps(jnp.full((1, 1, 2, 2), crop / 2.0), 0.14, m, crop)
+    cells = int((np.asarray(maps[0, 0]) > 0).any(0).sum())
+    assert cells == 2 * round(expected * m / crop) + 1

@@ -312,7 +312,7 @@ BAD_VALUES = [
     ("crop_size", 0), ("aligned_size", -1), ("label_set", "ck+"), ("model.arch", "resnet"), ("model.task", "x"),
     ("model.unit", 0), ("model.lstm_hidden", 0), ("model.map_margin", -1), ("model.map_scale", 1.5),
     ("model.adaptive", 1), ("model.relation", "lstm"), ("model.fusion_refine", "yes"), ("model.num_grades", 3),
-    ("model.num_regions", 0), ("model.dtype", "int8"), ("model.param_dtype", "bfloat16"), ("data.dataset", "ck"),
+    ("model.num_regions", 0), ("model.offset_unit", "cell"), ("model.dtype", "int8"), ("model.param_dtype", "bfloat16"), ("data.dataset", "ck"),
     ("data.builder_config", 3),
     ("data.data_dir", None), ("data.fold", 4), ("data.batch_size", 0), ("data.eval_batch_size", 0),
     ("data.shuffle_seed", -1), ("data.prefetch", -1), ("data.skip_bad", "no"),

@@ -64,7 +64,8 @@ ABLATION_ROWS: dict[str, str] = {
 DELETED_FIELDS: tuple[str, ...] = ("data.shuffle_buffer",)
 # Fields added to the configs, with the value that reproduces what configs saved before them did: a saved config
 # without one of them (an older checkpoint) resumes and loads as if it held that value.
-ADDED_FIELDS: dict[str, Any] = {"model.fusion_refine_rescale": False, "model.local_within_region": False}
+ADDED_FIELDS: dict[str, Any] = {"model.fusion_refine_rescale": False, "model.local_within_region": False,
+                                "model.offset_unit": "pixel"}
 
 
 def get_config(name: str = "algrnet", size: str = DEFAULT_SIZE,

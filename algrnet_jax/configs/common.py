@@ -87,6 +87,7 @@ def base_config(name: str, arg: str | None, *, arch: str, adaptive: bool, relati
     c.model.map_margin = 8               # attention map size M = crop/4 + margin (paper 52)
     c.model.map_scale = 0.14             # e: fixed region scale (initial scale with Ada)
     c.model.adaptive = adaptive          # AdaptiveRegions (offsets and scales)
+    c.model.offset_unit = "pixel"        # Ada's offset output: crop pixels | region (initial half-widths; not the paper's)
     c.model.relation = relation          # models.relations.RELATIONS name ("skip_bilstm" | "bilstm") or "none"
     c.model.fusion_refine = fusion_refine
     c.model.fusion_refine_rescale = False  # r_t * sqrt(F), unit-RMS F&R output: not the paper's (ablation doc)

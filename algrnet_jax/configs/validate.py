@@ -49,6 +49,7 @@ TABLES = {
     "dtype": "algrnet_jax.models.networks:COMPUTE_DTYPES",
     "param_dtype": "algrnet_jax.models.networks:PARAM_DTYPES",
     "conv_impl": "algrnet_jax.models.layers:CONV_IMPLS",
+    "offset_unit": "algrnet_jax.models.networks:OFFSET_UNITS",
     "dataset": "data_pipelines.builders:REGISTRY",
 }
 
@@ -84,6 +85,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str | Callable[[], str]], ...] =
     ("model.num_grades", lambda v: v == len(au_sets.GRADES), f"{len(au_sets.GRADES)} (the paralysis grades)"),
     ("model.num_regions", _pos_int, "a positive integer"),
     ("model.conv_impl", *_one_of("conv_impl")),
+    ("model.offset_unit", *_one_of("offset_unit")),
     ("model.dtype", *_one_of("dtype")),
     ("model.param_dtype", *_one_of("param_dtype")),
     ("data.dataset", *_one_of("dataset")),

@@ -66,6 +66,8 @@ from algrnet_jax.models.stem import HLFeat, RegionLearning
 # config.model.dtype -> the modules' computation dtype (float32: None, i.e. that of the float32 params).
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 PARAM_DTYPES = ("float32", "float64")
+# model.offset_unit -> crop pixels per unit of Ada's offset output, from (map_scale, map_size, crop_size)
+OFFSET_UNITS = {"pixel": lambda scale, map_size, crop_size: 1.0, "region": regions.half_width_pixels}
 
 
 class ALGRNet(nn.Module):
@@ -78,6 +80,7 @@ class ALGRNet(nn.Module):
     map_margin: int = 8
     map_scale: float = 0.14
     adaptive: bool = True
+    offset_unit: str = "pixel"       # Ada's offset output in crop pixels, or in initial region half-widths ("region")
     relation: str = "skip_bilstm"    # a relations.RELATIONS name, or "none"
     fusion_refine: bool = True
     fusion_refine_rescale: bool = False  # r_t * sqrt(F) (unit RMS; not the paper's: off by default)
@@ -130,7 +133,9 @@ class ALGRNet(nn.Module):
         out = {"landmarks": landmarks}
 
         if self.adaptive:
-            offsets, scales = AdaptiveRegions(n, self.map_scale, name="adaptive", **geo)(flatten_nchw(align))
+            unit = OFFSET_UNITS[self.offset_unit](self.map_scale, self.map_size, self.crop_size)
+            offsets, scales = AdaptiveRegions(n, self.map_scale, unit=unit, name="adaptive", **geo)(
+                flatten_nchw(align))
             centres = self.region_centres(jax.lax.stop_gradient(landmarks), offsets)
             maps = regions.attention_maps(centres, scales, self.map_size, self.crop_size)
             out.update(offsets=offsets, scales=scales)
@@ -171,7 +176,8 @@ def create_model(config: ml_collections.ConfigDict) -> ALGRNet:
     validate_config(config)
     m = config.model
     return ALGRNet(aus=tuple(config.aus), crop_size=config.crop_size, unit=m.unit, lstm_hidden=m.lstm_hidden,
-                   map_margin=m.map_margin, map_scale=m.map_scale, adaptive=m.adaptive, relation=m.relation,
+                   map_margin=m.map_margin, map_scale=m.map_scale, adaptive=m.adaptive, offset_unit=m.offset_unit,
+                   relation=m.relation,
                    fusion_refine=m.fusion_refine, fusion_refine_rescale=m.fusion_refine_rescale,
                    local_within_region=m.local_within_region,
                    final_mean=m.arch != "jaanet", task=tasks.get_task(m.task),

@@ -94,6 +94,12 @@ def paralysis_centres(landmarks: jax.Array) -> jax.Array:
     return jnp.stack([pts, pts], axis=2)
 
 
+def half_width_pixels(scale: float, map_size: int, crop_size: int) -> float:
+    """Half-width of a region of fixed scale ``scale`` in crop pixels: ``round((M - 1) / 2 * e)`` map cells of
+    C / M pixels each (:func:`attention_maps`); 5.33 at crop 64 (M = 24), 13.5 at crop 176 (M = 52), e = 0.14."""
+    return float(round((map_size - 1) / 2.0 * scale)) * crop_size / map_size
+
+
 def attention_maps(centres: jax.Array, scales: jax.Array | float, map_size: int, crop_size: int) -> jax.Array:
     """JAA-Net attention maps for every region of a batch.
 
