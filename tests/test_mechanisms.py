@@ -218,6 +218,13 @@ def test_runner_writes_the_summary(tmp_path, capsys):
     assert row["share_inside_own_map"] + row["share_outside_every_map"] <= 1 + 1e-6
     assert 0 < row["refined_map_on_region"] < 1 and 0 < row["refined_map_off_region"] < 1
     assert sal.with_suffix(".png").stat().st_size > 1000
+    # where its adaptive regions went (experiments.region_moves)
+    from experiments import region_moves
+    rm = tmp_path / "moves.json"
+    assert region_moves.main([str(run), "--out", str(rm)]) == 0
+    (row,) = json.loads(rm.read_text())
+    assert row["adaptive"] and len(row["offset_px_mean"]) == len(row["aus"]) == len(row["local_f1"])
+    assert all(0 <= v <= 1 for v in row["overlap_mean"]) and all(s > 0 for s in row["scale_mean"])
 
 
 def test_local_gradient_is_the_input_gradient_of_one_faces_local_logit():
@@ -246,3 +253,35 @@ def test_local_gradient_is_the_input_gradient_of_one_faces_local_logit():
     ref = np.asarray(jax.jit(jax.grad(face0_logit))(x))
     assert np.abs(ref[0]).max() > 0 and np.abs(ref[1]).max() == 0
     np.testing.assert_allclose(grad[0], np.abs(ref[0]).sum(-1), rtol=1e-4, atol=1e-9)
+
+
+def test_region_moves_measure_the_offsets_scales_and_cells_ada_changed():
+    """experiments.region_moves: a model whose Ada output is pushed by a known offset and scale reports that
+    offset length and scale, and a smaller overlap with the fixed region; Ada at its zero start reports overlap 1."""
+    import jax
+
+    from algrnet_jax import configs
+    from algrnet_jax.models.networks import create_model
+    from experiments import region_moves
+
+    config = configs.get_config("wo_fr", "tiny")
+    config.model.relation = "none"
+    model = create_model(config)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, config.crop_size, config.crop_size, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    apply = jax.jit(lambda v: model.apply(v, x, train=False))
+    m0 = region_moves.moves(model, apply(variables))
+    np.testing.assert_array_equal(m0["overlap"], 1.0)
+    np.testing.assert_array_equal(m0["offset_px"], 0.0)
+    np.testing.assert_allclose(m0["scale"], config.model.map_scale, rtol=1e-6)
+    params = jax.tree.map(lambda p: p, variables["params"])
+    bias = np.zeros(params["adaptive"]["offset_out"]["bias"].shape, np.float32)
+    bias[0:2] = (6.0, 8.0)                                  # AU 0 moved by (6, 8) px: length 10
+    params["adaptive"]["offset_out"]["bias"] = bias
+    params["adaptive"]["scale_out"]["bias"] = np.full(params["adaptive"]["scale_out"]["bias"].shape, np.log(3.0),
+                                                      np.float32)   # every scale x 3: half-width 1 -> 3 cells
+    m1 = region_moves.moves(model, apply({**variables, "params": params}))
+    np.testing.assert_allclose(m1["offset_px"][:, 0], 10.0, rtol=1e-5)
+    np.testing.assert_allclose(m1["offset_px"][:, 1:], 0.0, atol=1e-6)
+    np.testing.assert_allclose(m1["scale"], config.model.map_scale * 3, rtol=1e-5)
+    assert (m1["overlap"] < 1).all() and (m1["overlap"][:, 0] < m1["overlap"][:, 1:].min()).all()
