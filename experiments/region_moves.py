@@ -12,7 +12,6 @@ checkpoint is the one the run reports (no selection on the test data).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -22,9 +21,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from algrnet_jax import checkpoints, evaluation, experiment, verbosity
-from algrnet_jax.errors import UserError, run_main
+from algrnet_jax import checkpoints, evaluation, experiment
+from algrnet_jax.errors import run_main
 from algrnet_jax.models.networks import ALGRNet, create_model
+from experiments import run_args
 
 
 def moves(model: ALGRNet, outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -68,15 +68,7 @@ def run_moves(workdir: str | pathlib.Path, select: str = experiment.LAST) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.region_moves", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories (…/<variant>/seed<k>/fold1)")
-    parser.add_argument("--select", default=experiment.LAST, choices=experiment.SELECTIONS)
-    parser.add_argument("--out", required=True, help="JSON path")
-    verbosity.add_argument(parser)
-    args = parser.parse_args(argv)
-    verbosity.configure(args.verbose)
-    if not args.out.endswith(".json"):
-        raise UserError(f"--out {args.out}: give a .json path")
+    args = run_args.parse_run_args(run_args.run_parser("region_moves", __doc__, "JSON path"), argv)
     results = []
     for run in args.runs:
         r = run_moves(run, args.select)

@@ -29,7 +29,6 @@ Writes JSON (``--out``) and prints a Markdown table (also written beside the JSO
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -41,12 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algrnet_jax import checkpoints, evaluation, experiment, verbosity
-from algrnet_jax.errors import UserError, run_main
+from algrnet_jax import checkpoints, evaluation, experiment
+from algrnet_jax.errors import run_main
 from algrnet_jax.models.adaptive import AdaptiveRegions
 from algrnet_jax.models.fusion import FusionRefineAU
 from algrnet_jax.models.networks import create_model
 from algrnet_jax.models.relations import NONE, Relation
+from experiments import run_args
 
 
 def _other_face(x: jax.Array, axis: int) -> jax.Array:
@@ -187,18 +187,8 @@ def markdown(runs: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.relation_use", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="training work directories (e.g. runs/x/algrnet/seed0/fold1)")
-    p.add_argument("--select", default=experiment.LAST, choices=experiment.SELECTIONS,
-                   help="the checkpoint of each run that is evaluated (as the ablation reported it)")
-    p.add_argument("--out", required=True, help="JSON file; the Markdown table goes beside it (.md)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-    verbosity.configure(args.verbose)
-    for run in args.runs:
-        if not pathlib.Path(run).is_dir():
-            raise UserError(f"{run}: not a directory (give training work directories)")
+    args = run_args.parse_run_args(run_args.run_parser(
+        "relation_use", __doc__, "JSON path; the Markdown table goes beside it (.md)"), argv)
     runs = [knockout_run(run, args.select) for run in args.runs]
     md = markdown(runs)
     print(md)

@@ -18,7 +18,6 @@ the one the run reports (no selection on the test data).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -30,9 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algrnet_jax import checkpoints, evaluation, experiment, verbosity
+from algrnet_jax import checkpoints, evaluation, experiment
 from algrnet_jax.errors import UserError, run_main
 from algrnet_jax.models.networks import create_model
+from experiments import run_args
 
 
 def local_gradient(model: Any, au_index: int):
@@ -124,16 +124,9 @@ def picture(results: Sequence[dict[str, Any]], png: pathlib.Path, scale: int = 4
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.saliency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories (…/<variant>/seed<k>/fold1)")
+    parser = run_args.run_parser("saliency", __doc__, "JSON path (the picture goes beside it as .png)")
     parser.add_argument("--au", type=int, required=True, help="the AU whose local head is examined")
-    parser.add_argument("--select", default=experiment.LAST, choices=experiment.SELECTIONS)
-    parser.add_argument("--out", required=True, help="JSON path (the picture goes beside it as .png)")
-    verbosity.add_argument(parser)
-    args = parser.parse_args(argv)
-    verbosity.configure(args.verbose)
-    if not args.out.endswith(".json"):
-        raise UserError(f"--out {args.out}: give a .json path")
+    args = run_args.parse_run_args(parser, argv)
     results = []
     for run in args.runs:
         r = run_saliency(run, args.au, args.select)
