@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         mechs = {t: sets.mechanism(t, **options) for t in tests}
     except ValueError as e:
         raise UserError(str(e)) from None
-    names = {t: synth_au.register(m, args.data_size) for t, m in mechs.items()}   # before any builder is made
+    names = {t: synth_au.register(m, args.data_size) for t, m in mechs.items()}
     data_dir = args.data_dir or str(pathlib.Path(args.workdir) / "tfds")
     args.data_dir = data_dir
     t_all = time.time()

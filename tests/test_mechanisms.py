@@ -137,6 +137,26 @@ def test_mechanism_options_are_validated():
         generator.check_config(dataclasses.replace(ONE, outside_aus=(1, 2)))
 
 
+def test_a_set_with_options_is_found_by_its_name_in_any_process(tmp_path):
+    """The builder config name of a set with options reads back as that set (``parse_name`` inverts
+    ``Mechanism.name``), and ``get_builder`` finds it by name after synth_au's configs were first looked up, as
+    an evaluation in a process other than the runner's does (saliency, region_moves, relation_use)."""
+    from data_pipelines import builders
+
+    for mech, size in ((mechanisms.mechanism("ada", displacement=0.45), "tiny"), (mechanisms.mechanism("fr"), "small"),
+                       (mechanisms.mechanism("sb", au=1, partners=[12, 25]), "medium")):
+        assert mechanisms.parse_name(mech.name(size)) == (mech, size)
+    for other in ("bp4d_small", "bp4d_small_ada_d0.6", "bp4d_huge_fr", "bp4d_small_ada_au12_d0.30",
+                  "bp4d_small_sb_au2_p2", "bp4d_small_ada_au12_d0"):
+        assert mechanisms.parse_name(other) is None, other
+    assert builders.get_builder("synth_au", "bp4d_tiny", data_dir=str(tmp_path)).builder_config.mechanism is None
+    name = "bp4d_tiny_ada_au12_d0.45"
+    cfg = builders.get_builder("synth_au", name, data_dir=str(tmp_path)).builder_config
+    assert cfg.name == name and cfg.mechanism == mechanisms.mechanism("ada", displacement=0.45) and cfg.size == "tiny"
+    with pytest.raises(ValueError, match="unknown config 'bp4d_tiny_ada_d0.45'"):
+        builders.get_builder("synth_au", "bp4d_tiny_ada_d0.45", data_dir=str(tmp_path))
+
+
 def test_runner_summary_from_given_runs(tmp_path, monkeypatch, capsys):
     """The runner's bookkeeping without training: per-seed runs with known F1 give paired differences of the
     tested AU's local F1 and of the final mean F1 with their t intervals, in the issue's schema."""

@@ -69,6 +69,7 @@ def get_builder(name: str, config: str | None = None, data_dir: str | None = Non
     cls = builder_class(name)
     if config is not None:
         names = [c.name for c in getattr(cls, "BUILDER_CONFIGS", [])]
-        if names and config not in names:
+        # a builder may know configs by name beyond its list (synth_au: mechanism sets with options)
+        if names and config not in names and not getattr(cls, "resolve_config", lambda _: False)(config):
             raise ValueError(f"unknown config {config!r} of dataset {name!r}; choose from {', '.join(names)}")
     return cls(config=config, data_dir=data_dir or default_data_dir(), **kwargs)

@@ -69,16 +69,24 @@ def mechanism_config(mech: mechanisms.Mechanism, size: str = "small") -> SynthAu
 def register(mech: mechanisms.Mechanism, size: str = "small") -> str:
     """Adds the builder config of a mechanism set with non-default options (if new) and returns its name.
 
-    tfds fixes a builder's configs on their first lookup, so call this before the first builder of this
-    process is made; RuntimeError otherwise."""
+    tfds reads ``BUILDER_CONFIGS`` into a memoised dict on the first lookup; the config goes into both, so it
+    may be added at any time in a process."""
     config = mechanism_config(mech, size)
-    if config.name in {c.name for c in SynthAu.BUILDER_CONFIGS}:
-        return config.name
-    SynthAu.BUILDER_CONFIGS.append(config)
-    if config.name not in SynthAu.builder_configs:
-        SynthAu.BUILDER_CONFIGS.remove(config)
-        raise RuntimeError(f"synth_au: register {config.name!r} before the first synth_au builder is made")
+    if config.name not in {c.name for c in SynthAu.BUILDER_CONFIGS}:
+        SynthAu.BUILDER_CONFIGS.append(config)
+    SynthAu.builder_configs.setdefault(config.name, config)
     return config.name
+
+
+def resolve_config(name: str) -> bool:
+    """Registers the mechanism set a builder config name describes (``mechanisms.parse_name``: the sets with
+    options that ``experiments.mechanisms`` builds, read back by evaluation in another process); False if
+    ``name`` names none."""
+    parsed = mechanisms.parse_name(name)
+    if parsed is None:
+        return False
+    register(*parsed)
+    return True
 
 
 class SynthAu(base.AlgrnetBuilder):
@@ -88,6 +96,7 @@ class SynthAu(base.AlgrnetBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = _configs()
     DEFAULT_BUILDER_CONFIG_NAME = "bp4d_small"
+    resolve_config = staticmethod(resolve_config)
 
     def _frames(self, part: int, dl_manager) -> Iterator[examples.Frame]:
         cfg: SynthAuConfig = self.builder_config

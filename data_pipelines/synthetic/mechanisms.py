@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Sequence
 
 import cv2
@@ -37,6 +38,10 @@ DEFAULTS: dict[str, dict] = {
     "ada": {"au": 12, "displacement": 0.3},
     "fr": {"au": 4},
 }
+
+# Builder config names (Mechanism.name): bp4d_<size>_<test>, options appended (_au<N>, _p<a>-<b>, _d<x>)
+_NAME = re.compile(rf"bp4d_(?P<size>[a-z]+)_(?P<test>{'|'.join(TESTS)})(?:_au(?P<au>\d+))?"
+                   r"(?:_p(?P<partners>\d+(?:-\d+)*))?(?:_d(?P<d>\d+(?:\.\d+)?(?:e-?\d+)?))?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,21 @@ class Mechanism:
         if self.test == "ada":
             return f"AU{self.au} drawn shifted by {self.displacement:g} interocular units per subject"
         return f"AU{self.au} drawn only outside every AU region (beside the eyes)"
+
+
+def parse_name(name: str) -> tuple[Mechanism, str] | None:
+    """``(mechanism, size)`` of a builder config name that :meth:`Mechanism.name` writes (``bp4d_small_ada``,
+    ``bp4d_small_ada_au12_d0.6``, ``bp4d_tiny_sb_au1_p12-25``); None for any other name."""
+    m = _NAME.fullmatch(name)
+    if m is None or m["size"] not in SIZES:
+        return None
+    partners = [int(p) for p in m["partners"].split("-")] if m["partners"] else None
+    try:
+        mech = mechanism(m["test"], None if m["au"] is None else int(m["au"]), partners,
+                         None if m["d"] is None else float(m["d"]))
+    except ValueError:
+        return None
+    return (mech, m["size"]) if mech.name(m["size"]) == name else None
 
 
 def mechanism(test: str, au: int | None = None, partners: Sequence[int] | None = None,
