@@ -169,12 +169,13 @@ def _lock_file(out: pathlib.Path) -> pathlib.Path:
 
 
 def model_options(row: Mapping[str, Any]) -> str:
-    """The options an entry ran with, short: its ``model.*`` overrides that are on, and the epochs where they
-    differ from the runner's default budget (``local_within_region, 18 epochs``)."""
+    """The options an entry ran with, short: its ``model.*`` overrides that are on (a switch by its name, any
+    other value as ``name=value``), and the epochs where they differ from the runner's default budget
+    (``local_within_region, offset_unit=region, 18 epochs``)."""
     overrides = dict(o.split("=", 1) for o in row.get("overrides", []) if "=" in o)
     default_epochs = dict(o.split("=", 1) for o in DEFAULT_BUDGET)["train.num_epochs"]
-    names = [k.removeprefix("model.") for k, v in overrides.items()
-             if k.startswith("model.") and v.lower() not in ("false", "0")]
+    names = [k.removeprefix("model.") + ("" if v.lower() in ("true", "1") else f"={v}")
+             for k, v in overrides.items() if k.startswith("model.") and v.lower() not in ("false", "0")]
     if overrides.get("train.num_epochs", default_epochs) != default_epochs:
         names.append(f"{overrides['train.num_epochs']} epochs")
     return ", ".join(names)

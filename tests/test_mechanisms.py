@@ -196,6 +196,8 @@ def test_runner_summary_from_given_runs(tmp_path, monkeypatch, capsys):
                                                "train.num_epochs=18", "data.batch_size=8"]}) == \
         "local_within_region, 18 epochs"
     assert runner.model_options({"overrides": ["train.num_epochs=6"]}) == ""
+    assert runner.model_options({"overrides": ["model.local_within_region=true", "model.offset_unit=region"]}) == \
+        "local_within_region, offset_unit=region"
     table = out.with_suffix(".md").read_text()
     assert "| fr | AU4 | local_within_region | local_f1 |" in table and "| fr | AU4 | paper | local_f1 |" in table
 
