@@ -158,7 +158,8 @@ def summarise(test: str, mech: sets.Mechanism, tested: str, aggregates: Mapping[
                          "variant_per_seed": [value(aggregates[tested]["seeds"][s]) for s in p["seeds"]],
                          "baseline_per_seed": [value(aggregates[base]["seeds"][s]) for s in p["seeds"]],
                          "rule_ceiling": ceiling["rule_ceiling"], "blind_f1": ceiling["blind_f1"],
-                         "set": mech.describe(), "overrides": list(overrides)})
+                         "set": mech.describe(), "set_options": set_options(mech),
+                         "overrides": list(overrides)})
     return rows
 
 
@@ -168,23 +169,36 @@ def _lock_file(out: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(tempfile.gettempdir()) / f"algrnet_mechanisms_{digest}.lock"
 
 
-def model_options(row: Mapping[str, Any]) -> str:
-    """The options an entry ran with, short: its ``model.*`` overrides that are on (a switch by its name, any
-    other value as ``name=value``), and the epochs where they differ from the runner's default budget
-    (``local_within_region, offset_unit=region, 18 epochs``)."""
+def set_options(mech: sets.Mechanism) -> str:
+    """The options of a set that differ from its test's defaults, short (``displacement 0.6``,
+    ``partners 12+25``); the AU has its own column."""
+    d = sets.DEFAULTS[mech.test]
+    out = []
+    if mech.partners and tuple(mech.partners) != tuple(d.get("partners", ())):
+        out.append("partners " + "+".join(str(p) for p in mech.partners))
+    if mech.test == "ada" and mech.displacement != d["displacement"]:
+        out.append(f"displacement {mech.displacement:g}")
+    return ", ".join(out)
+
+
+def options(row: Mapping[str, Any]) -> str:
+    """The options an entry ran with, short: the set's (``set_options``), its ``model.*`` overrides that are on (a
+    switch by its name, any other value as ``name=value``), and the epochs where they differ from the runner's
+    default budget (``displacement 0.6, local_within_region, offset_unit=region, 18 epochs``)."""
     overrides = dict(o.split("=", 1) for o in row.get("overrides", []) if "=" in o)
     default_epochs = dict(o.split("=", 1) for o in DEFAULT_BUDGET)["train.num_epochs"]
-    names = [k.removeprefix("model.") + ("" if v.lower() in ("true", "1") else f"={v}")
-             for k, v in overrides.items() if k.startswith("model.") and v.lower() not in ("false", "0")]
+    names = [row["set_options"]] if row.get("set_options") else []
+    names += [k.removeprefix("model.") + ("" if v.lower() in ("true", "1") else f"={v}")
+              for k, v in overrides.items() if k.startswith("model.") and v.lower() not in ("false", "0")]
     if overrides.get("train.num_epochs", default_epochs) != default_epochs:
         names.append(f"{overrides['train.num_epochs']} epochs")
     return ", ".join(names)
 
 
 def write_summary(out: pathlib.Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merges ``rows`` into ``out`` (entries with the same part, AU, metric, variant, baseline and model options
+    """Merges ``rows`` into ``out`` (entries with the same part, AU, metric, variant, baseline and options
     are replaced, all others kept), writes it and the plot beside it; returns every entry."""
-    key = lambda r: (r["part"], r["au"], r["metric"], r["variant"], r["baseline"], model_options(r))  # noqa: E731
+    key = lambda r: (r["part"], r["au"], r["metric"], r["variant"], r["baseline"], options(r))  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(600):                     # several tests may run at once, each merging its entries
         try:
@@ -215,7 +229,7 @@ def write_summary(out: pathlib.Path, rows: Sequence[dict[str, Any]]) -> list[dic
 def markdown(tests: Sequence[Mapping[str, Any]]) -> str:
     """The summary as a Markdown table: per test and metric, the tested variant minus each compared one (mean of
     the per-seed differences, 95% t interval, seeds won), both means, the rule ceiling and the knock-outs."""
-    lines = ["| part | AU | model options | metric | variant | baseline | variant mean | baseline mean "
+    lines = ["| part | AU | options | metric | variant | baseline | variant mean | baseline mean "
              "| paired diff [95% CI] | wins | rule ceiling | blind | knock-outs (local F1 change) |", "|---" * 13 + "|"]
     for t in tests:
         ci = t["ci95"]
@@ -224,7 +238,7 @@ def markdown(tests: Sequence[Mapping[str, Any]]) -> str:
             if t["metric"] == "local_f1" else ""
         means = [f"{np.mean(t[k]):.1f}" if t.get(k) else "" for k in ("variant_per_seed", "baseline_per_seed")]
         blind = f"{t['blind_f1']:.1f}" if "blind_f1" in t else ""
-        lines.append(f"| {t['part']} | {t['au']} | {model_options(t) or 'paper'} | {t['metric']} | {t['variant']} | "
+        lines.append(f"| {t['part']} | {t['au']} | {options(t) or 'paper'} | {t['metric']} | {t['variant']} | "
                      f"{t['baseline']} | {means[0]} | {means[1]} | {t['paired_diff_mean']:+.1f} {ci_text} | "
                      f"{t.get('wins', '')}/{t['seeds']} | {t['rule_ceiling']:.1f} | {blind} | {ko} |")
     return "\n".join(lines) + "\n"
@@ -235,7 +249,7 @@ def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:
     with the rule ceiling and the blind F1 as lines (entries without per-seed values are left out)."""
     plt = report._pyplot()
     local = [t for t in tests if t["metric"] == "local_f1" and "variant_per_seed" in t and "baseline_per_seed" in t]
-    panels = list(dict.fromkeys((t["part"], t["au"], model_options(t)) for t in local))
+    panels = list(dict.fromkeys((t["part"], t["au"], options(t)) for t in local))
     if not panels:
         return
     cols = min(len(panels), 4)
@@ -243,8 +257,8 @@ def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 4.4 * rows_n), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (part, au, options) in zip(axes.flat, panels):
-        rows = [t for t in local if (t["part"], t["au"], model_options(t)) == (part, au, options)]
+    for ax, (part, au, opts) in zip(axes.flat, panels):
+        rows = [t for t in local if (t["part"], t["au"], options(t)) == (part, au, opts)]
         values = {rows[0]["variant"]: rows[0]["variant_per_seed"]}
         values.update({t["baseline"]: t["baseline_per_seed"] for t in rows})
         for i, (name, v) in enumerate(values.items()):
@@ -256,7 +270,7 @@ def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:
         ax.set_ylim(0, 105)
         ax.set_ylabel(f"local F1 of {au} (%)")
         lines = [f"{t['baseline'].split(' (')[0]}: {t['paired_diff_mean']:+.1f}" for t in rows]
-        ax.set_title(f"{part}: {au}, {rows[0]['seeds']} seed(s)" + (f" [{options}]" if options else "") + "\n"
+        ax.set_title(f"{part}: {au}, {rows[0]['seeds']} seed(s)" + (f" [{opts}]" if opts else "") + "\n"
                      + "; ".join(lines), fontsize=7)
         ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
@@ -356,11 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.endswith(".json"):
         raise UserError(f"--out {args.out}: give a .json path (the plot goes beside it as .png)")
     tests = list(sets.TESTS) if args.test == "all" else [args.test]
-    options = {"au": args.au, "partners": args.partners, "displacement": args.displacement}
-    if args.test == "all" and any(v is not None for v in options.values()):
+    given = {"au": args.au, "partners": args.partners, "displacement": args.displacement}
+    if args.test == "all" and any(v is not None for v in given.values()):
         raise UserError("--au, --partners and --displacement apply to one --test, not all")
     try:
-        mechs = {t: sets.mechanism(t, **options) for t in tests}
+        mechs = {t: sets.mechanism(t, **given) for t in tests}
     except ValueError as e:
         raise UserError(str(e)) from None
     names = {t: synth_au.register(m, args.data_size) for t, m in mechs.items()}

@@ -191,13 +191,16 @@ def test_runner_summary_from_given_runs(tmp_path, monkeypatch, capsys):
                             "--no-knockouts", "--workdir", str(tmp_path / "w"), "--out", str(out),
                             "--set", "model.local_within_region=true"]) == 0
     tests = json.loads(out.read_text())["tests"]
-    assert sorted(runner.model_options(t) for t in tests) == ["", "", "local_within_region", "local_within_region"]
-    assert runner.model_options({"overrides": ["model.local_within_region=true", "model.adaptive=false",
+    assert sorted(runner.options(t) for t in tests) == ["", "", "local_within_region", "local_within_region"]
+    assert runner.options({"overrides": ["model.local_within_region=true", "model.adaptive=false",
                                                "train.num_epochs=18", "data.batch_size=8"]}) == \
         "local_within_region, 18 epochs"
-    assert runner.model_options({"overrides": ["train.num_epochs=6"]}) == ""
-    assert runner.model_options({"overrides": ["model.local_within_region=true", "model.offset_unit=region"]}) == \
-        "local_within_region, offset_unit=region"
+    assert runner.options({"overrides": ["train.num_epochs=6"]}) == ""
+    assert runner.options({"overrides": ["model.local_within_region=true", "model.offset_unit=region"],
+                           "set_options": "displacement 0.6"}) == "displacement 0.6, local_within_region, offset_unit=region"
+    assert runner.set_options(mechanisms.mechanism("ada", displacement=0.6)) == "displacement 0.6"
+    assert runner.set_options(mechanisms.mechanism("sb", au=1, partners=[12, 25])) == "partners 12+25"
+    assert runner.set_options(mechanisms.mechanism("sb")) == runner.set_options(mechanisms.mechanism("ada")) == ""
     table = out.with_suffix(".md").read_text()
     assert "| fr | AU4 | local_within_region | local_f1 |" in table and "| fr | AU4 | paper | local_f1 |" in table
 
