@@ -12,7 +12,6 @@ checkpoint is the one the run reports (no selection on the test data).
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 from collections.abc import Mapping
@@ -76,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             f"AU{a} offset {o:.2f} px, scale {s:.3f}, overlap {v:.2f}, local F1 {f:.1f}" for a, o, s, v, f in zip(
                 r["aus"], r["offset_px_mean"], r["scale_mean"], r["overlap_mean"], r["local_f1"])), flush=True)
         results.append(r)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {run_args.write_json(args.out, results)}")
     return 0
 
 

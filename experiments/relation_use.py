@@ -29,7 +29,6 @@ Writes JSON (``--out``) and prints a Markdown table (also written beside the JSO
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -192,10 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [knockout_run(run, args.select) for run in args.runs]
     md = markdown(runs)
     print(md)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(runs, indent=1))
-    out.with_suffix(".md").write_text(md)
+    run_args.write_json(args.out, runs).with_suffix(".md").write_text(md)
     return 0
 
 

@@ -1,10 +1,12 @@
 """The command line of the scripts that examine trained runs (``relation_use``, ``saliency``, ``region_moves``):
 run directories, which checkpoint of each (``--select``, as the run reported it), a JSON ``--out``, ``--verbose``;
-checked before any work."""
+checked before any work; and the writing of that ``--out``."""
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
+from typing import Any
 
 from algrnet_jax import experiment, verbosity
 from algrnet_jax.errors import UserError
@@ -31,3 +33,11 @@ def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> a
         if not pathlib.Path(run).is_dir():
             raise UserError(f"{run}: not a directory (give training work directories)")
     return args
+
+
+def write_json(out: str | pathlib.Path, data: Any) -> pathlib.Path:
+    """Writes ``data`` as indented JSON to ``out`` (its folder made if missing); returns the path."""
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    return path

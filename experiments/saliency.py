@@ -18,7 +18,6 @@ the one the run reports (no selection on the test data).
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -136,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
               f"refined map on its region {r['refined_map_on_region']:.2f}, off it {r['refined_map_off_region']:.2f}",
               flush=True)
         results.append(r)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([{k: v for k, v in r.items() if k != "mean"} for r in results], indent=1))
+    out = run_args.write_json(args.out, [{k: v for k, v in r.items() if k != "mean"} for r in results])
     picture(results, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
