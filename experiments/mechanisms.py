@@ -26,6 +26,10 @@ Writes ``<workdir>/<set>/mechanism.json`` (everything), merges the summary into 
     python -m experiments.mechanisms --test sb --seeds 5
     python -m experiments.mechanisms --test sb --au 1 --partners 12 25 --seeds 3 --workdir runs/mech_sb_au1
     python -m experiments.mechanisms --test all --seeds 5 --set train.num_epochs=8
+    python -m experiments.mechanisms --test sb --seeds 8 --reuse runs/mechanisms/bp4d_small_sb/mechanism.json
+
+``--reuse`` takes the seeds of an earlier run's per-test JSON (same set, ``--set`` values and selection) instead
+of training them again, so a committed record can be extended by more seeds without its checkpoints.
 """
 from __future__ import annotations
 
@@ -158,7 +162,7 @@ def summarise(test: str, mech: sets.Mechanism, tested: str, aggregates: Mapping[
                          "variant_per_seed": [value(aggregates[tested]["seeds"][s]) for s in p["seeds"]],
                          "baseline_per_seed": [value(aggregates[base]["seeds"][s]) for s in p["seeds"]],
                          "rule_ceiling": ceiling["rule_ceiling"], "blind_f1": ceiling["blind_f1"],
-                         "set": mech.describe(), "set_options": set_options(mech),
+                         "set": mech.describe(), "set_options": mech.options(),
                          "overrides": list(overrides)})
     return rows
 
@@ -169,20 +173,8 @@ def _lock_file(out: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(tempfile.gettempdir()) / f"algrnet_mechanisms_{digest}.lock"
 
 
-def set_options(mech: sets.Mechanism) -> str:
-    """The options of a set that differ from its test's defaults, short (``displacement 0.6``,
-    ``partners 12+25``); the AU has its own column."""
-    d = sets.DEFAULTS[mech.test]
-    out = []
-    if mech.partners and tuple(mech.partners) != tuple(d.get("partners", ())):
-        out.append("partners " + "+".join(str(p) for p in mech.partners))
-    if mech.test == "ada" and mech.displacement != d["displacement"]:
-        out.append(f"displacement {mech.displacement:g}")
-    return ", ".join(out)
-
-
 def options(row: Mapping[str, Any]) -> str:
-    """The options an entry ran with, short: the set's (``set_options``), its ``model.*`` overrides that are on (a
+    """The options an entry ran with, short: the set's (``Mechanism.options``), its ``model.*`` overrides that are on (a
     switch by its name, any other value as ``name=value``), and the epochs where they differ from the runner's
     default budget (``displacement 0.6, local_within_region, offset_unit=region, 18 epochs``)."""
     overrides = dict(o.split("=", 1) for o in row.get("overrides", []) if "=" in o)
@@ -278,28 +270,60 @@ def plot(tests: Sequence[Mapping[str, Any]], png: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def load_record(path: str, test: str, mech: sets.Mechanism, builder_config: str,
+                overrides: Sequence[str], select: str) -> dict[str, Any]:
+    """A per-test JSON of an earlier run (``mechanism.json``, or its copy in experiments/results) whose seeds are
+    taken instead of trained: it must be of the same set and size (builder config), the same ``--set`` values
+    and the same checkpoint selection, else ``UserError`` names the field that differs."""
+    try:
+        record = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--reuse {path}: cannot read it as JSON ({e})") from None
+    want = {"test": test, "mechanism": json.loads(json.dumps(dataclasses.asdict(mech))),
+            "builder_config": builder_config, "overrides": list(overrides), "select": select}
+    for field, value in want.items():
+        if record.get(field) != value:
+            raise UserError(f"--reuse {path}: its {field!r} is {record.get(field)!r}, this run's is {value!r}; "
+                            "reuse only a record of the same test, set, --set values and --select")
+    return record
+
+
 def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_config: str) -> list[dict[str, Any]]:
     """Trains every variant of ``test`` for every seed (seed-major, so that partial results are paired), writes
-    the per-test JSON and the summary after each seed, then the knock-outs."""
+    the per-test JSON and the summary after each seed, then the knock-outs. Seeds found in ``--reuse``'s record
+    are taken from it (results and knock-outs) instead of trained."""
     tested, others = PLAN[test]
     keys = [tested, *(k for k in others if k in args.variants or k == others[0])]
     workdir = pathlib.Path(args.workdir) / builder_config
+    workdir.mkdir(parents=True, exist_ok=True)
     ceiling = sets.ceilings(mech, args.data_size)
+    record = (load_record(args.reuse, test, mech, builder_config, args.overrides, args.select) if args.reuse
+              else {"aggregates": {}})
+    reused = {k: record["aggregates"].get(k, {}).get("seeds", {}) for k in keys}
     print(f"[{test}] {mech.describe()}; rule ceiling {ceiling['rule_ceiling']:.1f}, blind F1 "
           f"{ceiling['blind_f1']:.1f}; variants {', '.join(keys)}; seeds {list(range(args.seeds))}", flush=True)
     runs: dict[str, dict[int, Any]] = {k: {} for k in keys}
+    # a record's time is its seeds' total; kept only if every one of its seeds is reused
     seconds: dict[str, float] = {k: 0.0 for k in keys}
+    for k in keys:
+        if reused[k] and all(int(s) < args.seeds for s in reused[k]):
+            seconds[k] = record["aggregates"][k].get("seconds", 0.0)
     detail: dict[str, Any] = {"test": test, "mechanism": dataclasses.asdict(mech), "builder_config": builder_config,
-                              **ceiling}
+                              "overrides": list(args.overrides), "select": args.select, **ceiling}
     rows: list[dict[str, Any]] = []
     for seed in range(args.seeds):
         for key in keys:
             t0 = time.time()
-            runs[key][seed] = train_variant(args, mech, builder_config, key, seed, workdir)
-            seconds[key] += time.time() - t0
+            if str(seed) in reused[key]:
+                runs[key][seed] = reused[key][str(seed)]
+                source = f"from {args.reuse}"
+            else:
+                runs[key][seed] = train_variant(args, mech, builder_config, key, seed, workdir)
+                seconds[key] += time.time() - t0
+                source = f"{time.time() - t0:.0f} s"
             loc = local_f1(mech.au)(runs[key][seed])
             print(f"[{test}] seed {seed} {VARIANTS[key].label}: local AU{mech.au} F1 {loc:.1f}, final mean F1 "
-                  f"{runs[key][seed]['predictions']['final']['mean_f1']:.1f} ({time.time() - t0:.0f} s)", flush=True)
+                  f"{runs[key][seed]['predictions']['final']['mean_f1']:.1f} ({source})", flush=True)
         aggregates = {k: {**ablation.over_seeds(r), "seconds": seconds[k]} for k, r in runs.items()}
         rows = summarise(test, mech, tested, aggregates, ceiling, args.overrides)
         detail["aggregates"] = aggregates
@@ -307,7 +331,9 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
         if len(runs[tested]) > 1:
             write_summary(pathlib.Path(args.out), rows)
     if args.knockouts:
-        detail["knockouts"] = {seed: knockouts(workdir / tested / f"seed{seed}" / "fold1", args.select, test, mech.au)
+        old = record.get("knockouts", {})
+        detail["knockouts"] = {seed: old[str(seed)] if str(seed) in reused[tested] and str(seed) in old else
+                               knockouts(workdir / tested / f"seed{seed}" / "fold1", args.select, test, mech.au)
                                for seed in range(args.seeds)}
         names = list(next(iter(detail["knockouts"].values())))
         effects = {n: [k[n]["local_f1"] - k["intact"]["local_f1"] for k in detail["knockouts"].values()]
@@ -319,9 +345,13 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
         (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
     if args.knockout_baseline:
         base = keys[1]
+        old = record.get("knockouts_baseline", {})
+        old = old.get("seeds", {}) if old.get("variant") == base else {}
         detail["knockouts_baseline"] = {
-            "variant": base, "seeds": {seed: knockouts(workdir / base / f"seed{seed}" / "fold1", args.select, test,
-                                                       mech.au, every=True) for seed in range(args.seeds)}}
+            "variant": base,
+            "seeds": {seed: old[str(seed)] if str(seed) in reused[base] and str(seed) in old else
+                      knockouts(workdir / base / f"seed{seed}" / "fold1", args.select, test, mech.au, every=True)
+                      for seed in range(args.seeds)}}
         runs_ko = detail["knockouts_baseline"]["seeds"].values()
         names = list(next(iter(runs_ko)))[1:]
         print(f"[{test}] knock-outs of {VARIANTS[base].label}, change of local AU{mech.au} F1 (mean over seeds): "
@@ -353,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="restrict the compared variants (the tested one and its first ablation always run)")
     parser.add_argument("--workdir", default="runs/mechanisms")
     parser.add_argument("--out", default="experiments/results/mechanisms.json")
+    parser.add_argument("--reuse", metavar="RECORD",
+                        help="a per-test JSON of an earlier run of the same set and --set values (its "
+                             "mechanism.json or the copy in experiments/results): its seeds are taken, not trained")
     parser.add_argument("--no-knockouts", dest="knockouts", action="store_false")
     parser.add_argument("--knockout-baseline", action="store_true",
                         help="also knock out every part of the first compared variant (where does it find the AU?)")
@@ -369,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--seeds {args.seeds}: give at least 1")
     if not args.out.endswith(".json"):
         raise UserError(f"--out {args.out}: give a .json path (the plot goes beside it as .png)")
+    if args.reuse and args.test == "all":
+        raise UserError("--reuse: a record is of one test; give --test sb|skip|ada|fr")
     tests = list(sets.TESTS) if args.test == "all" else [args.test]
     given = {"au": args.au, "partners": args.partners, "displacement": args.displacement}
     if args.test == "all" and any(v is not None for v in given.values()):

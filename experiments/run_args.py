@@ -19,16 +19,20 @@ def run_parser(prog: str, doc: str, out_help: str) -> argparse.ArgumentParser:
     parser.add_argument("--select", default=experiment.LAST, choices=experiment.SELECTIONS,
                         help="the checkpoint of each run that is examined (as the run reported it)")
     parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--force", action="store_true", help="replace --out (and what is written beside it) if it exists")
     verbosity.add_argument(parser)
     return parser
 
 
 def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parses ``argv``, applies ``--verbose``, and checks that ``--out`` is a .json path and every run a directory."""
+    """Parses ``argv``, applies ``--verbose``, and checks that ``--out`` is a new .json path (or ``--force``) and
+    every run a directory."""
     args = parser.parse_args(argv)
     verbosity.configure(args.verbose)
     if not args.out.endswith(".json"):
         raise UserError(f"--out {args.out}: give a .json path")
+    if pathlib.Path(args.out).exists() and not args.force:
+        raise UserError(f"--out {args.out} exists; give another path, or --force to replace it")
     for run in args.runs:
         if not pathlib.Path(run).is_dir():
             raise UserError(f"{run}: not a directory (give training work directories)")

@@ -198,11 +198,45 @@ def test_runner_summary_from_given_runs(tmp_path, monkeypatch, capsys):
     assert runner.options({"overrides": ["train.num_epochs=6"]}) == ""
     assert runner.options({"overrides": ["model.local_within_region=true", "model.offset_unit=region"],
                            "set_options": "displacement 0.6"}) == "displacement 0.6, local_within_region, offset_unit=region"
-    assert runner.set_options(mechanisms.mechanism("ada", displacement=0.6)) == "displacement 0.6"
-    assert runner.set_options(mechanisms.mechanism("sb", au=1, partners=[12, 25])) == "partners 12+25"
-    assert runner.set_options(mechanisms.mechanism("sb")) == runner.set_options(mechanisms.mechanism("ada")) == ""
+    assert mechanisms.mechanism("ada", displacement=0.6).options() == "displacement 0.6"
+    assert mechanisms.mechanism("sb", au=1, partners=[12, 25]).options() == "partners 12+25"
+    assert mechanisms.mechanism("sb").options() == mechanisms.mechanism("ada").options() == ""
     table = out.with_suffix(".md").read_text()
     assert "| fr | AU4 | local_within_region | local_f1 |" in table and "| fr | AU4 | paper | local_f1 |" in table
+
+
+def test_runner_reuses_the_seeds_of_a_record(tmp_path, monkeypatch):
+    """``--reuse``: the seeds of an earlier run's per-test JSON are taken, not trained, and paired with the new
+    ones; a record of other --set values is refused, naming the field."""
+    from experiments import ablation, mechanisms as runner
+    trained = []
+
+    def fake_train(args, mech, builder_config, key, seed, workdir):
+        trained.append((key, seed))
+        workdir.mkdir(parents=True, exist_ok=True)
+        kinds = {k: {"mean_f1": 40.0 + seed, "mean_f1_per_au": [30.0, 30.0, 50.0 + seed + (key == "algrnet") * 10,
+                                                                30.0]} for k in ablation.KINDS}
+        return {"aus": ["AU1", "AU2", "AU4", "AU12"], "folds": [1], "dataset": "synth_au", "label_set": "bp4d",
+                "builder_config": builder_config, "predictions": kinds}
+
+    monkeypatch.setattr(runner, "train_variant", fake_train)
+    monkeypatch.setattr(runner.sets, "ceilings", lambda mech, size: {"rule_ceiling": 100.0, "blind_f1": 34.0})
+    argv = ["--test", "fr", "--size", "tiny", "--data-size", "tiny", "--variants", "--no-knockouts",
+            "--set", "train.num_epochs=3"]
+    assert runner.main([*argv, "--seeds", "2", "--workdir", str(tmp_path / "a"), "--out", str(tmp_path / "a.json")]) == 0
+    (record,) = (tmp_path / "a").glob("*/mechanism.json")
+    trained.clear()
+    out = tmp_path / "b.json"
+    assert runner.main([*argv, "--seeds", "3", "--workdir", str(tmp_path / "b"), "--out", str(out),
+                        "--reuse", str(record)]) == 0
+    assert trained == [("algrnet", 2), ("wo_fr", 2)]                     # seeds 0 and 1 come from the record
+    loc = next(t for t in json.loads(out.read_text())["tests"] if t["metric"] == "local_f1")
+    assert loc["seeds"] == 3 and loc["variant_per_seed"] == [60.0, 61.0, 62.0] and loc["paired_diff_mean"] == 10.0
+    with pytest.raises(runner.UserError, match="'overrides'"):
+        runner.main(["--test", "fr", "--size", "tiny", "--data-size", "tiny", "--variants", "--no-knockouts",
+                     "--seeds", "3", "--workdir", str(tmp_path / "c"), "--out", str(out), "--reuse", str(record)])
+    with pytest.raises(runner.UserError, match="cannot read"):
+        runner.main([*argv, "--seeds", "3", "--workdir", str(tmp_path / "c"), "--reuse", str(tmp_path / "none")])
 
 
 @pytest.mark.slow
@@ -229,7 +263,7 @@ def test_runner_writes_the_summary(tmp_path, capsys):
         assert t["ci95"][0] <= t["paired_diff_mean"] <= t["ci95"][1]
         assert "F&R global other face" in t["knockouts_local_f1_change"]
     assert out.with_suffix(".png").stat().st_size > 1000
-    assert "| fr | AU4 | local_f1 | ALGRNet |" in out.with_suffix(".md").read_text()
+    assert "| fr | AU4 | paper | local_f1 | ALGRNet |" in out.with_suffix(".md").read_text()
     assert "[fr] seed 1" in capsys.readouterr().out
     with pytest.raises(runner.UserError, match="--partners"):
         runner.main(["--test", "fr", "--partners", "1", "--workdir", str(tmp_path / "w2")])
@@ -248,6 +282,10 @@ def test_runner_writes_the_summary(tmp_path, capsys):
     rm = tmp_path / "moves.json"
     assert region_moves.main([str(run), "--out", str(rm)]) == 0
     (row,) = json.loads(rm.read_text())
+    with pytest.raises(runner.UserError, match="exists"):                # nothing written is replaced unasked
+        region_moves.main([str(run), "--out", str(rm)])
+    assert json.loads(rm.read_text()) == [row]
+    assert region_moves.main([str(run), "--out", str(rm), "--force"]) == 0
     assert row["adaptive"] and len(row["offset_px_mean"]) == len(row["aus"]) == len(row["local_f1"])
     assert all(0 <= v <= 1 for v in row["overlap_mean"]) and all(s > 0 for s in row["scale_mean"])
 

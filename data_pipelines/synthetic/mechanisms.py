@@ -71,6 +71,17 @@ class Mechanism:
             extra += f"_d{self.displacement:g}"
         return base + extra
 
+    def options(self) -> str:
+        """The options that differ from the test's defaults, short (``partners 12+25``, ``displacement 0.6``;
+        empty for the defaults); the AU is reported on its own."""
+        d = DEFAULTS[self.test]
+        out = []
+        if self.partners and tuple(self.partners) != tuple(d.get("partners", ())):
+            out.append("partners " + "+".join(str(p) for p in self.partners))
+        if self.test == "ada" and self.displacement != d["displacement"]:
+            out.append(f"displacement {self.displacement:g}")
+        return ", ".join(out)
+
     def describe(self) -> str:
         """One line for builder descriptions and reports."""
         if self.test in ("sb", "skip"):
