@@ -7,6 +7,11 @@ region keeps: the intersection over union of their cells on the C/4 feature grid
 when Ada leaves the region where it was). A model without Ada reports offsets 0, scale e0 and overlap 1. The
 checkpoint is the one the run reports (no selection on the test data).
 
+On an ``ada`` mechanism set (``data_pipelines.synthetic.mechanisms``: the AU drawn shifted per subject) it also
+reports whether the learned offset of the displaced AU follows each test subject's shift: per subject, the
+mean learned offset (crop pixels) against the true shift (the generator's ``subject_offset`` times the
+interocular distance), their cosine and the learned offset's projection on the shift's direction.
+
     python -m experiments.region_moves runs/mechloc/bp4d_small_ada/ada_only/seed0/fold1 \
         --out experiments/results/region_moves_ada.json
 """
@@ -23,6 +28,8 @@ import numpy as np
 from algrnet_jax import checkpoints, evaluation, experiment
 from algrnet_jax.errors import run_main
 from algrnet_jax.models.networks import ALGRNet, create_model
+from data_pipelines.synthetic import generator
+from data_pipelines.synthetic import mechanisms as sets
 from experiments import run_args
 
 
@@ -43,27 +50,73 @@ def moves(model: ALGRNet, outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
             "overlap": inter / np.maximum(union, 1)}
 
 
+def follows_subjects(offsets: np.ndarray, subjects: np.ndarray, shifts: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Does a learned offset follow each subject's shift? ``offsets`` [N, 2] (crop px, one AU, every test face),
+    ``subjects`` [N] (str), ``shifts``: subject -> true shift (dx, dy) in crop px. Per subject the mean learned
+    offset, the shift, their cosine and the offset's projection on the shift's direction (px); their means."""
+    per = []
+    for s in sorted(set(subjects.tolist())):
+        learned = offsets[subjects == s].mean(0)
+        true = np.asarray(shifts[s], np.float64)
+        unit = true / np.linalg.norm(true)
+        norm = np.linalg.norm(learned)
+        per.append({"subject": s, "frames": int((subjects == s).sum()), "learned_px": learned.tolist(),
+                    "shift_px": true.tolist(), "cosine": float(learned @ unit / norm) if norm > 0 else 0.0,
+                    "projection_px": float(learned @ unit)})
+    return {"subjects": per, "cosine_mean": float(np.mean([p["cosine"] for p in per])),
+            "projection_px_mean": float(np.mean([p["projection_px"] for p in per])),
+            "shift_px_mean": float(np.mean([np.linalg.norm(p["shift_px"]) for p in per])),
+            "cosine_positive": int(sum(p["cosine"] > 0 for p in per))}
+
+
+def displaced(config: Any) -> tuple[sets.Mechanism, str] | None:
+    """``(mechanism, size)`` when the run's dataset is an ``ada`` mechanism set whose AU the model has."""
+    parsed = sets.parse_name(str(config.data.builder_config)) if config.data.dataset == "synth_au" else None
+    if parsed is None or parsed[0].test != "ada" or parsed[0].au not in [int(a) for a in config.aus]:
+        return None
+    return parsed
+
+
 def run_moves(workdir: str | pathlib.Path, select: str = experiment.LAST) -> dict[str, Any]:
-    """Mean offset length, scale and overlap per AU of one run on its test part, with its local F1 per AU."""
+    """Mean offset length, scale and overlap per AU of one run on its test part, with its local F1 per AU (and, on
+    an ``ada`` set with Ada, whether the displaced AU's offsets follow each subject's shift)."""
     path = experiment.select_checkpoint(workdir, select)
     config, variables = checkpoints.load_for_inference(path)
     model = create_model(config)
     extra = ("landmarks", "offsets", "scales") if config.model.adaptive else ("landmarks",)
     rows: dict[str, list[np.ndarray]] = {"offset_px": [], "scale": [], "overlap": []}
+    faces: dict[str, list[np.ndarray]] = {"offsets": [], "subject": [], "interocular": []}
 
     def on_batch(batch, outputs):
         keep = np.asarray(batch["mask"]) > 0
         for k, v in moves(model, outputs).items():
             rows[k].append(v[keep])
+        if "offsets" in outputs:
+            faces["offsets"].append(np.asarray(outputs["offsets"])[keep])
+            faces["subject"].append(np.asarray(batch["subject"])[keep])
+            faces["interocular"].append(np.asarray(batch["interocular"])[keep])
 
     result = evaluation.evaluate_variables(config, variables, on_batch=on_batch,
                                            apply_fn=evaluation.make_eval_step(config, extra))
     means = {k: np.concatenate(v).mean(0) for k, v in rows.items()}
-    return {"run": str(workdir), "checkpoint": str(path), "aus": [int(a) for a in config.aus],
-            "adaptive": bool(config.model.adaptive), "offset_unit": config.model.offset_unit,
-            "local_f1": [float(f) for f in result["predictions"]["local"]["f1"]],
-            **{f"{k}_mean": [float(x) for x in v] for k, v in means.items()},
-            "offset_px_max": float(np.concatenate(rows["offset_px"]).max())}
+    out = {"run": str(workdir), "checkpoint": str(path), "aus": [int(a) for a in config.aus],
+           "adaptive": bool(config.model.adaptive), "offset_unit": config.model.offset_unit,
+           "local_f1": [float(f) for f in result["predictions"]["local"]["f1"]],
+           **{f"{k}_mean": [float(x) for x in v] for k, v in means.items()},
+           "offset_px_max": float(np.concatenate(rows["offset_px"]).max())}
+    ada_set = displaced(config)
+    if ada_set is not None and faces["offsets"]:
+        mech, size = ada_set
+        cfg = sets.synth_config(mech, size)
+        subjects = np.concatenate(faces["subject"])
+        interocular = np.concatenate(faces["interocular"])
+        index = {generator.subject_id(i): i for i in range(cfg.num_subjects)}
+        shifts = {s: generator.subject_offset(cfg, index[s]) * interocular[subjects == s].mean()
+                  for s in set(subjects.tolist())}
+        j = [int(a) for a in config.aus].index(mech.au)
+        out["follows_shift"] = {"au": mech.au, **follows_subjects(np.concatenate(faces["offsets"])[:, j], subjects,
+                                                                  shifts)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run}: " + "; ".join(
             f"AU{a} offset {o:.2f} px, scale {s:.3f}, overlap {v:.2f}, local F1 {f:.1f}" for a, o, s, v, f in zip(
                 r["aus"], r["offset_px_mean"], r["scale_mean"], r["overlap_mean"], r["local_f1"])), flush=True)
+        if "follows_shift" in r:
+            f = r["follows_shift"]
+            print(f"  AU{f['au']} offset against each subject's shift ({f['shift_px_mean']:.1f} px): cosine "
+                  f"{f['cosine_mean']:+.2f} (positive for {f['cosine_positive']} of {len(f['subjects'])} subjects), "
+                  f"projection {f['projection_px_mean']:+.2f} px", flush=True)
         results.append(r)
     print(f"wrote {run_args.write_json(args.out, results)}")
     return 0

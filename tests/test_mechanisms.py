@@ -348,3 +348,28 @@ def test_region_moves_measure_the_offsets_scales_and_cells_ada_changed():
     np.testing.assert_allclose(m1["offset_px"][:, 1:], 0.0, atol=1e-6)
     np.testing.assert_allclose(m1["scale"], config.model.map_scale * 3, rtol=1e-5)
     assert (m1["overlap"] < 1).all() and (m1["overlap"][:, 0] < m1["overlap"][:, 1:].min()).all()
+
+
+def test_region_moves_compare_each_subjects_offset_with_its_shift():
+    """experiments.region_moves on an ``ada`` set: per subject the mean learned offset against the true shift
+    (cosine, projection); the generator's shift of a set is found from the run's builder config."""
+    import ml_collections
+
+    from experiments import region_moves
+
+    shifts = {"S001": np.array([3.0, 4.0]), "S002": np.array([0.0, -2.0])}
+    subjects = np.array(["S001", "S001", "S002", "S002"])
+    offsets = np.array([[0.6, 0.8], [1.2, 1.6], [0.0, 1.0], [0.0, 3.0]])   # along S001's shift, against S002's
+    f = region_moves.follows_subjects(offsets, subjects, shifts)
+    assert [p["subject"] for p in f["subjects"]] == ["S001", "S002"]
+    assert [p["cosine"] for p in f["subjects"]] == pytest.approx([1.0, -1.0])
+    assert [p["projection_px"] for p in f["subjects"]] == pytest.approx([1.5, -2.0])
+    assert f["cosine_mean"] == pytest.approx(0.0) and f["cosine_positive"] == 1 and f["shift_px_mean"] == 3.5
+    config = ml_collections.ConfigDict({"data": {"dataset": "synth_au", "builder_config": "bp4d_tiny_ada_au12_d0.45"},
+                                        "aus": [1, 2, 4, 12]})
+    mech, size = region_moves.displaced(config)
+    assert (mech.test, mech.au, mech.displacement, size) == ("ada", 12, 0.45, "tiny")
+    shift = generator.subject_offset(mechanisms.synth_config(mech, size), 0)
+    assert np.linalg.norm(shift) == pytest.approx(0.45)
+    config.data.builder_config = "bp4d_tiny_sb"
+    assert region_moves.displaced(config) is None
