@@ -330,11 +330,15 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
         (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
         if len(runs[tested]) > 1:
             write_summary(pathlib.Path(args.out), rows)
+
+    def seed_knockouts(variant: str, old: Mapping[str, Any], every: bool = False) -> dict[int, Any]:
+        """Per seed, the knock-outs of ``variant``: the record's where the seed's run came from it, else measured."""
+        return {seed: old[str(seed)] if str(seed) in reused[variant] and str(seed) in old else
+                knockouts(workdir / variant / f"seed{seed}" / "fold1", args.select, test, mech.au, every=every)
+                for seed in range(args.seeds)}
+
     if args.knockouts:
-        old = record.get("knockouts", {})
-        detail["knockouts"] = {seed: old[str(seed)] if str(seed) in reused[tested] and str(seed) in old else
-                               knockouts(workdir / tested / f"seed{seed}" / "fold1", args.select, test, mech.au)
-                               for seed in range(args.seeds)}
+        detail["knockouts"] = seed_knockouts(tested, record.get("knockouts", {}))
         names = list(next(iter(detail["knockouts"].values())))
         effects = {n: [k[n]["local_f1"] - k["intact"]["local_f1"] for k in detail["knockouts"].values()]
                    for n in names[1:]}
@@ -347,11 +351,7 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
         base = keys[1]
         old = record.get("knockouts_baseline", {})
         old = old.get("seeds", {}) if old.get("variant") == base else {}
-        detail["knockouts_baseline"] = {
-            "variant": base,
-            "seeds": {seed: old[str(seed)] if str(seed) in reused[base] and str(seed) in old else
-                      knockouts(workdir / base / f"seed{seed}" / "fold1", args.select, test, mech.au, every=True)
-                      for seed in range(args.seeds)}}
+        detail["knockouts_baseline"] = {"variant": base, "seeds": seed_knockouts(base, old, every=True)}
         runs_ko = detail["knockouts_baseline"]["seeds"].values()
         names = list(next(iter(runs_ko)))[1:]
         print(f"[{test}] knock-outs of {VARIANTS[base].label}, change of local AU{mech.au} F1 (mean over seeds): "

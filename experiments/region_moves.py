@@ -85,13 +85,14 @@ def run_moves(workdir: str | pathlib.Path, select: str = experiment.LAST) -> dic
     model = create_model(config)
     extra = ("landmarks", "offsets", "scales") if config.model.adaptive else ("landmarks",)
     rows: dict[str, list[np.ndarray]] = {"offset_px": [], "scale": [], "overlap": []}
+    ada_set = displaced(config) if config.model.adaptive else None
     faces: dict[str, list[np.ndarray]] = {"offsets": [], "subject": [], "interocular": []}
 
     def on_batch(batch, outputs):
         keep = np.asarray(batch["mask"]) > 0
         for k, v in moves(model, outputs).items():
             rows[k].append(v[keep])
-        if "offsets" in outputs:
+        if ada_set is not None:
             faces["offsets"].append(np.asarray(outputs["offsets"])[keep])
             faces["subject"].append(np.asarray(batch["subject"])[keep])
             faces["interocular"].append(np.asarray(batch["interocular"])[keep])
@@ -104,8 +105,7 @@ def run_moves(workdir: str | pathlib.Path, select: str = experiment.LAST) -> dic
            "local_f1": [float(f) for f in result["predictions"]["local"]["f1"]],
            **{f"{k}_mean": [float(x) for x in v] for k, v in means.items()},
            "offset_px_max": float(np.concatenate(rows["offset_px"]).max())}
-    ada_set = displaced(config)
-    if ada_set is not None and faces["offsets"]:
+    if ada_set is not None:
         mech, size = ada_set
         cfg = sets.synth_config(mech, size)
         subjects = np.concatenate(faces["subject"])
