@@ -311,6 +311,10 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
     detail: dict[str, Any] = {"test": test, "mechanism": dataclasses.asdict(mech), "builder_config": builder_config,
                               "overrides": list(args.overrides), "select": args.select, **ceiling}
     rows: list[dict[str, Any]] = []
+
+    def save() -> None:
+        (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
+
     for seed in range(args.seeds):
         for key in keys:
             t0 = time.time()
@@ -327,7 +331,7 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
         aggregates = {k: {**ablation.over_seeds(r), "seconds": seconds[k]} for k, r in runs.items()}
         rows = summarise(test, mech, tested, aggregates, ceiling, args.overrides)
         detail["aggregates"] = aggregates
-        (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
+        save()
         if len(runs[tested]) > 1:
             write_summary(pathlib.Path(args.out), rows)
 
@@ -346,7 +350,7 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
             row["knockouts_local_f1_change"] = {n: float(np.mean(v)) for n, v in effects.items()}
         print(f"[{test}] knock-outs of {VARIANTS[tested].label}, change of local AU{mech.au} F1 (mean over seeds): "
               + ", ".join(f"{n} {np.mean(v):+.1f}" for n, v in effects.items()), flush=True)
-        (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
+        save()
     if args.knockout_baseline:
         base = keys[1]
         old = record.get("knockouts_baseline", {})
@@ -357,7 +361,7 @@ def run_test(args: argparse.Namespace, test: str, mech: sets.Mechanism, builder_
         print(f"[{test}] knock-outs of {VARIANTS[base].label}, change of local AU{mech.au} F1 (mean over seeds): "
               + ", ".join(f"{n} {np.mean([k[n]['local_f1'] - k['intact']['local_f1'] for k in runs_ko]):+.1f}"
                           for n in names), flush=True)
-        (workdir / "mechanism.json").write_text(json.dumps(detail, indent=1))
+        save()
     if rows:
         write_summary(pathlib.Path(args.out), rows)
     for row in rows:

@@ -77,6 +77,17 @@ def displaced(config: Any) -> tuple[sets.Mechanism, str] | None:
     return parsed
 
 
+def subject_shifts(mech: sets.Mechanism, size: str, subjects: np.ndarray,
+                   interocular: np.ndarray) -> dict[str, np.ndarray]:
+    """subject -> where the ``ada`` set draws its displaced AU, (dx, dy) in crop pixels: the generator's
+    ``subject_offset`` (interocular units) times the subject's mean interocular distance over its ``subjects``
+    [N] frames (``interocular`` [N], crop pixels)."""
+    cfg = sets.synth_config(mech, size)
+    index = {generator.subject_id(i): i for i in range(cfg.num_subjects)}
+    return {s: generator.subject_offset(cfg, index[s]) * interocular[subjects == s].mean()
+            for s in sorted(set(subjects.tolist()))}
+
+
 def run_moves(workdir: str | pathlib.Path, select: str = experiment.LAST) -> dict[str, Any]:
     """Mean offset length, scale and overlap per AU of one run on its test part, with its local F1 per AU (and, on
     an ``ada`` set with Ada, whether the displaced AU's offsets follow each subject's shift)."""
@@ -107,12 +118,8 @@ def run_moves(workdir: str | pathlib.Path, select: str = experiment.LAST) -> dic
            "offset_px_max": float(np.concatenate(rows["offset_px"]).max())}
     if ada_set is not None:
         mech, size = ada_set
-        cfg = sets.synth_config(mech, size)
         subjects = np.concatenate(faces["subject"])
-        interocular = np.concatenate(faces["interocular"])
-        index = {generator.subject_id(i): i for i in range(cfg.num_subjects)}
-        shifts = {s: generator.subject_offset(cfg, index[s]) * interocular[subjects == s].mean()
-                  for s in set(subjects.tolist())}
+        shifts = subject_shifts(mech, size, subjects, np.concatenate(faces["interocular"]))
         j = [int(a) for a in config.aus].index(mech.au)
         out["follows_shift"] = {"au": mech.au, **follows_subjects(np.concatenate(faces["offsets"])[:, j], subjects,
                                                                   shifts)}

@@ -373,3 +373,84 @@ def test_region_moves_compare_each_subjects_offset_with_its_shift():
     assert np.linalg.norm(shift) == pytest.approx(0.45)
     config.data.builder_config = "bp4d_tiny_sb"
     assert region_moves.displaced(config) is None
+
+
+def test_offset_pull_is_the_gradient_the_offset_bias_learns_from_in_crop_pixels():
+    """experiments.offset_pull: moving the displaced AU's offset by delta crop pixels gives the same losses whatever
+    the offset unit (pixel or region), and the pull's Jacobian, times the unit, is the gradient those losses send
+    to the offset MLP's bias (the gradient Ada learns from)."""
+    import jax
+    import jax.numpy as jnp
+
+    from algrnet_jax import configs
+    from algrnet_jax.models import networks
+    from experiments import offset_pull
+
+    config = configs.get_config("wo_fr", "tiny")
+    config.model.relation = "none"
+    pixel = networks.create_model(config)
+    config.model.offset_unit = "region"
+    region = networks.create_model(config)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (4, config.crop_size, config.crop_size, 3)).astype(np.float32)
+    variables = pixel.init(jax.random.PRNGKey(0), images, train=False)
+    params = jax.tree.map(lambda p: p, variables["params"])    # a non-zero offset MLP, as after training
+    params["adaptive"]["offset_out"]["kernel"] = rng.normal(0, 0.02, params["adaptive"]["offset_out"]["kernel"].shape)
+    variables = {**variables, "params": params}
+    labels, weight = np.array([1, 0, 1, 0], np.int32), np.array([1, 1, 1, 0], np.float32)
+    unit = networks.OFFSET_UNITS["region"](region.map_scale, region.map_size, region.crop_size)
+    assert unit > 1.5
+    # the untrained alignment puts every landmark near the crop's corner: delta moves the region inside the face
+    j, delta = len(config.aus) - 1, jnp.array([config.crop_size / 2 + 0.5, config.crop_size / 2 - 1.0])
+    v_pixel, jac_pixel = offset_pull.pull_fn(pixel, j, 1.0)(delta, variables, images, labels, weight)
+    params_region = jax.tree.map(lambda p: p, params)            # the same offsets in crop pixels at unit
+    params_region["adaptive"]["offset_out"]["kernel"] = params["adaptive"]["offset_out"]["kernel"] / unit
+    params_region["adaptive"]["offset_out"]["bias"] = params["adaptive"]["offset_out"]["bias"] / unit
+    v_region, jac_region = offset_pull.pull_fn(region, j, unit)(delta, {**variables, "params": params_region}, images,
+                                                              labels, weight)
+    np.testing.assert_allclose(v_region, v_pixel, rtol=1e-5)
+    np.testing.assert_allclose(jac_region, jac_pixel, rtol=1e-3)       # small at init, yet every entry non-zero
+    assert np.abs(np.asarray(jac_pixel)).min() > 0
+
+    def losses(bias):
+        p = jax.tree.map(lambda x: x, params_region)
+        p["adaptive"]["offset_out"]["bias"] = bias
+        out = region.apply({**variables, "params": p}, images, train=False)
+        nll = -jnp.take_along_axis(out["local_au_logprob"][:, j], labels[:, None], axis=1)[:, 0]
+        return jnp.stack([jnp.sum(nll * weight), jnp.sum(nll * weight * labels)])
+
+    bias = params_region["adaptive"]["offset_out"]["bias"].at[2 * j:2 * j + 2].add(delta / unit)
+    grad = jax.jacrev(losses)(bias)[:, 2 * j:2 * j + 2]
+    np.testing.assert_allclose(np.asarray(jac_region) * unit, grad, rtol=1e-3)
+
+
+def test_offset_pull_per_subject_sums_real_known_frames_and_compares_with_the_shift(monkeypatch):
+    """experiments.offset_pull.subject_pull with a stand-in loss that falls along (3, 4): the pull is minus the
+    gradient per frame (padding and unknown labels left out), its cosine with the shift 1, the loss along the
+    shift falls, the present frames' probability is averaged over them; a model that is not Ada on an ada set
+    is refused before any work."""
+    from experiments import offset_pull
+    shift = np.array([3.0, 4.0], np.float32)
+    u = shift / 5.0
+
+    def fn(delta, variables, images, labels, weight):
+        w, present = float(np.sum(weight)), float(np.sum(weight * labels))
+        along = float(np.asarray(delta) @ u)
+        values = np.array([w * (1.0 - 0.1 * along), present * (1.0 - 0.1 * along), 0.5 * present])
+        return values, -0.1 * np.stack([w * u, present * u])
+
+    labels = np.array([[1], [0], [-1], [1], [0]])               # frame 2: unknown
+    data = {"image": np.zeros((5, 2, 2, 3), np.float32), "labels": labels}
+    r = offset_pull.subject_pull(fn, None, data, 0, shift, batch=2)     # 3 batches, the last padded
+    assert (r["frames"], r["present"]) == (4, 2)
+    np.testing.assert_allclose(r["pull"], 0.1 * u, rtol=1e-6)
+    np.testing.assert_allclose(r["pull_present"], 0.1 * u, rtol=1e-6)
+    assert r["cosine"] == pytest.approx(1.0) and r["cosine_present"] == pytest.approx(1.0)
+    np.testing.assert_allclose(r["loss_along"], [1.0 - 0.1 * 5 * t for t in offset_pull.ALONG], rtol=1e-6)
+    assert r["present_prob_along"] == pytest.approx([0.5] * len(offset_pull.ALONG))
+    import ml_collections
+    config = ml_collections.ConfigDict({"data": {"dataset": "synth_au", "builder_config": "bp4d_tiny_sb"},
+                                        "aus": [1, 2, 4, 12], "model": {"adaptive": True}})
+    monkeypatch.setattr(offset_pull.checkpoints, "load_for_inference", lambda path: (config, None))
+    with pytest.raises(offset_pull.UserError, match="not an Ada model of an ada mechanism set"):
+        offset_pull.run_pull("ckpt", "test")
