@@ -12,6 +12,9 @@ training part, ``--part train``) this reports, for the displaced AU's local head
 - ``along``: the same cross-entropy, and the mean local probability on the present frames, with the offset
   moved by ``t`` times the true shift, ``t`` = 0, 0.25, ..., 1 (would the shifted region serve this model?).
 
+A plot beside ``--out`` (``.png``): per run, each subject's cosine at each checkpoint, and the mean loss along
+the shift.
+
 The shift enters through the offset MLP's last bias (offsets = unit * (h W + b), so moving every frame's offset
 by δ crop pixels is b += δ / unit, exact). A positive mean cosine says the loss points Ada at the shifted
 change; about zero says the loss gives it no direction to learn.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,7 +38,7 @@ from algrnet_jax import checkpoints, experiment
 from algrnet_jax.errors import UserError, run_main
 from algrnet_jax.models import networks
 from data_pipelines import pipeline
-from experiments import region_moves, run_args
+from experiments import region_moves, report, run_args
 
 ALONG = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -134,6 +138,33 @@ def run_pull(ckpt: str, part: str) -> dict[str, Any]:
             "loss_along_mean": np.mean([p["loss_along"] for p in per], 0).tolist()}
 
 
+def plot(results: list[dict[str, Any]], png: pathlib.Path) -> None:
+    """Per run: the cosine of each subject's pull with its shift at each checkpoint (dots; line: the mean), and
+    the mean cross-entropy along the shift, one line per checkpoint."""
+    plt = report._pyplot()
+    runs = list(dict.fromkeys(r["run"] for r in results))
+    fig, axes = plt.subplots(len(runs), 2, figsize=(9, 3.4 * len(runs)), squeeze=False)
+    for (ax_cos, ax_loss), run in zip(axes, runs):
+        rows = [r for r in results if r["run"] == run]
+        x = [r["step"] if r["step"] is not None else i for i, r in enumerate(rows)]
+        for xi, r in zip(x, rows):
+            ax_cos.plot([xi] * len(r["subjects"]), [p["cosine"] for p in r["subjects"]], "k.", ms=4)
+            ax_loss.plot(ALONG, r["loss_along_mean"], marker="o", ms=3, label=f"step {xi}")
+        ax_cos.plot(x, [r["cosine_mean"] for r in rows], "tab:orange", label="mean over subjects")
+        ax_cos.axhline(0, color="gray", lw=0.5)
+        ax_cos.set_ylim(-1.05, 1.05)
+        ax_cos.set_xlabel("training step")
+        ax_cos.set_ylabel("cosine(pull, shift)")
+        ax_cos.set_title(f"AU{rows[0]['au']} pull, {rows[0]['part']} subjects\n{textwrap.shorten(run, 70)}", fontsize=7)
+        ax_cos.legend(fontsize=6)
+        ax_loss.set_xlabel("offset moved by t x the subject's shift")
+        ax_loss.set_ylabel("local cross-entropy")
+        ax_loss.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = run_args.run_parser("offset_pull", __doc__, "JSON path")
     parser.add_argument("--part", choices=("test", "train"), default="test",
@@ -154,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['cosine_present_mean']:+.2f}), |pull| {r['pull_norm_mean']:.2e} per px; cross-entropy "
                   f"{loss[0]:.3f} at the region, {loss[-1]:.3f} at the shift", flush=True)
             results.append({"run": run, **r})
-    print(f"wrote {run_args.write_json(args.out, results)}")
+    path = run_args.write_json(args.out, results)
+    plot(results, path.with_suffix(".png"))
+    print(f"wrote {path} and its plot {path.with_suffix('.png')}")
     return 0
 
 

@@ -424,10 +424,10 @@ def test_offset_pull_is_the_gradient_the_offset_bias_learns_from_in_crop_pixels(
     np.testing.assert_allclose(np.asarray(jac_region) * unit, grad, rtol=1e-3)
 
 
-def test_offset_pull_per_subject_sums_real_known_frames_and_compares_with_the_shift(monkeypatch):
+def test_offset_pull_per_subject_sums_real_known_frames_and_compares_with_the_shift(tmp_path, monkeypatch):
     """experiments.offset_pull.subject_pull with a stand-in loss that falls along (3, 4): the pull is minus the
     gradient per frame (padding and unknown labels left out), its cosine with the shift 1, the loss along the
-    shift falls, the present frames' probability is averaged over them; a model that is not Ada on an ada set
+    shift falls, the present frames' probability is averaged over them and plotted; a model that is not Ada on an ada set
     is refused before any work."""
     from experiments import offset_pull
     shift = np.array([3.0, 4.0], np.float32)
@@ -448,6 +448,10 @@ def test_offset_pull_per_subject_sums_real_known_frames_and_compares_with_the_sh
     assert r["cosine"] == pytest.approx(1.0) and r["cosine_present"] == pytest.approx(1.0)
     np.testing.assert_allclose(r["loss_along"], [1.0 - 0.1 * 5 * t for t in offset_pull.ALONG], rtol=1e-6)
     assert r["present_prob_along"] == pytest.approx([0.5] * len(offset_pull.ALONG))
+    rows = [{"run": "r", "step": step, "au": 12, "part": "train", "subjects": [{"subject": "S001", **r}],
+             "cosine_mean": r["cosine"], "loss_along_mean": r["loss_along"]} for step in (224, 448)]
+    offset_pull.plot(rows, tmp_path / "pull.png")
+    assert (tmp_path / "pull.png").stat().st_size > 1000
     import ml_collections
     config = ml_collections.ConfigDict({"data": {"dataset": "synth_au", "builder_config": "bp4d_tiny_sb"},
                                         "aus": [1, 2, 4, 12], "model": {"adaptive": True}})
