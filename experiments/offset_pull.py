@@ -8,7 +8,8 @@ training part, ``--part train``) this reports, for the displaced AU's local head
 
 - ``pull``: minus the gradient of its cross-entropy (mean over the subject's frames) with respect to one common
   shift of the AU's offset on every frame of the subject (loss per crop pixel), on all frames and on the
-  frames where the AU is present; the cosine of each with the subject's true shift;
+  frames where the AU is present; the cosine of each with the subject's true shift (their means over subjects:
+  the present frames' over the subjects that have any);
 - ``along``: the same cross-entropy, and the mean local probability on the present frames, with the offset
   moved by ``t`` times the true shift, ``t`` = 0, 0.25, ..., 1 (would the shifted region serve this model?).
 
@@ -134,7 +135,8 @@ def run_pull(ckpt: str, part: str) -> dict[str, Any]:
     return {"checkpoint": ckpt, "step": int(pathlib.Path(ckpt).name) if pathlib.Path(ckpt).name.isdigit() else None,
             "part": part, "au": mech.au, "offset_unit": config.model.offset_unit, "subjects": per,
             "cosine_mean": mean("cosine"), "cosine_positive": int(sum(p["cosine"] > 0 for p in per)),
-            "cosine_present_mean": mean("cosine_present"), "pull_norm_mean": mean("pull_norm"),
+            "cosine_present_mean": float(np.mean([p["cosine_present"] for p in per if p["present"]] or [0.0])),
+            "pull_norm_mean": mean("pull_norm"),
             "loss_along_mean": np.mean([p["loss_along"] for p in per], 0).tolist()}
 
 
