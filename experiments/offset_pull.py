@@ -44,10 +44,11 @@ from experiments import region_moves, report, run_args
 ALONG = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def pull_fn(model: networks.ALGRNet, j: int, unit: float) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """``(delta [2], variables, images [B, C, C, 3], labels [B], weight [B]) -> (sums [3], d sums[:2] / d delta
-    [2, 2])``: sums over the batch of the local cross-entropy of AU ``j`` on all frames and on the present ones,
-    and of its local probability on the present ones, with AU ``j``'s offset moved by ``delta`` crop pixels."""
+def pull_fn(model: networks.ALGRNet, j: int, unit: float) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
+    """``(delta [2], variables, images [B, C, C, 3], labels [B], weight [B], jacobian=True) -> (sums [3],
+    d sums[:2] / d delta [2, 2], or None without ``jacobian``)``: sums over the batch of the local cross-entropy of
+    AU ``j`` on all frames and on the present ones, and of its local probability on the present ones, with AU
+    ``j``'s offset moved by ``delta`` crop pixels."""
     def sums(delta, variables, images, labels, weight):
         params = jax.tree.map(lambda p: p, variables["params"])
         bias = params["adaptive"]["offset_out"]["bias"]
@@ -58,11 +59,13 @@ def pull_fn(model: networks.ALGRNet, j: int, unit: float) -> Callable[..., tuple
         present = weight * labels
         return jnp.stack([jnp.sum(nll * weight), jnp.sum(nll * present), jnp.sum(jnp.exp(logprob[:, 1]) * present)])
 
-    def value_and_jacobian(delta, variables, images, labels, weight):
-        return sums(delta, variables, images, labels, weight), \
-            jax.jacrev(lambda d: sums(d, variables, images, labels, weight)[:2])(delta)
+    def value_and_jacobian(delta, variables, images, labels, weight, jacobian=True):
+        values = sums(delta, variables, images, labels, weight)
+        if not jacobian:
+            return values, None
+        return values, jax.jacrev(lambda d: sums(d, variables, images, labels, weight)[:2])(delta)
 
-    return jax.jit(value_and_jacobian)
+    return jax.jit(value_and_jacobian, static_argnames="jacobian")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,9 +99,9 @@ def subject_pull(fn: Callable[..., Any], variables: Any, data: Mapping[str, np.n
             real = idx < n
             idx = np.where(real, idx, 0)
             values, jac = fn(jnp.asarray(t * shift, jnp.float32), variables, data["image"][idx], labels[idx],
-                             (known[idx] * real).astype(np.float32))
+                             (known[idx] * real).astype(np.float32), jacobian=t == 0.0)
             total += np.asarray(values, np.float64)
-            if t == 0.0:
+            if jac is not None:
                 pull -= np.asarray(jac, np.float64)
         along.append(total)
     frames, present = float(known.sum()), float((labels * known).sum())
