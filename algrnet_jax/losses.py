@@ -26,7 +26,7 @@ import ml_collections
 from algrnet_jax import tasks
 
 
-def _nll(logprob: jax.Array, labels: jax.Array) -> jax.Array:
+def nll(logprob: jax.Array, labels: jax.Array) -> jax.Array:
     """-log p(label); labels outside [0, K) (unknown) give an arbitrary value that callers mask out."""
     idx = jnp.clip(labels, 0, logprob.shape[-1] - 1).astype(jnp.int32)
     return -jnp.take_along_axis(logprob, idx[..., None], axis=-1)[..., 0]
@@ -47,7 +47,7 @@ def au_loss(logprob: jax.Array, labels: jax.Array, weight: jax.Array, valid: jax
     y = jnp.clip(labels, 0, 1).astype(logprob.dtype) * valid
     count = jnp.sum(valid, axis=0)                                        # [n]
     denom = jnp.maximum(count, 1.0)
-    bce = jnp.sum(_nll(logprob, labels) * valid, axis=0) / denom
+    bce = jnp.sum(nll(logprob, labels) * valid, axis=0) / denom
     p = jnp.exp(logprob[..., 1]) * valid
     dice = 1.0 - (2.0 * jnp.sum(p * y, 0) + 1.0) / (jnp.sum(p * p, 0) + jnp.sum(y * y, 0) + 1.0) / denom
     has = count > 0
@@ -65,7 +65,7 @@ def align_loss(landmarks: jax.Array, target: jax.Array, interocular: jax.Array, 
 def grade_loss(logprob: jax.Array, grades: jax.Array, class_weight: jax.Array, mask: jax.Array) -> jax.Array:
     """Class-weighted cross-entropy: [B, K] log-probabilities, [B] grades (-1 unknown), [K], [B] -> scalar."""
     w = jnp.where((grades >= 0) & (mask > 0), class_weight[jnp.clip(grades, 0, logprob.shape[-1] - 1)], 0.0)
-    return jnp.sum(w * _nll(logprob, grades)) / jnp.maximum(jnp.sum(w), 1e-12)
+    return jnp.sum(w * nll(logprob, grades)) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
 def softmax_dice_loss(logprob: jax.Array, labels: jax.Array, loss_weights: jax.Array, mask: jax.Array) -> jax.Array:

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algrnet_jax import checkpoints, experiment
+from algrnet_jax import checkpoints, experiment, losses
 from algrnet_jax.errors import UserError, run_main
 from algrnet_jax.models import networks
 from data_pipelines import pipeline
@@ -55,7 +55,7 @@ def pull_fn(model: networks.ALGRNet, j: int, unit: float) -> Callable[..., tuple
         params["adaptive"]["offset_out"]["bias"] = bias.at[2 * j:2 * j + 2].add(delta / unit)
         out = model.apply({**variables, "params": params}, images, train=False)
         logprob = out["local_au_logprob"][:, j]                                      # [B, 2]
-        nll = -jnp.take_along_axis(logprob, labels[:, None], axis=1)[:, 0]
+        nll = losses.nll(logprob, labels)
         present = weight * labels
         return jnp.stack([jnp.sum(nll * weight), jnp.sum(nll * present), jnp.sum(jnp.exp(logprob[:, 1]) * present)])
 
@@ -66,11 +66,6 @@ def pull_fn(model: networks.ALGRNet, j: int, unit: float) -> Callable[..., tuple
         return values, jax.jacrev(lambda d: sums(d, variables, images, labels, weight)[:2])(delta)
 
     return jax.jit(value_and_jacobian, static_argnames="jacobian")
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
 
 
 def faces(config: Any, part: str) -> dict[str, np.ndarray]:
@@ -108,8 +103,8 @@ def subject_pull(fn: Callable[..., Any], variables: Any, data: Mapping[str, np.n
     pull_all, pull_present = pull[0] / max(frames, 1), pull[1] / max(present, 1)
     return {"frames": int(frames), "present": int(present), "shift_px": shift.tolist(),
             "pull": pull_all.tolist(), "pull_norm": float(np.linalg.norm(pull_all)),
-            "cosine": cosine(pull_all, shift), "pull_present": pull_present.tolist(),
-            "cosine_present": cosine(pull_present, shift),
+            "cosine": region_moves.cosine(pull_all, shift), "pull_present": pull_present.tolist(),
+            "cosine_present": region_moves.cosine(pull_present, shift),
             "loss_along": [a[0] / max(frames, 1) for a in along],
             "present_prob_along": [a[2] / present if present else None for a in along]}
 

@@ -50,6 +50,12 @@ def moves(model: ALGRNet, outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
             "overlap": inter / np.maximum(union, 1)}
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The cosine of two vectors; 0 when either is zero."""
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
 def follows_subjects(offsets: np.ndarray, subjects: np.ndarray, shifts: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Does a learned offset follow each subject's shift? ``offsets`` [N, 2] (crop px, one AU, every test face),
     ``subjects`` [N] (str), ``shifts``: subject -> true shift (dx, dy) in crop px. Per subject the mean learned
@@ -59,9 +65,8 @@ def follows_subjects(offsets: np.ndarray, subjects: np.ndarray, shifts: Mapping[
         learned = offsets[subjects == s].mean(0)
         true = np.asarray(shifts[s], np.float64)
         unit = true / np.linalg.norm(true)
-        norm = np.linalg.norm(learned)
         per.append({"subject": s, "frames": int((subjects == s).sum()), "learned_px": learned.tolist(),
-                    "shift_px": true.tolist(), "cosine": float(learned @ unit / norm) if norm > 0 else 0.0,
+                    "shift_px": true.tolist(), "cosine": cosine(learned, true),
                     "projection_px": float(learned @ unit)})
     return {"subjects": per, "cosine_mean": float(np.mean([p["cosine"] for p in per])),
             "projection_px_mean": float(np.mean([p["projection_px"] for p in per])),
